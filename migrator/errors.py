@@ -1,0 +1,106 @@
+"""The exception tree and the exit codes it maps to.
+
+MigratorError
+ ├── PlanError            exit 2   the plan file is malformed or invalid
+ ├── ConfigError          exit 3   settings / environment are wrong
+ ├── DatabaseError        exit 4   the database is unreachable or refused a statement
+ │    └── LockTimeoutError exit 5  DDL could not get its lock within the attempts allowed
+ ├── PreflightError       exit 6   live checks found blocking problems (`plan` live mode)
+ ├── PhaseError           exit 7   the state machine forbids this step now (guards)
+ ├── ConcurrentRunError   exit 8   another operator holds this migration's lock
+ ├── GateFailedError      exit 9   verification ran but a gate failed
+ ├── ProviderError        exit 10  the embedding provider failed (see embedding.errors)
+ ├── BrokerError          exit 11  the Celery broker is unreachable
+ └── NotImplementedYet    exit 12  a command of a later phase not built yet
+Pure: imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MigratorError(Exception):
+    """Base of every error migrator raises on purpose; carries an exit code and a hint."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message as one line, with the hint after it when there is one."""
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" ({' '.join(self.hint.split())})"
+        return text
+
+
+class PlanError(MigratorError):
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str = "", field: str = "", hint: str | None = None):
+        where = ":".join(p for p in (path, field) if p)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.path = path
+        self.field = field
+
+
+class ConfigError(MigratorError):
+    exit_code = 3
+
+
+class DatabaseError(MigratorError):
+    exit_code = 4
+
+
+class LockTimeoutError(DatabaseError):
+    exit_code = 5
+
+
+class PreflightError(MigratorError):
+    exit_code = 6
+
+
+class PhaseError(MigratorError):
+    exit_code = 7
+
+
+class ConcurrentRunError(MigratorError):
+    exit_code = 8
+
+
+class GateFailedError(MigratorError):
+    exit_code = 9
+
+
+class ProviderError(MigratorError):
+    exit_code = 10
+
+
+class BrokerError(MigratorError):
+    exit_code = 11
+
+
+class NotImplementedYet(MigratorError):
+    exit_code = 12
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected error (a bug: please report it with the traceback from --debug)",
+    2: "invalid plan file",
+    3: "invalid configuration or environment",
+    4: "database unreachable or a statement failed",
+    5: "could not acquire a lock within the configured attempts",
+    6: "live pre-flight checks found errors",
+    7: "the migration is not in a phase that allows this command",
+    8: "another migrator process holds this migration's lock",
+    9: "verification gate failed",
+    10: "embedding provider error",
+    11: "broker unreachable",
+    12: "command not implemented yet",
+    130: "interrupted (Ctrl-C); rerun the same command to resume",
+}
