@@ -90,6 +90,8 @@ class OverlongPolicy(StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
+TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl"})
+
 # Index limits of pgvector 0.8: dimensions an index can hold, per column type.
 INDEX_MAX_DIMS = {VectorType.VECTOR: 2000, VectorType.HALFVEC: 4000}
 COLUMN_MAX_DIMS = 16000
@@ -329,8 +331,14 @@ class Plan(Frozen):
         return self.model_dump(mode="json", by_alias=True)
 
     def plan_hash(self) -> str:
-        """Hash of the normalised plan (defaults filled in): comments and key order do not count."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        """Hash of what defines the migration (defaults filled in, comments and order ignored).
+
+        Tuning sections (backfill, verify, cutover, ddl) and the description are left out: an
+        operator may change a rate limit or a threshold mid-migration, never the table, text,
+        models, index or view.
+        """
+        structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        blob = json.dumps(structural, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -1,0 +1,314 @@
+"""The public API behind the CLI: plan, status, adopt, and the database helpers.
+
+Later phases live in their own modules (backfill, verify, switch); this module holds what they
+share: opening a migration context with its schema upgraded, its lock held and its events logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from migrator import inspect as insp
+from migrator import state
+from migrator.config import Settings
+from migrator.db import connect, ensure_schema, resolve_url
+from migrator.embedded import stop_embedded_database, stop_embedded_redis
+from migrator.errors import ConfigError, MigratorError, PreflightError
+from migrator.estimate import estimate
+from migrator.executor import Executor, LockPolicy, RunResult
+from migrator.plan import Plan
+from migrator.sql import Statement
+from migrator.steps import Facts, Step, all_steps
+from migrator.steps import adopt as adopt_step
+
+
+def statement_dict(st: Statement, lock_timeout_ms: int) -> dict[str, Any]:
+    return {
+        "sql": st.render(),
+        "purpose": st.purpose,
+        "transactional": st.transactional,
+        "lock": st.lock_text(),
+        "lock_timeout_ms": lock_timeout_ms if st.ddl else None,
+    }
+
+
+def _phase_timeout(plan: Plan, step: Step) -> int:
+    return plan.cutover.lock_timeout_ms if step.phase in ("cutover", "rollback") else plan.ddl.lock_timeout_ms
+
+
+def step_dict(plan: Plan, step: Step) -> dict[str, Any]:
+    t = _phase_timeout(plan, step)
+    return {
+        "phase": step.phase.value,
+        "summary": step.summary,
+        "notes": list(step.notes),
+        "statements": [statement_dict(s, t) for s in step.forward],
+        "backward": [statement_dict(s, t) for s in step.backward],
+    }
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "plan_hash": plan.plan_hash(),
+        "table": f"{plan.table.schema_}.{plan.table.name}",
+        "queue": plan.queue,
+        "index": plan.index_name,
+        "view": f"{plan.view_schema}.{plan.view.name}",
+        "source": {"column": plan.source.column, "fingerprint": plan.source.model.fingerprint()},
+        "target": {"column": plan.target.column, "fingerprint": plan.target.model.fingerprint()},
+    }
+
+
+@dataclass
+class PlanReport:
+    plan: Plan
+    mode: str
+    steps: list[Step]
+    inspection: insp.Inspection | None = None
+    estimate: dict[str, Any] | None = None
+    extra_findings: list[insp.Finding] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[insp.Finding]:
+        return (self.inspection.findings if self.inspection else []) + self.extra_findings
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.level == "error" for f in self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "plan": plan_summary(self.plan),
+            "phases": [step_dict(self.plan, s) for s in self.steps],
+            "live": insp.as_dict(self.inspection) if self.inspection else None,
+            "estimate": self.estimate,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def plan_offline(plan: Plan) -> PlanReport:
+    return PlanReport(plan, "offline", all_steps(plan))
+
+
+def count_tokens(plan: Plan, settings: Settings, texts: list[str]) -> tuple[list[int], str | None]:
+    """Token counts of sample texts with the target model's counter; a warning when degraded."""
+    try:
+        from migrator.embedding import provider_for
+
+        provider = provider_for(plan.target.model, settings.environ)
+        try:
+            return list(provider.count_tokens(texts)), None
+        finally:
+            provider.close()
+    except ConfigError as exc:
+        warning = f"{exc.one_line()}: the backfill will need it"
+    except ImportError:
+        warning = None
+    return [max(1, len(t.encode("utf-8")) // 3) for t in texts], warning
+
+
+def plan_live(plan: Plan, settings: Settings) -> PlanReport:
+    url = resolve_url(settings)
+    with contextlib.closing(connect(url)) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        ins = insp.inspect(conn, plan)
+        migration = _migration_if_schema(conn, plan.name)
+    report = PlanReport(plan, "live", all_steps(plan, ins.facts), inspection=ins)
+    if migration is not None:
+        if migration.plan_hash != plan.plan_hash():
+            report.extra_findings.append(insp.Finding(
+                "error", "the plan file changed since this migration started: restore it or "
+                "give the new plan a new name"))
+        report.extra_findings.append(insp.Finding(
+            "info", f"migration {plan.name} is {migration.phase.value}: "
+            f"{state.NEXT_STEP[migration.phase]}"))
+    if ins.rows is not None:
+        counts, warning = count_tokens(plan, settings, ins.sample_texts)
+        if warning:
+            report.extra_findings.append(insp.Finding("warning", warning))
+        report.estimate = estimate(plan, ins.rows, counts).as_dict()
+    return report
+
+
+def _migration_if_schema(conn: psycopg.Connection, name: str) -> state.Migration | None:
+    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return None
+    return state.get_migration(conn, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared context for commands that change things.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    settings: Settings
+    plan: Plan
+    url: str
+    conn: psycopg.Connection
+    command: str
+    migration: state.Migration | None
+
+    def executor(self) -> Executor:
+        return Executor(self.conn)
+
+    def ddl_policy(self) -> LockPolicy:
+        d = self.plan.ddl
+        return LockPolicy(d.lock_timeout_ms, d.statement_timeout_ms, d.attempts)
+
+    def cutover_policy(self) -> LockPolicy:
+        c = self.plan.cutover
+        return LockPolicy(c.lock_timeout_ms, 0, c.attempts, backoff_base_s=0.02, backoff_max_s=0.5)
+
+    def event(self, result: str, message: str = "", *, before: str | None = None,
+              after: str | None = None, **details: Any) -> None:
+        state.log_event(self.conn, self.plan.name, operator=self.settings.operator,
+                        command=self.command, result=result, message=message,
+                        phase_before=before, phase_after=after, details=details)
+
+    def refresh(self) -> state.Migration | None:
+        self.migration = state.get_migration(self.conn, self.plan.name)
+        return self.migration
+
+    def facts(self) -> Facts:
+        return live_facts(self.conn, self.plan)
+
+
+@contextlib.contextmanager
+def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
+    """Connect, upgrade our schema, take the operator lock, guard the phase, log the outcome."""
+    url = resolve_url(settings)
+    ensure_schema(url)
+    conn = connect(url)
+    try:
+        with state.operator_lock(conn, plan.name):
+            migration = state.get_migration(conn, plan.name)
+            if migration is not None:
+                state.check_plan_unchanged(migration, plan)
+            ctx = Context(settings, plan, url, conn, command, migration)
+            try:
+                state.guard(command, migration)
+            except MigratorError as exc:
+                if migration is not None:
+                    ctx.event("refused", exc.one_line(), before=migration.phase.value)
+                raise
+            try:
+                yield ctx
+            except MigratorError as exc:
+                with contextlib.suppress(Exception):
+                    if ctx.refresh() is not None:
+                        ctx.event("error", exc.one_line())
+                raise
+            except KeyboardInterrupt:
+                with contextlib.suppress(Exception):
+                    if ctx.refresh() is not None:
+                        ctx.event("interrupted", "Ctrl-C; rerun to resume")
+                raise
+    finally:
+        conn.close()
+
+
+def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
+    facts, _ = insp.view_facts(conn, plan.view_schema, plan.view.name)
+    srcidx = tuple(n for n, _ in insp.index_on(conn, plan.table.schema_, plan.table.name,
+                                                 plan.source.column))
+    return Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, live=True)
+
+
+def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
+    ins = insp.inspect(conn, plan, sample=0)
+    if ins.errors:
+        first = ins.errors[0].what
+        more = f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)" if len(ins.errors) > 1 else ""
+        raise PreflightError(first + more, hint="fix the plan or the database, then rerun")
+    return ins
+
+
+def adopt(settings: Settings, plan: Plan) -> RunResult:
+    """Register the migration and create (or confirm) the view on the source column."""
+    with migration_context(settings, plan, "adopt") as ctx:
+        return _adopt(ctx)
+
+
+def _adopt(ctx: Context) -> RunResult:
+    ins = preflight(ctx.conn, ctx.plan)
+    snapshot = {"definition": ins.view_definition, "options": list(ins.facts.view_options),
+                "owner": ins.facts.view_owner, "grants": list(ins.facts.view_grants)}
+    t0 = time.perf_counter()
+    res = ctx.executor().run(adopt_step(ctx.plan, ins.facts).forward, ctx.ddl_policy())
+    if ctx.migration is None:
+        state.register(ctx.conn, ctx.plan)
+        state.set_phase(ctx.conn, ctx.plan.name, state.State.PLANNED, view_snapshot=snapshot)
+    ctx.refresh()
+    ctx.event("ok", f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
+              after=state.State.PLANNED.value, ms=round((time.perf_counter() - t0) * 1000, 1))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Status and the embedded database.
+# ---------------------------------------------------------------------------------------------
+
+
+def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[str, Any]:
+    url = resolve_url(settings)
+    ensure_schema(url)
+    with contextlib.closing(connect(url)) as conn:
+        migration = state.get_migration(conn, plan.name)
+        out: dict[str, Any] = {"plan": plan_summary(plan), "phase": None, "events": [],
+                               "next": state.NEXT_STEP[None]}
+        if migration is None:
+            return out
+        out["phase"] = migration.phase.value
+        out["next"] = state.NEXT_STEP[migration.phase]
+        out["plan_changed"] = migration.plan_hash != plan.plan_hash()
+        out["events"] = [
+            {**e, "at": e["at"].isoformat()} for e in state.events(conn, plan.name, events_limit)
+        ]
+        out["progress"] = progress(conn, plan)
+        return out
+
+
+def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
+    """Backfill progress judged from the database (the ledger and the table), never the broker."""
+    rows = conn.execute(
+        "SELECT status, count(*), coalesce(sum(rows_written), 0), coalesce(sum(rows_dead), 0), "
+        "coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
+        "FROM migrator.batches WHERE migration = %s GROUP BY status", (plan.name,),
+    ).fetchall()
+    batches = {r[0]: int(r[1]) for r in rows}
+    dead = conn.execute(
+        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
+        (plan.name,)).fetchone()
+    pending_changes = conn.execute(
+        "SELECT count(*) FROM migrator.changes WHERE migration = %s", (plan.name,)).fetchone()
+    return {
+        "batches": batches,
+        "batches_total": sum(batches.values()),
+        "rows_written": sum(int(r[2]) for r in rows),
+        "duplicate_executions": sum(int(r[4]) for r in rows),
+        "dead_letters": int(dead[0]) if dead else 0,
+        "pending_changes": int(pending_changes[0]) if pending_changes else 0,
+    }
+
+
+def db_url(settings: Settings) -> str:
+    return resolve_url(settings)
+
+
+def db_stop(settings: Settings) -> dict[str, bool]:
+    if settings.database_url:
+        raise ConfigError("DATABASE_URL is set: migrator only stops its own embedded database")
+    return {"postgres": stop_embedded_database(settings.home),
+            "redis": stop_embedded_redis(settings.home)}

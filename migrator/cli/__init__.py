@@ -1,0 +1,49 @@
+"""The `migrator` command line: presentation only. Each sub-module registers its commands.
+
+Commands parse options, call the API, render results and map MigratorError to exit codes.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from migrator import __version__
+
+# Each module exposes `register(group: click.Group) -> None`.
+_COMMAND_MODULES = (
+    "migrator.cli.basic",
+    "migrator.cli.serve_embeddings",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="migrator")
+def cli() -> None:
+    """Move a PostgreSQL + pgvector search table to a new embedding model without downtime.
+
+    \b
+    Typical flow:
+      migrator plan PLAN.yaml            validate and show every statement (dry run)
+      migrator backfill PLAN.yaml        add the new column and fill it through Celery workers
+      migrator verify PLAN.yaml          build the index, check coverage, health and recall
+      migrator cutover PLAN.yaml         switch the search view to the new column, atomically
+      migrator rollback PLAN.yaml        switch back (while the old column is kept)
+      migrator finalize PLAN.yaml        drop the old column once you are sure
+
+    With no DATABASE_URL, an embedded PostgreSQL + pgvector is started under ./.migrator
+    (MIGRATOR_HOME). Exit codes are listed in docs/exit-codes.md.
+    """
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(_name).register(cli)
+    except ModuleNotFoundError as exc:  # a module not written yet must not break the others
+        if exc.name != _name:
+            raise
+
+
+def main() -> None:
+    cli(prog_name="migrator")

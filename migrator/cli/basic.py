@@ -1,0 +1,121 @@
+"""Commands of the foundation: plan, status, adopt, db url / db stop, exit-codes."""
+
+from __future__ import annotations
+
+import click
+
+from migrator import api
+from migrator.cli.common import (
+    database_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    make_console,
+    plan_argument,
+    read_plan,
+    settings_from,
+)
+from migrator.errors import EXIT_CODES, PreflightError
+from migrator.output import render_plan, render_status
+
+
+@click.command("plan")
+@plan_argument
+@click.option("--offline", is_flag=True,
+              help="Do not connect: validate and print every statement (the CI dry run).")
+@database_option
+@json_option
+@handle_errors
+def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: bool) -> None:
+    """Validate PLAN and show every statement each phase will run.
+
+    \b
+    Offline (--offline): no database; exit 0 if the plan is valid, 2 if not.
+    Live (default): also inspect the table read-only: columns, types, key, view, index
+    names, pgvector version, row count, and estimate tokens, cost and duration.
+    Exit 6 if the live checks find errors.
+    """
+    plan = read_plan(plan_path)
+    if offline:
+        report = api.plan_offline(plan)
+    else:
+        report = api.plan_live(plan, settings_from(database_url))
+    data = report.as_dict()
+    if as_json:
+        emit_json(data)
+    else:
+        render_plan(make_console(), data)
+    if not report.ok:
+        first = next(f for f in report.findings if f.level == "error")
+        raise PreflightError(first.what, hint="see the findings above")
+
+
+@click.command("status")
+@plan_argument
+@database_option
+@json_option
+@click.option("--events", "events_limit", default=20, show_default=True,
+              help="How many recent events to show.")
+@handle_errors
+def status_cmd(plan_path: str, database_url: str | None, as_json: bool, events_limit: int) -> None:
+    """Show the migration's phase, progress, dead letters and event log."""
+    plan = read_plan(plan_path)
+    data = api.status(settings_from(database_url), plan, events_limit=events_limit)
+    if as_json:
+        emit_json(data)
+    else:
+        render_status(make_console(), data)
+
+
+@click.command("adopt")
+@plan_argument
+@database_option
+@json_option
+@handle_errors
+def adopt_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
+    """Create (or confirm) the search view on the current column and register the migration.
+
+    Run it before moving the search service from the table to the view; `backfill` runs it
+    too when needed. Changes nothing else.
+    """
+    plan = read_plan(plan_path)
+    res = api.adopt(settings_from(database_url), plan)
+    if as_json:
+        emit_json({"ok": True, "attempts": res.attempts, "hold_ms": round(res.hold_ms, 2)})
+    else:
+        click.echo(f"view {plan.view_schema}.{plan.view.name} serves {plan.source.column} "
+                   f"({plan.source.model.fingerprint()})")
+
+
+@click.group("db")
+def db_group() -> None:
+    """The embedded PostgreSQL (used when DATABASE_URL is not set)."""
+
+
+@db_group.command("url")
+@database_option
+@handle_errors
+def db_url_cmd(database_url: str | None) -> None:
+    """Print the database URL (starting the embedded PostgreSQL if needed)."""
+    click.echo(api.db_url(settings_from(database_url)))
+
+
+@db_group.command("stop")
+@handle_errors
+def db_stop_cmd() -> None:
+    """Stop the embedded PostgreSQL and the embedded Redis."""
+    res = api.db_stop(settings_from())
+    for name, stopped in res.items():
+        click.echo(f"{name}: {'stopped' if stopped else 'not running'}")
+
+
+@click.command("exit-codes")
+def exit_codes_cmd() -> None:
+    """List the exit codes every command uses."""
+    for code, meaning in EXIT_CODES.items():
+        click.echo(f"{code:>4}  {meaning}")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (plan_cmd, status_cmd, adopt_cmd, db_group, exit_codes_cmd):
+        group.add_command(cmd)

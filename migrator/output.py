@@ -1,0 +1,106 @@
+"""Rich rendering of reports, with an injected Console (tests render into a string buffer).
+
+Presentation only: takes plain dicts produced by the API; no database, no network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool = True) -> None:
+    p = report["plan"]
+    console.print(
+        f"[bold]Migration {p['name']}[/]  ({report['mode']})  table {p['table']}  "
+        f"view {p['view']}\n  {p['source']['column']} [dim]{p['source']['fingerprint']}[/] -> "
+        f"{p['target']['column']} [dim]{p['target']['fingerprint']}[/]\n"
+        f"  queue {p['queue']}  index {p['index']}  plan hash {p['plan_hash'][:12]}"
+    )
+    for phase in report["phases"]:
+        console.rule(f"[bold]{phase['phase']}[/]: {phase['summary']}")
+        _statements(console, phase["statements"])
+        for note in phase["notes"]:
+            console.print(f"  [dim]note:[/] {note}")
+        if show_backward and phase["backward"]:
+            console.print("  [dim]undone by:[/]")
+            _statements(console, phase["backward"], indent="    ")
+    live = report.get("live")
+    if live:
+        console.rule("[bold]live database[/]")
+        console.print(
+            f"  PostgreSQL {live['server_version']}, pgvector {live['pgvector_version']}, "
+            f"rows {live['rows'] if live['rows'] is not None else '?'}"
+            f"{'' if live['rows_exact'] else ' (estimate)'}, index {live['index_state']}"
+        )
+        if live.get("view_definition"):
+            console.print(f"  current view: [dim]{' '.join(live['view_definition'].split())}[/]")
+    est = report.get("estimate")
+    if est:
+        cost = "unknown (set usd_per_million_tokens)" if est["cost_usd"] is None else f"${est['cost_usd']:,.2f}"
+        console.print(
+            f"  estimate: {est['rows']:,} rows, {est['tokens']:,} tokens "
+            f"(avg {est['avg_tokens']}/row), {est['requests']:,} requests, cost {cost}, "
+            f"time {_duration(est['seconds'])} (bound by {est['bound_by']})"
+        )
+    render_findings(console, report.get("findings", []))
+    ok = report["ok"]
+    console.print("[bold green]plan is valid[/]" if ok else "[bold red]plan has errors[/]")
+
+
+def _statements(console: Console, stmts: list[dict[str, Any]], indent: str = "  ") -> None:
+    for st in stmts:
+        tx = "in transaction" if st["transactional"] else "outside a transaction"
+        lt = f", lock_timeout {st['lock_timeout_ms']} ms + retries" if st["lock_timeout_ms"] else ""
+        console.print(f"{indent}[dim]-- {st['purpose']} ({tx}; {st['lock']}{lt})[/]")
+        console.print(Syntax(st["sql"] + ";", "sql", word_wrap=True, background_color="default"),
+                      style=None)
+
+
+def render_findings(console: Console, findings: list[dict[str, str]]) -> None:
+    for f in findings:
+        style = LEVEL_STYLE.get(f["level"], "")
+        console.print(f"  [{style}]{f['level']}[/]: {f['message']}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render_status(console: Console, st: dict[str, Any]) -> None:
+    p = st["plan"]
+    phase = st["phase"] or "not started"
+    console.print(Panel.fit(f"[bold]{p['name']}[/]  phase: [bold]{phase}[/]\nnext: {st['next']}"))
+    prog = st.get("progress")
+    if prog:
+        b = prog["batches"]
+        console.print(
+            f"  batches: {prog['batches_total']} ({', '.join(f'{k} {v}' for k, v in sorted(b.items()))})"
+            f"  rows written: {prog['rows_written']:,}  dead letters: {prog['dead_letters']}"
+            f"  pending changes: {prog['pending_changes']}"
+            f"  duplicate executions: {prog['duplicate_executions']}"
+        )
+        for k in ("rows_eligible", "rows_done", "rows_pending", "rows_empty"):
+            if k in prog:
+                console.print(f"  {k.replace('_', ' ')}: {prog[k]:,}")
+    if st.get("dead_letters"):
+        t = Table("pk", "reason", "attempts", title="dead letters")
+        for d in st["dead_letters"]:
+            t.add_row(str(d["pk"]), str(d["reason"]), str(d["attempts"]))
+        console.print(t)
+    if st["events"]:
+        t = Table("at", "operator", "command", "phase", "result", "message", title="event log")
+        for e in st["events"]:
+            ph = f"{e['phase_before'] or ''} -> {e['phase_after']}" if e["phase_after"] else ""
+            t.add_row(e["at"][:19], e["operator"], e["command"], ph, e["result"], e["message"])
+        console.print(t)

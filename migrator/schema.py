@@ -1,0 +1,134 @@
+"""migrator's own tables, as SQLAlchemy Core metadata (the Alembic migrations build the same).
+
+Pure: table definitions only; no connection is made here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+SCHEMA = "migrator"
+metadata = MetaData(schema=SCHEMA)
+
+
+
+migrations = Table(
+    "migrations", metadata,
+    Column("name", Text, primary_key=True),
+    Column("plan_hash", Text, nullable=False),
+    Column("plan", JSONB, nullable=False),
+    Column("phase", Text, nullable=False),
+    Column("source_fingerprint", Text, nullable=False),
+    Column("target_fingerprint", Text, nullable=False),
+    Column("view_snapshot", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("cutover_at", DateTime(timezone=True)),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("operator", Text, nullable=False),
+    Column("command", Text, nullable=False),
+    Column("phase_before", Text),
+    Column("phase_after", Text),
+    Column("result", Text, nullable=False),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("events_migration_id_idx", "migration", "id"),
+)
+
+batches = Table(
+    "batches", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+           nullable=False),
+    Column("role", Text, nullable=False, server_default="target"),
+    Column("kind", Text, nullable=False),
+    Column("key_lo", Text),
+    Column("key_hi", Text),
+    Column("ids", ARRAY(Text)),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("executions", Integer, nullable=False, server_default="0"),
+    Column("rows_total", Integer, nullable=False, server_default="0"),
+    Column("rows_written", Integer, nullable=False, server_default="0"),
+    Column("rows_skipped", Integer, nullable=False, server_default="0"),
+    Column("rows_stale", Integer, nullable=False, server_default="0"),
+    Column("rows_dead", Integer, nullable=False, server_default="0"),
+    Column("tokens", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("enqueued_at", DateTime(timezone=True)),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("claimed_by", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Index("batches_migration_status_idx", "migration", "status"),
+)
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+           nullable=False),
+    Column("role", Text, nullable=False, server_default="target"),
+    Column("pk", Text, nullable=False),
+    Column("text_hash", Text),
+    Column("reason", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("resolved_at", DateTime(timezone=True)),
+    Index("dead_letters_key_idx", "migration", "role", "pk", unique=True),
+)
+
+changes = Table(
+    "changes", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, nullable=False),
+    Column("pk", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("changes_migration_id_idx", "migration", "id"),
+)
+
+reports = Table(
+    "reports", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+           nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("passed", Boolean, nullable=False),
+    Column("report", JSONB, nullable=False),
+    Column("changes_watermark", BigInteger, nullable=False, server_default="0"),
+    Column("rows_at_report", BigInteger, nullable=False, server_default="0"),
+    Index("reports_migration_id_idx", "migration", "id"),
+)
+
+active_models = Table(
+    "active_models", metadata,
+    Column("view_schema", Text, primary_key=True),
+    Column("view_name", Text, primary_key=True),
+    Column("migration", Text, nullable=False),
+    Column("column_name", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("model", JSONB, nullable=False),
+    Column("vector_type", Text, nullable=False),
+    Column("dimensions", Integer, nullable=False),
+    Column("switched_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,305 @@
+"""Statement builders on psycopg.sql: identifiers quoted, keywords from closed enums, values bound.
+
+Pure: no connection is needed to build or render a statement (`Statement.render()`), which is
+what makes `migrator plan --offline` a true dry run of what the executor will run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from psycopg import sql
+
+from migrator.plan import IndexMethod, ModelSpec, Plan, VectorType, template_parts
+
+SCHEMA = "migrator"
+CHANGES_CHANNEL = "migrator_active_model"
+
+
+class Lock(StrEnum):
+    NONE = "no table lock"
+    ACCESS_SHARE = "ACCESS SHARE"
+    ROW_EXCLUSIVE = "ROW EXCLUSIVE"
+    SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+    SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+    ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement with what an operator needs to judge it before it runs."""
+
+    query: sql.Composable
+    purpose: str
+    lock: Lock = Lock.NONE
+    lock_on: str = ""
+    # DDL runs under lock_timeout and is retried on SQLSTATE 55P03 (lock_not_available).
+    ddl: bool = True
+    # False for statements PostgreSQL refuses inside a transaction block (CONCURRENTLY).
+    transactional: bool = True
+
+    def render(self) -> str:
+        return self.query.as_string(None)
+
+    def lock_text(self) -> str:
+        return f"{self.lock.value} on {self.lock_on}" if self.lock_on else self.lock.value
+
+
+def table_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.table.schema_, plan.table.name)
+
+
+def table_label(plan: Plan) -> str:
+    return f"{plan.table.schema_}.{plan.table.name}"
+
+
+def view_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.view_schema, plan.view.name)
+
+
+def view_label(plan: Plan) -> str:
+    return f"{plan.view_schema}.{plan.view.name}"
+
+
+def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
+    if dims is None:
+        return sql.SQL(vtype.value)
+    return sql.SQL("{}({})").format(sql.SQL(vtype.value), sql.Literal(int(dims)))
+
+
+def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """The SQL expression of the text to embed; NULL columns of a template read as ''."""
+
+    def col(name: str) -> sql.Identifier:
+        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+    if plan.text.column is not None:
+        return col(plan.text.column)
+    assert plan.text.template is not None
+    parts: list[sql.Composable] = []
+    for kind, value in template_parts(plan.text.template):
+        parts.append(sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value)))
+    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
+
+
+def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Content hash used by the compare-and-set write: a row is written only for its current text."""
+    return sql.SQL("md5({})").format(text_expr(plan, alias))
+
+
+def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Rows with text worth embedding: NULL, empty and whitespace-only text are never sent."""
+    return sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(text_expr(plan, alias))
+
+
+# ---------------------------------------------------------------------------------------------
+# Change capture: a BEFORE trigger that, when the embedded text changes, clears every vector
+# column the view may point at (unless the application wrote a fresh one in the same statement)
+# and queues the row in migrator.changes, so the catch-up re-embeds it within a bounded lag.
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_function(plan: Plan, maintained: tuple[str, ...]) -> sql.Composable:
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
+        for c in plan.text.columns
+    )
+    clears = sql.SQL("").join(
+        sql.SQL(
+            "    IF NEW.{c} IS NOT DISTINCT FROM OLD.{c} THEN NEW.{c} := NULL; END IF;\n"
+        ).format(c=sql.Identifier(c))
+        for c in maintained
+    )
+    any_null = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{} IS NULL").format(sql.Identifier(c)) for c in maintained
+    )
+    body = sql.SQL(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'UPDATE' THEN\n"
+        "    IF NOT ({changed}) THEN RETURN NEW; END IF;\n"
+        "{clears}"
+        "  END IF;\n"
+        "  IF {any_null} THEN\n"
+        "    INSERT INTO migrator.changes (migration, pk) VALUES ({name}, NEW.{pk}::text);\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(
+        changed=changed,
+        clears=clears,
+        any_null=any_null,
+        name=sql.Literal(plan.name),
+        pk=sql.Identifier(plan.table.primary_key),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(
+        fn=sql.Identifier(SCHEMA, plan.function_name),
+        body=sql.Literal(body.as_string(None)),
+    )
+
+
+def capture_trigger(plan: Plan) -> sql.Composable:
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
+        "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    ).format(
+        trg=sql.Identifier(plan.trigger_name),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in plan.text.columns),
+        tbl=table_ident(plan),
+        fn=sql.Identifier(SCHEMA, plan.function_name),
+    )
+
+
+def add_target_column(plan: Plan) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        table_ident(plan),
+        sql.Identifier(plan.target.column),
+        column_type(plan.target.type, plan.target.model.dimensions),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfill: read by key range, write through a staging table with a compare-and-set on the text.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_range(plan: Plan) -> sql.Composable:
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk} > %(lo)s AND {pk} <= %(hi)s "
+        "ORDER BY {pk}"
+    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan))
+
+
+def read_ids(plan: Plan) -> sql.Composable:
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk}::text = ANY(%(ids)s) ORDER BY {pk}"
+    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan))
+
+
+def create_stage(vtype: VectorType, dims: int) -> sql.Composable:
+    return sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS migrator_stage (pk text, text_hash text, v {}) "
+        "ON COMMIT DELETE ROWS"
+    ).format(column_type(vtype, dims))
+
+
+def cas_update(plan: Plan, column: str) -> sql.Composable:
+    """Write staged vectors only where the row still holds the text that was embedded."""
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "UPDATE {tbl} AS t SET {col} = s.v FROM migrator_stage AS s "
+        "WHERE t.{pk}::text = s.pk AND {hash} = s.text_hash"
+    ).format(tbl=table_ident(plan), col=sql.Identifier(column), pk=pk, hash=text_hash_expr(plan, "t"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Index and view.
+# ---------------------------------------------------------------------------------------------
+
+
+def create_index(plan: Plan) -> sql.Composable:
+    idx = plan.index
+    if idx.method is IndexMethod.HNSW:
+        params = sql.SQL("m = {}, ef_construction = {}").format(
+            sql.Literal(idx.m), sql.Literal(idx.ef_construction)
+        )
+    else:
+        params = sql.SQL("lists = {}").format(sql.Literal(idx.lists or 100))
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {tbl} USING {method} ({col} {ops}) "
+        "WITH ({params})"
+    ).format(
+        name=sql.Identifier(plan.index_name),
+        tbl=table_ident(plan),
+        method=sql.SQL(idx.method.value),
+        col=sql.Identifier(plan.target.column),
+        ops=sql.SQL(idx.metric.opclass(plan.target.type)),
+        params=params,
+    )
+
+
+def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Composable:
+    return sql.SQL("DROP INDEX {}IF EXISTS {}").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(schema, name)
+    )
+
+
+def view_select(
+    plan: Plan, column: str, vtype: VectorType, fingerprint: str
+) -> sql.Composable:
+    cols = [sql.Identifier(c) for c in plan.view.columns]
+    cols.append(
+        sql.SQL("{}::{} AS {}").format(
+            sql.Identifier(column), sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)
+        )
+    )
+    cols.append(
+        sql.SQL("{}::text AS {}").format(sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias))
+    )
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
+
+
+def create_or_replace_view(
+    plan: Plan,
+    column: str,
+    vtype: VectorType,
+    fingerprint: str,
+    options: tuple[tuple[str, str], ...] = (),
+) -> sql.Composable:
+    # CREATE OR REPLACE VIEW replaces reloptions with the WITH list given: pass the view's own
+    # options every time so the switch keeps security_barrier / check_option exactly as they were.
+    with_clause: sql.Composable = sql.SQL("")
+    if options:
+        with_clause = sql.SQL(" WITH ({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options
+            )
+        )
+    return sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(
+        view_ident(plan), with_clause, view_select(plan, column, vtype, fingerprint)
+    )
+
+
+def upsert_active_model(plan: Plan, column: str, vtype: VectorType, model: ModelSpec) -> sql.Composable:
+    return sql.SQL(
+        "INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, "
+        "fingerprint, model, vector_type, dimensions, switched_at) VALUES ({vs}, {vn}, {m}, "
+        "{col}, {fp}, {model}::jsonb, {vt}, {dims}, now()) "
+        "ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, "
+        "column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, "
+        "model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, "
+        "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at"
+    ).format(
+        vs=sql.Literal(plan.view_schema), vn=sql.Literal(plan.view.name), m=sql.Literal(plan.name),
+        col=sql.Literal(column), fp=sql.Literal(model.fingerprint()),
+        model=sql.Literal(json.dumps(model.model_dump(mode="json"), sort_keys=True)),
+        vt=sql.Literal(vtype.value), dims=sql.Literal(model.dimensions),
+    )
+
+
+def notify_switch(plan: Plan) -> sql.Composable:
+    return sql.SQL("SELECT pg_notify({}, {})").format(
+        sql.Literal(CHANGES_CHANNEL), sql.Literal(view_label(plan))
+    )
+
+
+def drop_trigger(plan: Plan) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+        sql.Identifier(plan.trigger_name), table_ident(plan)
+    )
+
+
+def drop_function(plan: Plan) -> sql.Composable:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, plan.function_name))
+
+
+def drop_column(plan: Plan, column: str) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(
+        table_ident(plan), sql.Identifier(column)
+    )
