@@ -1,0 +1,130 @@
+"""A real text corpus on any machine: the docstrings of Python's own standard library.
+
+Parses source files with `ast` (never imports them, so no side effects) in a fixed order.
+Pure apart from reading the stdlib's files: no network, no database.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import random
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+# Third-party code and caches. Tests, demos and GUI packages are kept: they are only parsed,
+# never imported, so they have no side effects, and their docstrings are real English.
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One document: `key` like "json.decoder.JSONDecoder.decode", a title and a body."""
+
+    key: str
+    title: str
+    body: str
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _source_files(root: Path) -> list[Path]:
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if any(p in _SKIP_DIRS or p.startswith("config-") for p in rel[:-1]):
+            continue
+        if not all(p.isidentifier() for p in rel[:-1]):
+            continue
+        files.append(path)
+    return files
+
+
+def _docstrings(tree: ast.Module, module: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}.{child.name}"
+                doc = ast.get_docstring(child, clean=True)
+                if doc:
+                    out.append((name, doc))
+                if isinstance(child, ast.ClassDef):
+                    visit(child, name)
+
+    doc = ast.get_docstring(tree, clean=True)
+    if doc:
+        out.append((module, doc))
+    visit(tree, module)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_docstrings(root: Path, path: Path) -> tuple[tuple[str, str], ...]:
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return ()
+    return tuple(_docstrings(tree, _module_name(root, path)))
+
+
+def _chunks(body: str, min_chars: int) -> list[str]:
+    """Paragraphs, each merged with the next while it is shorter than `min_chars`."""
+    out: list[str] = []
+    pending = ""
+    for para in re.split(r"\n\s*\n", body):
+        text = " ".join(para.split())
+        if not text:
+            continue
+        pending = f"{pending} {text}" if pending else text
+        if len(pending) >= min_chars:
+            out.append(pending)
+            pending = ""
+    if pending:
+        out.append(pending)
+    return out
+
+
+def load_docstrings(
+    limit: int | None = None, min_chars: int = 40, *, stdlib: str | None = None
+) -> list[Doc]:
+    """Stdlib docstrings in a deterministic order, identical bodies removed.
+
+    A docstring of several paragraphs is split into one document per paragraph (short ones
+    merged with the next; keys after the first get "#p2", "#p3", ...). The parts do not
+    overlap, so a query drawn from one part has exactly one right answer.
+    """
+    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    docs: list[Doc] = []
+    pairs = (pair for path in _source_files(root) for pair in _file_docstrings(root, path))
+    for key, raw in pairs:
+        chunks = _chunks(inspect.cleandoc(raw), min_chars)
+        for i, text in enumerate(chunks, 1):
+            doc_key = key if i == 1 else f"{key}#p{i}"
+            if len(text) < min_chars or text in seen:
+                continue
+            seen.add(text)
+            docs.append(Doc(key=doc_key, title=doc_key.rsplit(".", 1)[-1], body=text))
+            if limit is not None and len(docs) >= limit:
+                return docs
+    return docs
+
+
+def make_query(doc: Doc, rng: random.Random, *, min_words: int = 8, max_words: int = 15) -> str:
+    """A query derived from a doc: a random span of 8-15 of its words (all of them if fewer)."""
+    words = doc.body.split()
+    size = rng.randint(min_words, max_words)
+    if len(words) <= size:
+        return " ".join(words)
+    start = rng.randrange(0, len(words) - size + 1)
+    return " ".join(words[start : start + size])
