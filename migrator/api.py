@@ -223,7 +223,10 @@ def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
     facts, _ = insp.view_facts(conn, plan.view_schema, plan.view.name)
     srcidx = tuple(n for n, _ in insp.index_on(conn, plan.table.schema_, plan.table.name,
                                                  plan.source.column))
-    return Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, live=True)
+    pk_type = insp.column_types(conn, plan.table.schema_, plan.table.name).get(
+        plan.table.primary_key, "bigint")
+    return Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type,
+                 live=True)
 
 
 def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:

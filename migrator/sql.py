@@ -6,7 +6,9 @@ what makes `migrator plan --offline` a true dry run of what the executor will ru
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -175,27 +177,49 @@ def read_range(plan: Plan) -> sql.Composable:
     ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan))
 
 
-def read_ids(plan: Plan) -> sql.Composable:
+_PK_TYPE_RE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?$")
+
+
+def pk_type_sql(pk_type: str) -> sql.Composable:
+    """The primary key's type as read from the catalog (format_type), checked before use."""
+    if not _PK_TYPE_RE.match(pk_type):
+        raise ValueError(f"unsupported primary key type {pk_type!r}")
+    return sql.SQL(pk_type)
+
+
+def read_ids(plan: Plan, pk_type: str) -> sql.Composable:
     pk = sql.Identifier(plan.table.primary_key)
     return sql.SQL(
-        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk}::text = ANY(%(ids)s) ORDER BY {pk}"
-    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan))
+        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) "
+        "ORDER BY {pk}"
+    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
+             pkt=pk_type_sql(pk_type))
 
 
-def create_stage(vtype: VectorType, dims: int) -> sql.Composable:
+def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
+    # The stage's key has the table's key type, so the UPDATE below joins on the primary key
+    # index instead of casting every row of the table to text.
     return sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS migrator_stage (pk text, text_hash text, v {}) "
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} (pk {pkt}, text_hash text, v {vt}) "
         "ON COMMIT DELETE ROWS"
-    ).format(column_type(vtype, dims))
+    ).format(stage=stage_ident(pk_type, vtype, dims), pkt=pk_type_sql(pk_type),
+             vt=column_type(vtype, dims))
 
 
-def cas_update(plan: Plan, column: str) -> sql.Composable:
+def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
+    # One stage per (key type, vector type) in a session: a worker may serve several migrations.
+    tag = hashlib.md5(pk_type.encode()).hexdigest()[:6]
+    return sql.Identifier(f"migrator_stage_{tag}_{vtype.value}_{dims}")
+
+
+def cas_update(plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
     """Write staged vectors only where the row still holds the text that was embedded."""
     pk = sql.Identifier(plan.table.primary_key)
     return sql.SQL(
-        "UPDATE {tbl} AS t SET {col} = s.v FROM migrator_stage AS s "
-        "WHERE t.{pk}::text = s.pk AND {hash} = s.text_hash"
-    ).format(tbl=table_ident(plan), col=sql.Identifier(column), pk=pk, hash=text_hash_expr(plan, "t"))
+        "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
+        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash"
+    ).format(tbl=table_ident(plan), col=sql.Identifier(column), pk=pk,
+             hash=text_hash_expr(plan, "t"), stage=stage_ident(pk_type, vtype, dims))
 
 
 # ---------------------------------------------------------------------------------------------

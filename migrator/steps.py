@@ -34,6 +34,7 @@ class Facts:
     view_owner: str | None = None
     view_grants: tuple[tuple[str, str], ...] = ()  # (grantee, privilege)
     source_indexes: tuple[str, ...] = ()
+    pk_type: str = "bigint"
     live: bool = False
 
 
@@ -134,9 +135,9 @@ def backfill(plan: Plan, facts: Facts = Facts()) -> Step:
     fwd = (
         Statement(q.read_range(plan), "workers: read a batch's current text and its hash",
                   Lock.ACCESS_SHARE, tbl, ddl=False),
-        Statement(q.create_stage(tgt.type, tgt.model.dimensions),
+        Statement(q.create_stage(plan, facts.pk_type, tgt.type, tgt.model.dimensions),
                   "workers: staging table for a binary COPY of the vectors", ddl=False),
-        Statement(q.cas_update(plan, tgt.column),
+        Statement(q.cas_update(plan, tgt.column, facts.pk_type, tgt.type, tgt.model.dimensions),
                   "workers: compare-and-set write (only rows whose text is unchanged)",
                   Lock.ROW_EXCLUSIVE, tbl, ddl=False),
     )

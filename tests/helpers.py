@@ -1,0 +1,68 @@
+"""Test data: a documents table built from the stdlib docstring corpus, embedded with the old model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from migrator.corpus import Doc, load_docstrings
+from migrator.embedding.local import HashEmbedder
+from migrator.plan import Plan, load_plan, parse_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_PLAN = ROOT / "plans" / "local-demo.yaml"
+
+
+def demo_plan(base_url: str | None = None, **overrides: object) -> Plan:
+    """The demo plan, pointed at a local embeddings server on `base_url` when given."""
+    data = load_plan(DEMO_PLAN).model_dump(mode="json", by_alias=True)
+    if base_url:
+        data["source"]["model"]["base_url"] = base_url
+        data["target"]["model"]["base_url"] = base_url
+    for path, value in overrides.items():
+        node = data
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return parse_plan(data)
+
+
+def create_documents(
+    url: str, n: int, *, table: str = "documents", model: str = "local-hash-old", dims: int = 256,
+    empty_every: int = 0,
+) -> list[Doc]:
+    """Create `table` (id bigint pk, title, body, embedding vector(dims)) with n corpus rows."""
+    docs = load_docstrings(limit=n)
+    assert len(docs) >= n, f"corpus has only {len(docs)} docs"
+    bodies = [d.body for d in docs]
+    if empty_every:
+        for i in range(0, n, empty_every):
+            bodies[i] = "   " if i % 2 else ""
+    vecs = HashEmbedder(model, dims).encode([b if b.strip() else "x" for b in bodies])
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, category text, "
+            "embedding vector({}))").format(sql.Identifier(table), sql.Literal(dims)))
+        with conn.cursor() as cur, cur.copy(sql.SQL(
+                "COPY {} (id, title, body, category, embedding) FROM STDIN (FORMAT BINARY)").format(
+                sql.Identifier(table))) as copy:
+            copy.set_types(["int8", "text", "text", "text", "vector"])
+            for i, (d, body) in enumerate(zip(docs, bodies, strict=True), start=1):
+                vec = vecs[i - 1] if body.strip() else None
+                copy.write_row((i, d.title, body, d.key.split(".")[0], vec))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    return docs[:n]
+
+
+def fetch_vectors(url: str, column: str, table: str = "documents") -> dict[int, np.ndarray | None]:
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        rows = conn.execute(sql.SQL("SELECT id, {} FROM {}").format(
+            sql.Identifier(column), sql.Identifier(table))).fetchall()
+    return {int(r[0]): (None if r[1] is None else np.asarray(r[1], dtype=np.float32)) for r in rows}

@@ -1,0 +1,101 @@
+-- phase: adopt
+-- point the view at embedding (local-hash-old@256:971078742da6) [tx; ACCESS EXCLUSIVE on public.documents_search]
+CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding"::vector AS "embedding", 'local-hash-old@256:971078742da6'::text AS "embedding_model" FROM "public"."documents";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding', 'local-hash-old@256:971078742da6', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 256, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "local-hash-old", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 256, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+-- phase: expand
+-- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.documents]
+ALTER TABLE "public"."documents" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(384);
+-- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.documents]
+CREATE OR REPLACE TRIGGER "migrator_demo_local_capture" BEFORE INSERT OR UPDATE OF "body" ON "public"."documents" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_demo_local_capture_fn"();
+-- phase: expand (backward)
+DROP TRIGGER IF EXISTS "migrator_demo_local_capture" ON "public"."documents";
+DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
+ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding_v2";
+-- phase: backfill
+-- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.documents]
+SELECT "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id" > %(lo)s AND "id" <= %(hi)s ORDER BY "id";
+-- workers: staging table for a binary COPY of the vectors [tx; no table lock]
+CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_384" (pk bigint, text_hash text, v vector(384)) ON COMMIT DELETE ROWS;
+-- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.documents]
+UPDATE "public"."documents" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_384" AS s WHERE t."id" = s.pk AND md5("t"."body") = s.text_hash;
+-- phase: index
+-- memory for the index build (session setting) [no-tx; no table lock]
+SET maintenance_work_mem = '256MB';
+-- parallel workers for the build (session setting) [no-tx; no table lock]
+SET max_parallel_maintenance_workers = 1;
+-- build documents_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.documents]
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "documents_embedding_v2_hnsw_idx" ON "public"."documents" USING hnsw ("embedding_v2" vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+-- phase: index (backward)
+DROP INDEX CONCURRENTLY IF EXISTS "public"."documents_embedding_v2_hnsw_idx";
+-- phase: cutover
+-- point the view at embedding_v2 (local-hash-new@384:8d1ec6840d11) [tx; ACCESS EXCLUSIVE on public.documents_search]
+CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding_v2"::vector AS "embedding", 'local-hash-new@384:8d1ec6840d11'::text AS "embedding_model" FROM "public"."documents";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding_v2', 'local-hash-new@384:8d1ec6840d11', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 384, "max_inputs_per_request": 256, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "local-hash-new", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 384, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+-- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: cutover (backward)
+CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding"::vector AS "embedding", 'local-hash-old@256:971078742da6'::text AS "embedding_model" FROM "public"."documents";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding', 'local-hash-old@256:971078742da6', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 256, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "local-hash-old", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 256, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+-- phase: rollback
+-- point the view at embedding (local-hash-old@256:971078742da6) [tx; ACCESS EXCLUSIVE on public.documents_search]
+CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding"::vector AS "embedding", 'local-hash-old@256:971078742da6'::text AS "embedding_model" FROM "public"."documents";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding', 'local-hash-old@256:971078742da6', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 256, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "local-hash-old", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 256, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+-- phase: rollback (backward)
+CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding_v2"::vector AS "embedding", 'local-hash-new@384:8d1ec6840d11'::text AS "embedding_model" FROM "public"."documents";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding_v2', 'local-hash-new@384:8d1ec6840d11', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 384, "max_inputs_per_request": 256, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "local-hash-new", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 384, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: finalize
+-- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.documents]
+DROP TRIGGER IF EXISTS "migrator_demo_local_capture" ON "public"."documents";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
+-- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.documents]
+ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding";

@@ -1,0 +1,107 @@
+-- phase: adopt
+-- point the view at embedding (text-embedding-ada-002@1536:af712298284a) [tx; ACCESS EXCLUSIVE on public.kb_search]
+CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding"::vector AS "embedding", 'text-embedding-ada-002@1536:af712298284a'::text AS "embedding_model" FROM "public"."kb_chunks";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding', 'text-embedding-ada-002@1536:af712298284a', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-ada-002", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+-- phase: expand
+-- add embedding_nomic (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
+ALTER TABLE "public"."kb_chunks" ADD COLUMN IF NOT EXISTS "embedding_nomic" halfvec(768);
+-- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
+    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_nomic" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.kb_chunks]
+CREATE OR REPLACE TRIGGER "migrator_kb_nomic_halfvec_capture" BEFORE INSERT OR UPDATE OF "content" ON "public"."kb_chunks" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+-- phase: expand (backward)
+DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_capture" ON "public"."kb_chunks";
+DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding_nomic";
+-- phase: backfill
+-- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.kb_chunks]
+SELECT "chunk_id"::text, "content", md5("content") FROM "public"."kb_chunks" WHERE "chunk_id" > %(lo)s AND "chunk_id" <= %(hi)s ORDER BY "chunk_id";
+-- workers: staging table for a binary COPY of the vectors [tx; no table lock]
+CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_halfvec_768" (pk bigint, text_hash text, v halfvec(768)) ON COMMIT DELETE ROWS;
+-- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.kb_chunks]
+UPDATE "public"."kb_chunks" AS t SET "embedding_nomic" = s.v FROM "migrator_stage_428fda_halfvec_768" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") = s.text_hash;
+-- phase: index
+-- memory for the index build (session setting) [no-tx; no table lock]
+SET maintenance_work_mem = '512MB';
+-- parallel workers for the build (session setting) [no-tx; no table lock]
+SET max_parallel_maintenance_workers = 1;
+-- build kb_chunks_embedding_nomic_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.kb_chunks]
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "kb_chunks_embedding_nomic_hnsw_idx" ON "public"."kb_chunks" USING hnsw ("embedding_nomic" halfvec_cosine_ops) WITH (m = 16, ef_construction = 64);
+-- phase: index (backward)
+DROP INDEX CONCURRENTLY IF EXISTS "public"."kb_chunks_embedding_nomic_hnsw_idx";
+-- phase: cutover
+-- drop the view (its embedding column changes type) [tx; ACCESS EXCLUSIVE on public.kb_search]
+DROP VIEW IF EXISTS "public"."kb_search";
+-- point the view at embedding_nomic (nomic-embed-text@768:2ba2f6919e46) [tx; ACCESS EXCLUSIVE on public.kb_search]
+CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding_nomic"::halfvec AS "embedding", 'nomic-embed-text@768:2ba2f6919e46'::text AS "embedding_model" FROM "public"."kb_chunks";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding_nomic', 'nomic-embed-text@768:2ba2f6919e46', '{"api_key_env": "OLLAMA_API_KEY", "base_url": "http://ollama.internal:11434/v1", "dimensions": 768, "max_inputs_per_request": 64, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "nomic-embed-text", "normalize": true, "overlong": "dead_letter", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": 0.0}'::jsonb, 'halfvec', 768, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+-- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
+    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: cutover (backward)
+DROP VIEW IF EXISTS "public"."kb_search";
+CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding"::vector AS "embedding", 'text-embedding-ada-002@1536:af712298284a'::text AS "embedding_model" FROM "public"."kb_chunks";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding', 'text-embedding-ada-002@1536:af712298284a', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-ada-002", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+-- phase: rollback
+-- drop the view (its embedding column changes type) [tx; ACCESS EXCLUSIVE on public.kb_search]
+DROP VIEW IF EXISTS "public"."kb_search";
+-- point the view at embedding (text-embedding-ada-002@1536:af712298284a) [tx; ACCESS EXCLUSIVE on public.kb_search]
+CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding"::vector AS "embedding", 'text-embedding-ada-002@1536:af712298284a'::text AS "embedding_model" FROM "public"."kb_chunks";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding', 'text-embedding-ada-002@1536:af712298284a', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-ada-002", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+-- phase: rollback (backward)
+DROP VIEW IF EXISTS "public"."kb_search";
+CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding_nomic"::halfvec AS "embedding", 'nomic-embed-text@768:2ba2f6919e46'::text AS "embedding_model" FROM "public"."kb_chunks";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding_nomic', 'nomic-embed-text@768:2ba2f6919e46', '{"api_key_env": "OLLAMA_API_KEY", "base_url": "http://ollama.internal:11434/v1", "dimensions": 768, "max_inputs_per_request": 64, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "nomic-embed-text", "normalize": true, "overlong": "dead_letter", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": 0.0}'::jsonb, 'halfvec', 768, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
+    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: finalize
+-- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.kb_chunks]
+DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_capture" ON "public"."kb_chunks";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+-- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
+ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding";

@@ -1,0 +1,107 @@
+-- phase: adopt
+-- point the view at embedding (text-embedding-3-small@1536:a13c439d64c8) [tx; ACCESS EXCLUSIVE on public.articles_search]
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding"::vector AS "embedding", 'text-embedding-3-small@1536:a13c439d64c8'::text AS "embedding_model" FROM "public"."articles";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding', 'text-embedding-3-small@1536:a13c439d64c8', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-small", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+-- phase: expand
+-- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.articles]
+ALTER TABLE "public"."articles" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(1024);
+-- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
+CREATE OR REPLACE TRIGGER "migrator_articles_3large_capture" BEFORE INSERT OR UPDATE OF "title", "body" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_capture_fn"();
+-- phase: expand (backward)
+DROP TRIGGER IF EXISTS "migrator_articles_3large_capture" ON "public"."articles";
+DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_capture_fn"();
+ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
+-- phase: backfill
+-- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.articles]
+SELECT "id"::text, concat("title"::text, '
+
+', "body"::text), md5(concat("title"::text, '
+
+', "body"::text)) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s ORDER BY "id";
+-- workers: staging table for a binary COPY of the vectors [tx; no table lock]
+CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_1024" (pk bigint, text_hash text, v vector(1024)) ON COMMIT DELETE ROWS;
+-- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles]
+UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(concat("t"."title"::text, '
+
+', "t"."body"::text)) = s.text_hash;
+-- phase: index
+-- memory for the index build (session setting) [no-tx; no table lock]
+SET maintenance_work_mem = '2GB';
+-- parallel workers for the build (session setting) [no-tx; no table lock]
+SET max_parallel_maintenance_workers = 2;
+-- build articles_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.articles]
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "articles_embedding_v2_hnsw_idx" ON "public"."articles" USING hnsw ("embedding_v2" vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+-- phase: index (backward)
+DROP INDEX CONCURRENTLY IF EXISTS "public"."articles_embedding_v2_hnsw_idx";
+-- phase: cutover
+-- point the view at embedding_v2 (text-embedding-3-large@1024:6cfd44e2de8c) [tx; ACCESS EXCLUSIVE on public.articles_search]
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+-- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: cutover (backward)
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding"::vector AS "embedding", 'text-embedding-3-small@1536:a13c439d64c8'::text AS "embedding_model" FROM "public"."articles";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding', 'text-embedding-3-small@1536:a13c439d64c8', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-small", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+-- phase: rollback
+-- point the view at embedding (text-embedding-3-small@1536:a13c439d64c8) [tx; ACCESS EXCLUSIVE on public.articles_search]
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding"::vector AS "embedding", 'text-embedding-3-small@1536:a13c439d64c8'::text AS "embedding_model" FROM "public"."articles";
+-- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding', 'text-embedding-3-small@1536:a13c439d64c8', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1536, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-small", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1536, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+-- announce the switch (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+-- phase: rollback (backward)
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles";
+INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+BEGIN
+  IF TG_OP = ''UPDATE'' THEN
+    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
+    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+  END IF;
+  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+    INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
+  END IF;
+  RETURN NEW;
+END
+';
+-- phase: finalize
+-- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
+DROP TRIGGER IF EXISTS "migrator_articles_3large_capture" ON "public"."articles";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_capture_fn"();
+-- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.articles]
+ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding";
