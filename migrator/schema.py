@@ -104,7 +104,10 @@ changes = Table(
     Column("migration", Text, nullable=False),
     Column("pk", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Kept after processing (marked, not deleted) so verify can measure staleness since a report.
+    Column("processed_at", DateTime(timezone=True)),
     Index("changes_migration_id_idx", "migration", "id"),
+    Index("changes_pending_idx", "migration", "id", postgresql_where=text("processed_at IS NULL")),
 )
 
 reports = Table(

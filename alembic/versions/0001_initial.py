@@ -101,9 +101,12 @@ def upgrade() -> None:
         sa.Column("migration", sa.Text(), nullable=False),
         sa.Column("pk", sa.Text(), nullable=False),
         sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+        sa.Column("processed_at", TS),
         schema=S,
     )
     op.create_index("changes_migration_id_idx", "changes", ["migration", "id"], schema=S)
+    op.create_index("changes_pending_idx", "changes", ["migration", "id"], schema=S,
+                    postgresql_where=sa.text("processed_at IS NULL"))
     op.create_table(
         "reports",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
