@@ -20,8 +20,9 @@ from migrator.embedding.local import HashEmbedder
 MODELS = (("local-hash-old", 256), ("local-hash-new", 384))
 
 
-def recall_at_k(model: HashEmbedder, bodies: list[str], queries: list[str], targets: list[int],
-                k: int) -> tuple[float, float]:
+def recall_at_k(
+    model: HashEmbedder, bodies: list[str], queries: list[str], targets: list[int], k: int
+) -> tuple[float, float]:
     start = time.perf_counter()
     docs = model.encode(bodies)
     rate = len(bodies) / (time.perf_counter() - start)

@@ -78,7 +78,9 @@ class Provider(ABC):
     ) -> Matrix:
         """`embed` plus strict row checks: for a search query, where a bad row is an error."""
         return check_vectors_strict(
-            self.embed(texts), dimensions=self.dimensions, forbid_zero=forbid_zero,
+            self.embed(texts),
+            dimensions=self.dimensions,
+            forbid_zero=forbid_zero,
             normalize=normalize,
         )
 

@@ -32,7 +32,7 @@ REASON_NOT_NUMBERS = "not numbers"
 
 
 def check_response_shape(
-    items: Sequence[tuple[int, object]], *, expected: int, dimensions: int
+    items: Sequence[tuple[object, object]], *, expected: int, dimensions: int
 ) -> Matrix:
     """Place (index, vector) pairs by index into a float32 (expected, dimensions) matrix.
 
@@ -99,13 +99,13 @@ def check_vectors(
         nan_rows = np.isnan(m).any(axis=1)
         inf_rows = np.isinf(m).any(axis=1)
         norms = np.sqrt(np.einsum("ij,ij->i", m.astype(np.float64), m.astype(np.float64)))
-    for i in np.flatnonzero(nan_rows):
-        bad.setdefault(int(i), REASON_NAN)
-    for i in np.flatnonzero(inf_rows):
-        bad.setdefault(int(i), REASON_INF)
+    for r in np.flatnonzero(nan_rows).tolist():
+        bad.setdefault(r, REASON_NAN)
+    for r in np.flatnonzero(inf_rows).tolist():
+        bad.setdefault(r, REASON_INF)
     if forbid_zero or normalize:
-        for i in np.flatnonzero(norms == 0.0):
-            bad.setdefault(int(i), REASON_ZERO)
+        for r in np.flatnonzero(norms == 0.0).tolist():
+            bad.setdefault(r, REASON_ZERO)
     if bad:
         m[list(bad)] = 0.0
     if normalize:

@@ -32,10 +32,11 @@ _JOIN_TABLE = b"\x00" + _TABLE[1:]  # keeps NUL, the separator of joined batches
 _SEP = "\x00"
 _CACHE_MAX = 500_000
 # Very frequent English words carry little meaning and crowd out the rest in few dimensions.
-STOPWORDS = frozenset(
+_STOP_TEXT = (
     "a an and are as at be by for from has have if in into is it its of on or that the this "
-    "to was were will with which not no can may be been but than then there these those".split()
+    "to was were will with which not no can may be been but than then there these those"
 )
+STOPWORDS = frozenset(_STOP_TEXT.split(" "))
 _STOP_BYTES = frozenset(w.encode() for w in STOPWORDS)
 
 
@@ -112,7 +113,7 @@ class HashEmbedder:
         rows = np.cumsum(sep, dtype=np.int64)
         hashes, rows = hashes[~sep], rows[~sep]
         empty = np.flatnonzero(np.bincount(rows, minlength=len(texts)) == 0)
-        extra = [(int(i), texts[i].strip()) for i in empty if texts[i].strip()]
+        extra = [(i, texts[i].strip()) for i in empty.tolist() if texts[i].strip()]
         if extra:  # punctuation-only text still gets a direction
             more = self._hashes([t.encode("utf-8", "replace") for _, t in extra])
             hashes = np.concatenate([hashes, more])
@@ -144,7 +145,7 @@ class HashEmbedder:
             index[part] = base + (h % np.uint64(d)).astype(np.int64)
             signed[part] = np.where((h >> np.uint64(63)) == 0, weight, -weight)
         flat = np.bincount(index, weights=signed, minlength=n * d)
-        out = flat.reshape(n, d)
+        out: npt.NDArray[np.float64] = flat.reshape(n, d).astype(np.float64, copy=False)
         if self.normalize:
             norms = np.linalg.norm(out, axis=1)
             out /= np.where(norms > 0, norms, 1.0)[:, None]

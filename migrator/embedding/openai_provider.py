@@ -1,0 +1,154 @@
+"""The OpenAI-compatible provider, on the official `openai` client, and error classification.
+
+One `embed` call is one HTTP request: client retries are off and the timeout is short, because
+the caller owns retries and backoff. Must not batch, sleep or read the environment (the
+factory passes the key and base URL in).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import numpy as np
+import openai
+
+from migrator.embedding.base import Limits, Matrix, Provider
+from migrator.embedding.checks import check_response_shape
+from migrator.embedding.errors import (
+    BadResponseError,
+    EmbeddingError,
+    InputRejectedError,
+    PermanentError,
+    RetryableError,
+)
+from migrator.embedding.tokens import estimate_tokens, truncate_to_estimate
+from migrator.plan import ModelSpec
+
+# 4xx statuses that are about the request's inputs (bisecting the batch can isolate them).
+INPUT_STATUSES = frozenset({400, 413, 422})
+RETRY_STATUSES = frozenset({408, 429})
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return exc.message
+
+
+def classify(exc: BaseException) -> EmbeddingError:
+    """Map an `openai` exception to retryable / permanent, keeping the server's delay hint."""
+    if isinstance(exc, EmbeddingError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return RetryableError("the embedding request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return RetryableError(f"cannot reach the embedding server: {exc.message}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = f"HTTP {status}: {_server_message(exc)}"
+        if status in RETRY_STATUSES or status >= 500:
+            delay = parse_retry_after(dict(exc.response.headers))
+            return RetryableError(message, status=status, retry_after=delay)
+        if status in INPUT_STATUSES:
+            return InputRejectedError(message, status=status)
+        hint = {
+            401: "check the API key",
+            403: "check the key's permissions",
+            404: "check the model name and base_url",
+        }.get(status)
+        return PermanentError(message, status=status, hint=hint)
+    if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        return BadResponseError(f"the embedding answer is malformed: {exc}")
+    if isinstance(exc, openai.OpenAIError):
+        return PermanentError(f"embedding client error: {exc}")
+    raise TypeError(f"not an openai error: {exc!r}")
+
+
+class OpenAIProvider(Provider):
+    """Any server speaking the OpenAI embeddings API (OpenAI, vLLM, `serve-embeddings`, ...)."""
+
+    def __init__(self, spec: ModelSpec, *, api_key: str | None, base_url: str | None) -> None:
+        self.spec = spec
+        self.fingerprint = spec.fingerprint()
+        self.dimensions = spec.dimensions
+        self.limits = Limits.from_spec(spec)
+        self._api_key = api_key
+        self._base_url = base_url
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The shared client, created on first use (it is thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                self._client = openai.OpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    max_retries=0,
+                    timeout=self.spec.request_timeout_seconds,
+                )
+            return self._client
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                raise ValueError(f"input {i} is empty: empty texts must never be sent")
+        extra: dict[str, Any] = {}
+        if self.spec.send_dimensions:
+            extra["dimensions"] = self.dimensions
+        try:
+            answer = self.client.embeddings.create(
+                input=list(texts), model=self.spec.name, encoding_format="float", **extra
+            )
+        except openai.OpenAIError as exc:
+            raise classify(exc) from exc
+        data = getattr(answer, "data", None)
+        if not isinstance(data, list):
+            raise BadResponseError("the embedding answer has no 'data' list")
+        pairs = [(getattr(item, "index", None), getattr(item, "embedding", None)) for item in data]
+        return check_response_shape(pairs, expected=len(texts), dimensions=self.dimensions)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [estimate_tokens(t) for t in texts]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        return truncate_to_estimate(text, max_tokens)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
