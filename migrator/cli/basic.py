@@ -17,6 +17,8 @@ from migrator.cli.common import (
 )
 from migrator.errors import EXIT_CODES, PreflightError
 from migrator.output import render_plan, render_status
+from migrator.runbook import render_runbook
+from migrator.steps import Facts
 
 
 @click.command("plan")
@@ -109,6 +111,33 @@ def db_stop_cmd() -> None:
         click.echo(f"{name}: {'stopped' if stopped else 'not running'}")
 
 
+@click.command("runbook")
+@plan_argument
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the Markdown here instead of standard output.")
+@click.option("--offline", is_flag=True, help="Do not connect (no duration or cost estimate).")
+@database_option
+@handle_errors
+def runbook_cmd(plan_path: str, output: str | None, offline: bool, database_url: str | None) -> None:
+    """Write a Markdown runbook for PLAN: each step's command, what it changes, expected
+    duration, what to watch, how to check it worked and how to roll back from there."""
+    plan = read_plan(plan_path)
+    estimate = None
+    facts = Facts()
+    if not offline:
+        report = api.plan_live(plan, settings_from(database_url))
+        estimate = report.estimate
+        if report.inspection is not None:
+            facts = report.inspection.facts
+    text = render_runbook(plan, plan_path, estimate, facts)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        click.echo(f"runbook written to {output}")
+    else:
+        click.echo(text)
+
+
 @click.command("exit-codes")
 def exit_codes_cmd() -> None:
     """List the exit codes every command uses."""
@@ -117,5 +146,5 @@ def exit_codes_cmd() -> None:
 
 
 def register(group: click.Group) -> None:
-    for cmd in (plan_cmd, status_cmd, adopt_cmd, db_group, exit_codes_cmd):
+    for cmd in (plan_cmd, status_cmd, adopt_cmd, runbook_cmd, db_group, exit_codes_cmd):
         group.add_command(cmd)
