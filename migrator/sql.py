@@ -169,12 +169,26 @@ def add_target_column(plan: Plan) -> sql.Composable:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_range(plan: Plan) -> sql.Composable:
+def read_range(
+    plan: Plan, column: str | None = None, *, lo: bool = True, hi: bool = True
+) -> sql.Composable:
+    """Rows of one key range whose vector `column` is still NULL: (pk, pk::text, text, hash).
+
+    A range with no lower (first batch) or no upper bound (last batch) leaves that side out.
+    Only NULL vectors are read: the capture trigger clears the column whenever the text
+    changes, so a non-NULL vector is already fresh and a rerun skips it.
+    """
     pk = sql.Identifier(plan.table.primary_key)
+    conds: list[sql.Composable] = []
+    if lo:
+        conds.append(sql.SQL("{} > %(lo)s").format(pk))
+    if hi:
+        conds.append(sql.SQL("{} <= %(hi)s").format(pk))
+    conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
     return sql.SQL(
-        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk} > %(lo)s AND {pk} <= %(hi)s "
-        "ORDER BY {pk}"
-    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan))
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY {pk}"
+    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
+             conds=sql.SQL(" AND ").join(conds))
 
 
 _PK_TYPE_RE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?$")
@@ -187,13 +201,14 @@ def pk_type_sql(pk_type: str) -> sql.Composable:
     return sql.SQL(pk_type)
 
 
-def read_ids(plan: Plan, pk_type: str) -> sql.Composable:
+def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composable:
+    """Like `read_range`, for a list of keys (catch-up, sweep and dead-letter batches)."""
     pk = sql.Identifier(plan.table.primary_key)
     return sql.SQL(
-        "SELECT {pk}::text, {text}, {hash} FROM {tbl} WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) "
-        "ORDER BY {pk}"
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
+        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY {pk}"
     ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
-             pkt=pk_type_sql(pk_type))
+             pkt=pk_type_sql(pk_type), col=sql.Identifier(column or plan.target.column))
 
 
 def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
@@ -213,12 +228,18 @@ def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
 
 
 def cas_update(plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
-    """Write staged vectors only where the row still holds the text that was embedded."""
+    """Write staged vectors only where the row still holds the text that was embedded.
+
+    `IS NULL` as well: a vector already there is fresh (the capture trigger clears it on every
+    text change), so a duplicated or redelivered batch writes nothing and adds no row versions.
+    Returns the keys written.
+    """
     pk = sql.Identifier(plan.table.primary_key)
+    col = sql.Identifier(column)
     return sql.SQL(
         "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
-        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash"
-    ).format(tbl=table_ident(plan), col=sql.Identifier(column), pk=pk,
+        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
+    ).format(tbl=table_ident(plan), col=col, pk=pk,
              hash=text_hash_expr(plan, "t"), stage=stage_ident(pk_type, vtype, dims))
 
 

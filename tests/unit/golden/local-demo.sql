@@ -29,11 +29,11 @@ DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
 ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.documents]
-SELECT "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id" > %(lo)s AND "id" <= %(hi)s ORDER BY "id";
+SELECT "id", "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY "id";
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_384" (pk bigint, text_hash text, v vector(384)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.documents]
-UPDATE "public"."documents" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_384" AS s WHERE t."id" = s.pk AND md5("t"."body") = s.text_hash;
+UPDATE "public"."documents" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_384" AS s WHERE t."id" = s.pk AND md5("t"."body") = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '256MB';

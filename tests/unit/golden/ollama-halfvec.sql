@@ -29,11 +29,11 @@ DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
 ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding_nomic";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.kb_chunks]
-SELECT "chunk_id"::text, "content", md5("content") FROM "public"."kb_chunks" WHERE "chunk_id" > %(lo)s AND "chunk_id" <= %(hi)s ORDER BY "chunk_id";
+SELECT "chunk_id", "chunk_id"::text, "content", md5("content") FROM "public"."kb_chunks" WHERE "chunk_id" > %(lo)s AND "chunk_id" <= %(hi)s AND "embedding_nomic" IS NULL ORDER BY "chunk_id";
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_halfvec_768" (pk bigint, text_hash text, v halfvec(768)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.kb_chunks]
-UPDATE "public"."kb_chunks" AS t SET "embedding_nomic" = s.v FROM "migrator_stage_428fda_halfvec_768" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") = s.text_hash;
+UPDATE "public"."kb_chunks" AS t SET "embedding_nomic" = s.v FROM "migrator_stage_428fda_halfvec_768" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") = s.text_hash AND t."embedding_nomic" IS NULL RETURNING t."chunk_id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '512MB';
