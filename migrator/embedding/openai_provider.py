@@ -7,11 +7,13 @@ factory passes the key and base URL in).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import openai
@@ -94,11 +96,31 @@ def classify(exc: BaseException) -> EmbeddingError:
     raise TypeError(f"not an openai error: {exc!r}")
 
 
+def _pair(item: object, encoding: str) -> tuple[object, object]:
+    if not isinstance(item, dict):
+        return None, None
+    vector = item.get("embedding")
+    if encoding == "base64" and isinstance(vector, str):
+        try:
+            vector = np.frombuffer(base64.b64decode(vector, validate=True), dtype="<f4")
+        except (ValueError, binascii.Error):
+            vector = None
+    return item.get("index"), vector
+
+
 class OpenAIProvider(Provider):
     """Any server speaking the OpenAI embeddings API (OpenAI, vLLM, `serve-embeddings`, ...)."""
 
-    def __init__(self, spec: ModelSpec, *, api_key: str | None, base_url: str | None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        encoding: Literal["float", "base64"] = "float",
+    ) -> None:
         self.spec = spec
+        self.encoding = encoding
         self.fingerprint = spec.fingerprint()
         self.dimensions = spec.dimensions
         self.limits = Limits.from_spec(spec)
@@ -130,15 +152,20 @@ class OpenAIProvider(Provider):
         if self.spec.send_dimensions:
             extra["dimensions"] = self.dimensions
         try:
-            answer = self.client.embeddings.create(
-                input=list(texts), model=self.spec.name, encoding_format="float", **extra
+            # The raw response skips the client's per-float model construction, which costs
+            # ~0.45 s of CPU per 256 x 256 answer in openai 3.x; errors are still raised.
+            raw = self.client.embeddings.with_raw_response.create(
+                input=list(texts), model=self.spec.name, encoding_format=self.encoding, **extra
             )
+            payload = raw.http_response.json()
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
-        data = getattr(answer, "data", None)
+        except ValueError as exc:
+            raise BadResponseError(f"the embedding answer is not JSON: {exc}") from exc
+        data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             raise BadResponseError("the embedding answer has no 'data' list")
-        pairs = [(getattr(item, "index", None), getattr(item, "embedding", None)) for item in data]
+        pairs = [_pair(item, self.encoding) for item in data]
         return check_response_shape(pairs, expected=len(texts), dimensions=self.dimensions)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

@@ -189,3 +189,10 @@ def test_control_endpoint_at_run_time(srv: ServerHandle) -> None:
         p.embed(["x"])
     assert time.perf_counter() - start >= 0.05
     assert httpx.post(f"{base}/control", json={"nonsense": 1}).status_code == 400
+
+
+def test_provider_base64_mode_is_bit_exact(srv: ServerHandle) -> None:
+    spec = ModelSpec(name="local-hash-old", dimensions=64, base_url=srv.url)
+    with OpenAIProvider(spec, api_key="x", base_url=srv.url, encoding="base64") as p:
+        got = p.embed(TEXTS)
+    np.testing.assert_array_equal(got, HashEmbedder("local-hash-old", 64).encode(TEXTS))
