@@ -3,7 +3,7 @@
 Starts the server as a separate process (uvicorn), sends 256 texts x 256 dims per request from
 THREADS threads for DURATION seconds, and prints requests/s and rows/s last.
 
-    .venv/bin/python bench/embeddings_server.py [--seconds 12] [--threads 4] [--encoding float]
+    .venv/bin/python bench/embeddings_server.py [--seconds 12] [--threads 2] [--encoding float]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dimensions", type=int, default=256)
     parser.add_argument("--encoding", choices=["float", "base64"], default="float")

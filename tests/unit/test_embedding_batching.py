@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,7 +41,7 @@ def test_splits_respect_limits_and_keep_order(case: tuple[Limits, list[int]]) ->
 def test_greedy_split_never_leaves_room_for_the_next_input(case: tuple[Limits, list[int]]) -> None:
     limits, counts = case
     ranges = split_requests(counts, limits)
-    for r, nxt in zip(ranges, ranges[1:], strict=False):
+    for r, nxt in itertools.pairwise(ranges):
         tokens = sum(counts[i] for i in r) + counts[nxt.start]
         assert len(r) == limits.max_inputs_per_request or tokens > limits.max_tokens_per_request
 
