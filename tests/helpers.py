@@ -9,7 +9,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from migrator.corpus import Doc, load_docstrings
+from migrator.corpus import Doc, load_corpus
 from migrator.embedding.local import HashEmbedder
 from migrator.plan import Plan, load_plan, parse_plan
 
@@ -37,8 +37,7 @@ def create_documents(
     empty_every: int = 0,
 ) -> list[Doc]:
     """Create `table` (id bigint pk, title, body, embedding vector(dims)) with n corpus rows."""
-    docs = load_docstrings(limit=n)
-    assert len(docs) >= n, f"corpus has only {len(docs)} docs"
+    docs = load_corpus(n)
     bodies = [d.body for d in docs]
     if empty_every:
         for i in range(0, n, empty_every):
