@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import openai
+import orjson
 
 from migrator.embedding.base import Limits, Matrix, Provider
 from migrator.embedding.checks import check_response_shape
@@ -33,6 +35,15 @@ from migrator.plan import ModelSpec
 # 4xx statuses that are about the request's inputs (bisecting the batch can isolate them).
 INPUT_STATUSES = frozenset({400, 413, 422})
 RETRY_STATUSES = frozenset({408, 429})
+
+
+def _loads(content: bytes) -> Any:
+    # orjson parses float arrays several times faster than json; it rejects NaN/Infinity
+    # tokens, which a broken server may send: json reads those so the checks can name them.
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -157,7 +168,7 @@ class OpenAIProvider(Provider):
             raw = self.client.embeddings.with_raw_response.create(
                 input=list(texts), model=self.spec.name, encoding_format=self.encoding, **extra
             )
-            payload = raw.http_response.json()
+            payload = _loads(raw.http_response.content)
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
         except ValueError as exc:

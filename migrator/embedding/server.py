@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,9 +37,23 @@ MAX_DIMENSIONS = 16000
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # allow_nan: the "nan" bad mode must be able to send NaN, as some real servers do.
-    body = json.dumps(data, separators=(",", ":"), allow_nan=True)
+    # orjson writes float32 arrays natively (~20x faster than json over lists); it cannot write
+    # NaN, which the "nan" bad mode must send as some real servers do: json handles that case.
+    try:
+        body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        body = json.dumps(_plain(data), separators=(",", ":"), allow_nan=True).encode()
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, np.ndarray):
+        return data.tolist()
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
 
 
 def _error(
@@ -234,6 +249,10 @@ def _rate_limited(wait: float, controls: Controls) -> Response:
     )
 
 
+class _NanRow(list[float]):
+    """A row holding NaN/Inf: not serialisable by orjson, so `_json` falls back to json."""
+
+
 def _render(matrix: np.ndarray, encoding: str, bad: BadMode | None) -> list[dict[str, Any]]:
     m = matrix
     if bad is BadMode.WRONG_DIM:
@@ -246,9 +265,11 @@ def _render(matrix: np.ndarray, encoding: str, bad: BadMode | None) -> list[dict
         m[0] = 0.0
     if encoding == "base64":
         vectors: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in m]
+    elif not np.isfinite(m).all():
+        vectors = [_NanRow(row) for row in m.astype(np.float64).tolist()]
     else:
-        # 8 decimals keep float32 precision for unit vectors and make short JSON numbers.
-        vectors = np.round(m.astype(np.float64), 8).tolist()
+        # float32 rows: orjson prints the shortest decimal that round-trips each float32.
+        vectors = list(np.ascontiguousarray(m, dtype=np.float32))
     items = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
     if bad is BadMode.MISSING:
         items.pop()
