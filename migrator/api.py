@@ -280,6 +280,9 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
             {**e, "at": e["at"].isoformat()} for e in state.events(conn, plan.name, events_limit)
         ]
         out["progress"] = progress(conn, plan)
+        from migrator.ledger import dead_letters
+
+        out["dead_letters"] = dead_letters(conn, plan.name)
         return out
 
 
@@ -295,8 +298,15 @@ def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
         "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
         (plan.name,)).fetchone()
     pending_changes = conn.execute(
-        "SELECT count(*) FROM migrator.changes WHERE migration = %s", (plan.name,)).fetchone()
+        "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
+        (plan.name,)).fetchone()
+    from migrator.ledger import row_counts
+
+    counts: dict[str, int] = {}
+    with contextlib.suppress(psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+        counts = row_counts(conn, plan, plan.target.column)  # the table's word, not the ledger's
     return {
+        **counts,
         "batches": batches,
         "batches_total": sum(batches.values()),
         "rows_written": sum(int(r[2]) for r in rows),

@@ -108,9 +108,11 @@ def capture_function(plan: Plan, maintained: tuple[str, ...]) -> sql.Composable:
         sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
         for c in plan.text.columns
     )
+    # Vectors compare as text: the function's search_path (pg_catalog) cannot see pgvector's
+    # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
     clears = sql.SQL("").join(
         sql.SQL(
-            "    IF NEW.{c} IS NOT DISTINCT FROM OLD.{c} THEN NEW.{c} := NULL; END IF;\n"
+            "    IF NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text THEN NEW.{c} := NULL; END IF;\n"
         ).format(c=sql.Identifier(c))
         for c in maintained
     )
@@ -186,7 +188,7 @@ def read_range(
         conds.append(sql.SQL("{} <= %(hi)s").format(pk))
     conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
     return sql.SQL(
-        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY {pk}"
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY 1"
     ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
              conds=sql.SQL(" AND ").join(conds))
 
@@ -206,7 +208,7 @@ def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composa
     pk = sql.Identifier(plan.table.primary_key)
     return sql.SQL(
         "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
-        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY {pk}"
+        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
     ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
              pkt=pk_type_sql(pk_type), col=sql.Identifier(column or plan.target.column))
 

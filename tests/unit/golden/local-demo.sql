@@ -13,7 +13,7 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
@@ -29,7 +29,7 @@ DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
 ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.documents]
-SELECT "id", "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY "id";
+SELECT "id", "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_384" (pk bigint, text_hash text, v vector(384)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.documents]
@@ -55,8 +55,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
@@ -83,8 +83,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);

@@ -13,7 +13,7 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() R
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
+    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
@@ -29,7 +29,7 @@ DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
 ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding_nomic";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.kb_chunks]
-SELECT "chunk_id", "chunk_id"::text, "content", md5("content") FROM "public"."kb_chunks" WHERE "chunk_id" > %(lo)s AND "chunk_id" <= %(hi)s AND "embedding_nomic" IS NULL ORDER BY "chunk_id";
+SELECT "chunk_id", "chunk_id"::text, "content", md5("content") FROM "public"."kb_chunks" WHERE "chunk_id" > %(lo)s AND "chunk_id" <= %(hi)s AND "embedding_nomic" IS NULL ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_halfvec_768" (pk bigint, text_hash text, v halfvec(768)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.kb_chunks]
@@ -57,8 +57,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() R
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
@@ -89,8 +89,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() R
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic" IS NOT DISTINCT FROM OLD."embedding_nomic" THEN NEW."embedding_nomic" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);

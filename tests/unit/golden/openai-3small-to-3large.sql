@@ -13,7 +13,7 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RE
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
@@ -33,7 +33,7 @@ SELECT "id", "id"::text, concat("title"::text, '
 
 ', "body"::text), md5(concat("title"::text, '
 
-', "body"::text)) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY "id";
+', "body"::text)) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_1024" (pk bigint, text_hash text, v vector(1024)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles]
@@ -61,8 +61,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RE
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
@@ -89,8 +89,8 @@ CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RE
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2" IS NOT DISTINCT FROM OLD."embedding_v2" THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding" IS NOT DISTINCT FROM OLD."embedding" THEN NEW."embedding" := NULL; END IF;
+    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);

@@ -1,0 +1,169 @@
+"""The request and token budget shared by every worker, as token buckets in Redis (one Lua
+script, Redis's own clock), plus the shared pause a 429's Retry-After sets.
+
+Owns rate limiting only: it never calls the provider. `NoLimiter` stands in when the plan sets
+no limits and no Redis is at hand.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from migrator.embedding.errors import RetryableError
+
+# A bucket holds BURST of a minute's budget and refills at the rest, so that no 60-second
+# window (what providers count) ever sees more than the budget: burst + refill = 1 minute.
+BURST = 0.1
+
+# KEYS[1]: the bucket hash. ARGV: rpm, tpm (0 = unlimited), requests, tokens, burst.
+# Returns milliseconds to wait (0 = granted and charged).
+_ACQUIRE = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pause = tonumber(redis.call('HGET', key, 'pause') or '0')
+if now < pause then return pause - now end
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+local costs = {tonumber(ARGV[3]), tonumber(ARGV[4])}
+local burst = tonumber(ARGV[5])
+local names = {'r', 't'}
+local levels = {}
+local wait = 0
+for i = 1, 2 do
+  local limit = limits[i]
+  if limit > 0 then
+    local cap = math.max(limit * burst, 1)
+    local rate = (limit - cap) / 60000.0
+    if rate <= 0 then rate = limit / 60000.0 end
+    local level = tonumber(redis.call('HGET', key, names[i]) or tostring(cap))
+    local ts = tonumber(redis.call('HGET', key, names[i] .. 'ts') or tostring(now))
+    level = math.min(cap, level + (now - ts) * rate)
+    levels[i] = level
+    -- A request bigger than the bucket goes when the bucket is full and leaves a debt.
+    local need = math.min(costs[i], cap)
+    if level < need then wait = math.max(wait, math.ceil((need - level) / rate)) end
+  end
+end
+for i = 1, 2 do
+  if limits[i] > 0 then
+    local level = levels[i]
+    if wait == 0 then level = level - costs[i] end
+    redis.call('HSET', key, names[i], tostring(level), names[i] .. 'ts', tostring(now))
+  end
+end
+redis.call('PEXPIRE', key, 600000)
+return wait
+"""
+
+# KEYS[1]: the bucket hash. ARGV: seconds. Everyone waits until then, and the buckets restart
+# empty so the pause does not end in a burst.
+_PAUSE = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + math.ceil(tonumber(ARGV[1]) * 1000)
+local pause = tonumber(redis.call('HGET', key, 'pause') or '0')
+if until_ms > pause then redis.call('HSET', key, 'pause', tostring(until_ms)) end
+redis.call('HSET', key, 'r', '0', 'rts', tostring(now), 't', '0', 'tts', tostring(now))
+redis.call('PEXPIRE', key, 600000)
+return math.max(until_ms, pause) - now
+"""
+
+
+class Limiter(Protocol):
+    def acquire(self, requests: int, tokens: int) -> None:
+        """Block until the budget allows one request carrying `tokens`; charge it."""
+
+    def pause(self, seconds: float) -> None:
+        """Make every worker wait `seconds` (a 429's Retry-After)."""
+
+
+@dataclass
+class NoLimiter:
+    """No shared budget: acquire returns at once; a pause only delays this process."""
+
+    sleep: Callable[[float], None] = time.sleep
+    paused_until: float = 0.0
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        wait = self.paused_until - time.monotonic()
+        if wait > 0:
+            self.sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+class RedisLimiter:
+    """Token buckets for requests and tokens per minute under one Redis key.
+
+    `rpm`/`tpm` None means unlimited on that axis (the pause still applies). `acquire`
+    raises RetryableError after `max_wait` seconds so a starved task goes back to the queue.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        max_wait: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.rpm = rpm or 0
+        self.tpm = tpm or 0
+        self.max_wait = max_wait
+        self._sleep = sleep
+        self._acquire = client.register_script(_ACQUIRE)
+        self._pause = client.register_script(_PAUSE)
+        self.waited = 0.0
+
+    def try_acquire(self, requests: int, tokens: int) -> float:
+        """Seconds to wait (0.0: granted and charged)."""
+        ms = self._acquire(keys=[self.key],
+                           args=[self.rpm, self.tpm, max(requests, 1) if self.rpm else 0,
+                                 max(tokens, 0) if self.tpm else 0, BURST])
+        return float(ms) / 1000.0
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            wait = self.try_acquire(1 if requests else 0, tokens)
+            if wait <= 0:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RetryableError(
+                    f"the shared rate budget had no room for {self.max_wait:.0f} s",
+                    retry_after=min(wait, 60.0))
+            # A floor on the step keeps waiting workers from spinning on Redis.
+            step = min(max(wait, 0.01), left)
+            self.waited += step
+            self._sleep(step)
+
+    def pause(self, seconds: float) -> None:
+        if seconds > 0 and math.isfinite(seconds):
+            self._pause(keys=[self.key], args=[seconds])
+
+
+def bucket_key(migration: str, role: str) -> str:
+    return f"migrator:ratelimit:{migration}:{role}"
+
+
+def make_limiter(
+    redis_url: str | None, migration: str, role: str, *, rpm: int | None, tpm: int | None
+) -> Limiter:
+    """The shared limiter when a Redis is at hand, else `NoLimiter` (the pause stays local)."""
+    if redis_url is None:
+        return NoLimiter()
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    return RedisLimiter(client, bucket_key(migration, role), rpm=rpm, tpm=tpm)

@@ -1,0 +1,158 @@
+"""Thin Celery tasks: take (migration, batch id), call `work.run_batch`, map errors to retries.
+
+Like web views: no logic beyond loading the plan from migrator.migrations (workers need only
+DATABASE_URL and the broker), per-process resources created lazily after fork, and the retry
+decision of `work.retry_delay`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from celery import Task
+from celery.exceptions import Retry
+
+from migrator import ledger, work
+from migrator.broker import limiter_redis_url
+from migrator.config import Settings, load_settings
+from migrator.db import connect, resolve_url
+from migrator.embedding import Provider, provider_for
+from migrator.plan import Plan, parse_plan
+from migrator.ratelimit import Limiter, NoLimiter, make_limiter
+from migrator.worker.app import TASK_NAME, app
+
+log = logging.getLogger(__name__)
+PLAN_TTL_S = 15.0
+
+
+@dataclass
+class Runtime:
+    """What one worker process holds: created on first use in that process, after fork."""
+
+    pid: int
+    settings: Settings
+    conn: psycopg.Connection | None = None
+    plans: dict[str, tuple[float, Plan]] = field(default_factory=dict)
+    providers: dict[tuple[str, str], Provider] = field(default_factory=dict)
+    limiters: dict[tuple[str, str], Limiter] = field(default_factory=dict)
+    stats: work.Stats = field(default_factory=work.Stats)
+
+    def connection(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            if self.conn is not None:
+                work.forget_connection(self.conn)
+            self.conn = connect(resolve_url(self.settings), application_name="migrator-worker")
+        return self.conn
+
+    def drop_connection(self) -> None:
+        if self.conn is not None:
+            work.forget_connection(self.conn)
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def plan(self, name: str) -> Plan:
+        # Cached briefly: an operator may change tuning keys (limits, concurrency) mid-run.
+        cached = self.plans.get(name)
+        if cached is not None and time.monotonic() - cached[0] < PLAN_TTL_S:
+            return cached[1]
+        row = self.connection().execute(
+            "SELECT plan FROM migrator.migrations WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise LookupError(f"migration {name!r} is not registered in this database")
+        plan = parse_plan(row[0], path=f"migrator.migrations[{name}]")
+        self.plans[name] = (time.monotonic(), plan)
+        return plan
+
+    def provider(self, plan: Plan, rs: work.RoleSpec) -> Provider:
+        key = (plan.name, rs.role)
+        found = self.providers.get(key)
+        if found is None or found.fingerprint != rs.model.fingerprint():
+            inner = provider_for(rs.model, self.settings.environ)
+            found = work.RetryingProvider(inner, self.limiter(plan, rs), plan.backfill.retry,
+                                          self.stats)
+            self.providers[key] = found
+        return found
+
+    def limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
+        key = (plan.name, rs.role)
+        found = self.limiters.get(key)
+        if found is None:
+            bf = plan.backfill
+            limited = bf.requests_per_minute is not None or bf.tokens_per_minute is not None
+            try:
+                url = limiter_redis_url(self.settings, start_embedded=limited)
+            except Exception as exc:  # no Redis at hand: per-process pauses only
+                log.warning("no Redis for the shared rate budget (%s): limits are per process",
+                            exc)
+                url = None
+            found = make_limiter(url, plan.name, rs.role, rpm=bf.requests_per_minute,
+                                 tpm=bf.tokens_per_minute) if url else NoLimiter()
+            self.limiters[key] = found
+        return found
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = Runtime(os.getpid(), load_settings())
+    return _runtime
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
+          ignore_result=True, max_retries=None)
+def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
+    rt = runtime()
+    try:
+        plan = rt.plan(migration)
+        conn = rt.connection()
+        out = work.run_batch(conn, plan, batch_id, provider=lambda rs: rt.provider(plan, rs),
+                             limiter=lambda rs: rt.limiter(plan, rs), worker=_worker_id())
+    except Retry:
+        raise
+    except Exception as exc:
+        return _failed(self, rt, migration, batch_id, exc)
+    from migrator import metrics
+
+    metrics.batch_finished(out, rt.stats)
+    return {"batch": batch_id, "status": out.status, "written": out.written}
+
+
+def _failed(task: Task, rt: Runtime, migration: str, batch_id: int,
+            exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, psycopg.OperationalError):
+        rt.drop_connection()
+    retries = int(task.request.retries or 0)
+    try:
+        plan = rt.plan(migration)
+        delay = work.retry_delay(exc, retries, plan.backfill.retry)
+        conn = rt.connection()
+    except Exception:
+        log.exception("batch %s: cannot reach the database to record a failure", batch_id)
+        raise exc from None  # the message is acked; the monitor re-enqueues the stalled batch
+    msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
+    from migrator import metrics
+
+    if delay is None:
+        log.error("batch %s failed for good: %s", batch_id, msg)
+        work.give_up(conn, batch_id, exc)
+        metrics.batch_failed()
+        return {"batch": batch_id, "status": "failed", "error": msg}
+    log.warning("batch %s: %s; retry %d in %.1fs", batch_id, msg, retries + 1, delay)
+    ledger.release(conn, batch_id, msg, delay)
+    metrics.batch_retried()
+    raise task.retry(countdown=delay, exc=exc)
