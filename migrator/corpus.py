@@ -10,7 +10,7 @@ import ast
 import contextlib
 import functools
 import hashlib
-import importlib.util
+import importlib.machinery
 import inspect
 import json
 import os
@@ -115,7 +115,10 @@ def _roots(stdlib: str | None) -> list[tuple[Path, Path]]:
     if stdlib is not None:
         return roots
     for name in DEPENDENCY_PACKAGES:
-        spec = importlib.util.find_spec(name)
+        # PathFinder, not importlib.util.find_spec: the latter raises ValueError for a module
+        # already imported without __spec__ (kombu replaces its module object), so the corpus
+        # would depend on what the process imported first.
+        spec = importlib.machinery.PathFinder.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             continue
         pkg = Path(next(iter(spec.submodule_search_locations)))
