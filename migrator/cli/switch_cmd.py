@@ -1,0 +1,174 @@
+"""Commands of the switch: cutover, rollback, finalize, serve-search, drill. Presentation only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from migrator import switch
+from migrator.cli.common import (
+    database_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    make_console,
+    plan_argument,
+    read_plan,
+    settings_from,
+)
+from migrator.db import resolve_url
+from migrator.errors import ConfigError
+
+
+def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": True, **res.as_dict()})
+        return
+    click.echo(f"{res.command}: the view now serves {res.column} ({res.fingerprint}); phase "
+               f"{res.phase_before} -> {res.phase_after}")
+    click.echo(f"  lock wait {res.lock_wait_ms:.1f} ms, lock held {res.hold_ms:.1f} ms, "
+               f"{res.attempts} attempt(s), total {res.total_ms:.1f} ms")
+    if res.view_matches_snapshot is False:
+        click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
+
+
+@click.command("cutover")
+@plan_argument
+@database_option
+@json_option
+@handle_errors
+def cutover_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
+    """Switch the search view to the new column, in one short transaction.
+
+    Refused unless the latest verification passed and is still current. Lock wait and hold
+    times are recorded in the event log (`migrator status PLAN`).
+    """
+    plan = read_plan(plan_path)
+    _print_switch(switch.cutover(settings_from(database_url), plan), as_json)
+
+
+@click.command("rollback")
+@plan_argument
+@database_option
+@json_option
+@handle_errors
+def rollback_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
+    """Switch the search view back to the old column (kept fresh since cutover)."""
+    plan = read_plan(plan_path)
+    _print_switch(switch.rollback(settings_from(database_url), plan), as_json)
+
+
+@click.command("finalize")
+@plan_argument
+@click.option("--yes", is_flag=True, help="Do not ask: finalize is irreversible.")
+@click.option("--force", is_flag=True, help="Finalize inside the plan's rollback window.")
+@database_option
+@json_option
+@handle_errors
+def finalize_cmd(plan_path: str, yes: bool, force: bool, database_url: str | None,
+                 as_json: bool) -> None:
+    """Drop the old column, its indexes and migrator's trigger. IRREVERSIBLE.
+
+    Allowed after the plan's cutover.rollback_window_hours (or with --force).
+    """
+    plan = read_plan(plan_path)
+    if not yes and not as_json:
+        yes = click.confirm(
+            f"finalize drops {plan.table.schema_}.{plan.table.name}.{plan.source.column} and its "
+            "indexes; rollback will no longer be possible. Continue?", default=False)
+        if not yes:
+            click.echo("nothing was changed")
+            return
+    res = switch.finalize(settings_from(database_url), plan, yes=yes, force=force)
+    if as_json:
+        emit_json({"ok": True, **res.as_dict()})
+    else:
+        idx = ", ".join(res.dropped_indexes) or "none"
+        click.echo(f"finalized: dropped {res.dropped_column} (indexes: {idx}) and the change "
+                   f"capture in {res.total_ms:.0f} ms")
+
+
+@click.command("serve-search")
+@click.option("--view", required=True, help="The search view, e.g. public.documents_search.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8766, show_default=True, type=int)
+@click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 100))
+@database_option
+@handle_errors
+def serve_search_cmd(view: str, host: str, port: int, pool_size: int,
+                     database_url: str | None) -> None:
+    """Serve GET /search?q=...&k=..., /healthz and /metrics over a migrator view."""
+    from migrator.search_service import serve
+
+    settings = settings_from(database_url)
+    url = resolve_url(settings)
+    click.echo(f"searching {view} on http://{host}:{port}/search (Ctrl-C stops)")
+    serve(url, view, host=host, port=port, environ=dict(settings.environ), pool_size=pool_size)
+
+
+@click.command("drill")
+@plan_argument
+@click.option("--qps", type=click.FloatRange(min=0.1), required=True, help="Total searches/s.")
+@click.option("--duration", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="Seconds of load.")
+@click.option("--processes", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--run", "run_phases", default="", metavar="STEPS",
+              help="Run these steps itself, evenly spaced, e.g. cutover,rollback,cutover.")
+@database_option
+@json_option
+@handle_errors
+def drill_cmd(plan_path: str, qps: float, duration: float, processes: int, run_phases: str,
+              database_url: str | None, as_json: bool) -> None:
+    """Search the plan's view at a fixed rate while the phases run; report per phase.
+
+    Counts failed queries and rows from another model than the query's, and gives latency
+    percentiles per phase. Run the phases from another terminal, or with --run.
+    """
+    from migrator.drill import run_drill
+
+    plan = read_plan(plan_path)
+    settings = settings_from(database_url)
+    calls = {"cutover": lambda: switch.cutover(settings, plan),
+             "rollback": lambda: switch.rollback(settings, plan)}
+    names = [s.strip() for s in run_phases.split(",") if s.strip()]
+    bad = [n for n in names if n not in calls]
+    if bad:
+        raise ConfigError(f"--run accepts cutover and rollback, not {', '.join(bad)}")
+    console = make_console(stderr=True)
+
+    def on_action(name: str, outcome: object) -> None:
+        console.print(f"{name}: {outcome}")
+
+    report = run_drill(resolve_url(settings), plan, qps=qps, duration=duration,
+                       processes=processes, environ=dict(settings.environ),
+                       actions=[(n, calls[n]) for n in names], on_action=on_action)
+    data = report.as_dict()
+    if as_json:
+        emit_json(data)
+    else:
+        _print_drill(data)
+    if data["failed"] or data["cross_model_rows"]:
+        raise SystemExit(1)
+
+
+def _print_drill(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table("phase", "from s", "queries", "failed", "cross-model", "empty", "hit rate",
+              "retries", "p50 ms", "p95 ms", "p99 ms", title=(
+                  f"drill: {data['queries']} queries in {data['seconds']} s "
+                  f"({data['qps_achieved']}/s, {data['processes']} processes)"))
+    for p in data["phases"]:
+        t.add_row(p["phase"], str(p["started_s"]), str(p["queries"]), str(p["failed"]),
+                  str(p["cross_model_rows"]), str(p["empty"]), str(p["hit_rate"]),
+                  str(p["model_switch_retries"]), str(p["p50_ms"]), str(p["p95_ms"]),
+                  str(p["p99_ms"]))
+    make_console().print(t)
+    for err in data["errors"]:
+        click.echo(f"  error: {err}", err=True)
+
+
+def register(group: click.Group) -> None:
+    for cmd in (cutover_cmd, rollback_cmd, finalize_cmd, serve_search_cmd, drill_cmd):
+        group.add_command(cmd)
