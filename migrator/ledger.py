@@ -57,9 +57,10 @@ def producer_position(conn: psycopg.Connection, name: str) -> tuple[bool, str | 
 
 def _next_bound(conn: psycopg.Connection, plan: Plan, lo: str | None) -> str | None:
     """The key closing a batch of batch_size keys after `lo`; None when fewer remain."""
-    pk = sql.Identifier(plan.table.primary_key)
+    # Qualified as t.pk: a bare ORDER BY pk would sort by the output column pk::text.
+    pk = sql.Identifier("t", plan.table.primary_key)
     where = sql.SQL("WHERE {} > %(lo)s").format(pk) if lo is not None else sql.SQL("")
-    query = sql.SQL("SELECT {pk}::text FROM {tbl} {where} ORDER BY {pk} OFFSET %(n)s LIMIT 1"
+    query = sql.SQL("SELECT {pk}::text FROM {tbl} AS t {where} ORDER BY {pk} OFFSET %(n)s LIMIT 1"
                     ).format(pk=pk, tbl=q.table_ident(plan), where=where)
     row = conn.execute(query, {"lo": lo, "n": plan.backfill.batch_size - 1}).fetchone()
     return None if row is None else str(row[0])
@@ -218,13 +219,13 @@ def batches_from_changes(conn: psycopg.Connection, plan: Plan, roles: Sequence[s
 def sweep(conn: psycopg.Connection, plan: Plan, role: str, column: str) -> list[int]:
     """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset.
     Run only when no batch is open: it is the database's own word on what is missing."""
-    pk = sql.Identifier(plan.table.primary_key)
+    pk = sql.Identifier("t", plan.table.primary_key)
     query = sql.SQL(
         "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "
         "AND ({pk} > %(after)s OR %(after)s::text IS NULL) AND NOT EXISTS (SELECT 1 FROM "
         "migrator.dead_letters d WHERE d.migration = %(m)s AND d.role = %(r)s "
-        "AND d.pk = t.{pk}::text AND d.resolved_at IS NULL) ORDER BY {pk} LIMIT %(n)s"
-    ).format(pk=pk, tbl=q.table_ident(plan), col=sql.Identifier(column),
+        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) ORDER BY {pk} LIMIT %(n)s"
+    ).format(pk=pk, tbl=q.table_ident(plan), col=sql.Identifier("t", column),
              eligible=q.eligible_predicate(plan, "t"))
     out: list[int] = []
     after: str | None = None

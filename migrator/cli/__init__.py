@@ -15,6 +15,7 @@ from migrator import __version__
 _COMMAND_MODULES = (
     "migrator.cli.basic",
     "migrator.cli.serve_embeddings",
+    "migrator.cli.backfill_cmd",
     "migrator.cli.switch_cmd",
 )
 
