@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "migrator.cli.serve_embeddings",
     "migrator.cli.backfill_cmd",
     "migrator.cli.switch_cmd",
+    "migrator.cli.verify_cmd",
 )
 
 

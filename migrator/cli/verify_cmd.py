@@ -1,0 +1,105 @@
+"""`migrator verify`: presentation of the verification gate (progress, table, JSON, report file)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from migrator.cli.common import (
+    database_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    make_console,
+    plan_argument,
+    read_plan,
+    settings_from,
+)
+from migrator.index_build import BuildProgress, OnProgress
+from migrator.report import render_table, write_report_file
+from migrator.verify import QUERY_MODES, Stage, VerifyFailed, VerifyOptions, verify
+
+
+@contextlib.contextmanager
+def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
+    """A spinner on a terminal, plain lines otherwise; index progress from pg_stat_progress."""
+    if not console.is_terminal:
+        last = {"phase": ""}
+
+        def line_stage(name: str) -> None:
+            console.print(f"verify: {name}")
+
+        def line_index(p: BuildProgress) -> None:
+            if p.phase != last["phase"]:  # one line per build phase keeps logs short
+                last["phase"] = p.phase
+                console.print(f"verify: index build: {p.phase}")
+
+        yield line_stage, line_index
+        return
+    with console.status("verify: starting") as status:
+        def on_stage(name: str) -> None:
+            status.update(f"verify: {name}")
+
+        def on_index(p: BuildProgress) -> None:
+            frac = p.fraction
+            pct = f" {frac:.0%}" if frac is not None else ""
+            done = f" ({p.tuples_done:,}/{p.tuples_total:,} rows)" if p.tuples_total else ""
+            status.update(f"verify: index build: {p.phase}{pct}{done}, {p.seconds:.0f} s")
+
+        yield on_stage, on_index
+
+
+@click.command("verify")
+@plan_argument
+@database_option
+@json_option
+@click.option("--report-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Also write the report to PATH (.md, .html or .json): statistics only.")
+@click.option("--skip-index", is_flag=True,
+              help="Do not build the index (its recall is still measured: a missing one fails).")
+@click.option("--sample", type=click.IntRange(1, 100_000), default=None,
+              help="Rows sampled for freshness, parity and index recall (default: the plan's).")
+@click.option("--seed", type=int, default=None, help="Sampling seed (default: the plan's).")
+@click.option("--query-mode", type=click.Choice(QUERY_MODES), default="span", show_default=True,
+              help="span: 8-15 consecutive words of each sampled row; text: the whole text.")
+@handle_errors
+def verify_cmd(plan_path: str, database_url: str | None, as_json: bool, report_file: str | None,
+               skip_index: bool, sample: int | None, seed: int | None, query_mode: str) -> None:
+    """Build the new index, then check coverage, vector health, freshness, index recall and
+    model parity (and labelled queries when the plan names them); store the report.
+
+    \b
+    Exit 0 when every gate passes, 9 when one fails (the report is stored either way:
+    cutover refuses unless the latest report passed and is still current).
+    """
+    plan = read_plan(plan_path)
+    options = VerifyOptions(build_index=not skip_index, sample=sample, seed=seed,
+                            query_mode=query_mode, plan_dir=Path(plan_path).resolve().parent)
+    failure: VerifyFailed | None = None
+    with progress_display(make_console(stderr=True)) as (on_stage, on_index):
+        try:
+            outcome = verify(settings_from(database_url), plan, options, on_stage=on_stage,
+                             on_index_progress=on_index)
+        except VerifyFailed as exc:
+            failure, outcome = exc, exc.outcome
+    if as_json:
+        emit_json({"ok": outcome.report.passed, "report_id": outcome.report_id,
+                   "phase": outcome.phase, **outcome.report.as_dict()})
+    else:
+        render_table(make_console(), outcome.report)
+    if report_file:
+        written = write_report_file(outcome.report, report_file)
+        click.echo(f"report written to {written}", err=True)
+    if failure is not None:
+        # Rendered above already: exit with the gate's code without a second JSON document.
+        click.echo(f"error: {failure.one_line()}", err=True)
+        sys.exit(failure.exit_code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(verify_cmd)
