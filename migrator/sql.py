@@ -112,7 +112,8 @@ def capture_function(plan: Plan, maintained: tuple[str, ...]) -> sql.Composable:
     # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
     clears = sql.SQL("").join(
         sql.SQL(
-            "    IF NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text THEN NEW.{c} := NULL; END IF;\n"
+            "    IF NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text THEN NEW.{c} := NULL; "
+            "END IF;\n"
         ).format(c=sql.Identifier(c))
         for c in maintained
     )
