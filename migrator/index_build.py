@@ -169,9 +169,7 @@ def ensure_index(
                 conn.execute("RESET maintenance_work_mem")
                 conn.execute("RESET max_parallel_maintenance_workers")
         builds += 1
-    size = 0
-    if builds:
-        row = conn.execute("SELECT pg_relation_size(%s::oid)", (info.oid,)).fetchone()
-        size = int(row[0]) if row else 0
+    row = conn.execute("SELECT pg_relation_size(%s::oid)", (info.oid,)).fetchone()
+    size = int(row[0]) if row else 0
     action = "exists" if builds == 0 else ("rebuilt" if dropped else "built")
     return IndexResult(action, dropped, time.perf_counter() - t0, size, samples)
