@@ -92,7 +92,8 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
     ctx.event("ok", f"view {plan.view.name} serves {model.column} ({model.model.fingerprint()})",
               before=before.phase.value, after=after.value, attempts=res.attempts,
               lock_wait_ms=result.lock_wait_ms, hold_ms=result.hold_ms,
-              total_ms=result.total_ms, report_id=report_id, view_matches_snapshot=matches)
+              total_ms=result.total_ms, retry_backoff_ms=round(sum(retries) * 1000, 1),
+              report_id=report_id, view_matches_snapshot=matches)
     return result
 
 

@@ -150,3 +150,31 @@ def test_same_dimensions_wrong_model_query_gets_zero_rows_then_retries(
         assert third.model_switch_retries == 1
         assert third.fingerprint == plan.source.model.fingerprint()
         assert [h.row["id"] for h in third.hits] == [h.row["id"] for h in first.hits]
+
+
+def test_guarded_query_and_phase_buckets_are_pure() -> None:
+    """The SQL the library runs, rendered without a database; the drill's bucketing."""
+    from migrator.drill import build_report
+    from migrator.plan import ModelSpec, VectorType
+    from migrator.search import ActiveModel
+
+    model = ActiveModel("public", "documents_search", "m", "embedding_v2", "fp",
+                        ModelSpec(name="x", dimensions=3), VectorType.HALFVEC, 3,
+                        columns=("id", "title"))
+    from migrator.search import guarded_query
+
+    assert guarded_query(model).as_string(None) == (
+        'SELECT "id", "title", "embedding_model" AS _model, "embedding" <=> %(q)s::halfvec '
+        'AS _distance FROM "public"."documents_search" WHERE "embedding_model" = %(fp)s '
+        'ORDER BY "embedding" <=> %(q)s::halfvec LIMIT %(k)s')
+    t0 = 1000.0
+    timeline = [(t0 - 5, "verified"), (t0 + 2, "cut_over")]
+    recs = [(t0 + 1, 5.0, True, 0, 10, True, 0, ""), (t0 + 3, 7.0, True, 0, 10, False, 1, ""),
+            (t0 + 4, 9.0, False, 0, 0, False, 0, "boom"), (t0 + 4.5, 1.0, True, 2, 10, True, 0, "")]
+    rep = build_report(recs, timeline, t0, t0 + 5, 1.0, 1)
+    d = rep.as_dict()
+    assert [p["phase"] for p in d["phases"]] == ["verified", "cut_over"]
+    assert d["phases"][0]["queries"] == 1 and d["phases"][0]["started_s"] == 0.0
+    cut = d["phases"][1]
+    assert cut["queries"] == 3 and cut["failed"] == 1 and cut["cross_model_rows"] == 2
+    assert cut["hit_rate"] == 0.5 and cut["model_switch_retries"] == 1 and d["errors"] == ["boom"]
