@@ -161,6 +161,11 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     pk_type = cols.get(plan.table.primary_key, "bigint")
     ins.facts = Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type,
                       live=True)
+    if any(k == "security_barrier" and v.lower() in ("true", "on", "1")
+           for k, v in facts.view_options):
+        ins.warn(f"view {q.view_label(plan)} has security_barrier: PostgreSQL does not flatten "
+                 "such views, so searches through it cannot use the vector index (seq scan); "
+                 "prefer security_invoker")
     if viewdef is not None:
         have = list(column_types(conn, plan.view_schema, plan.view.name))
         want = [*plan.view.columns, plan.view.embedding_alias, plan.view.model_alias]
