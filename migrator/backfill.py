@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from celery import Celery
+from psycopg.types.json import Jsonb
 
 from migrator import api, ledger, state, steps
 from migrator.broker import broker_url, is_redis, redact
@@ -130,7 +131,7 @@ def _prepare(ctx: api.Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
     # Tuning keys (limits, batch size, concurrency) may change between runs: workers read the
     # plan from the database, so store the current one (its structural hash is unchanged).
     ctx.conn.execute("UPDATE migrator.migrations SET plan = %s WHERE name = %s AND plan_hash = %s",
-                     (psycopg.types.json.Jsonb(plan.canonical()), plan.name, plan.plan_hash()))
+                     (Jsonb(plan.canonical()), plan.name, plan.plan_hash()))
     reset = ledger.reset_failed(ctx.conn, plan.name)
     start = {**ledger.row_counts(ctx.conn, plan, plan.target.column),
              "written": ledger.summary(ctx.conn, plan.name)["rows_written"]}

@@ -1,7 +1,8 @@
 """Prometheus metrics of the backfill workers, all prefixed `migrator_`.
 
-Owns the metric objects only (created on first use, never at import). A worker exposes them
-with `migrator worker PLAN --metrics-port N`; in-process values are per worker process.
+Owns the metric objects only (created on first use, never at import). Values live in each
+worker process: expose them with `serve(port)` from a threads-pool worker, or use
+prometheus-client's multiprocess mode for prefork.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ two worker processes, provider latency, and the three brokers (Redis, RabbitMQ, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,10 +119,8 @@ def test_sigkill_worker_mid_batch_and_producer_then_rerun(
 
 
 def with_kill(p: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     p.wait(10)
 
 
@@ -175,7 +174,7 @@ def test_four_requests_in_flight_give_3x_the_throughput(
     st = _settings(settings, REDIS)
     rates = {}
     for conc in (1, 4):
-        plan = unique_plan(server.url, backfill__batch_size=500, backfill__concurrency=conc,
+        plan = unique_plan(server.url, backfill__batch_size=750, backfill__concurrency=conc,
                            target__column=f"embedding_c{conc}", view__name=f"docs_c{conc}",
                            target__model__max_inputs_per_request=25)
         with workers(database_url, REDIS, plan.queue, n=1, concurrency=1):
