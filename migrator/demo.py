@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from migrator.drill import Drill
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import start_server_process
 from migrator.plan import Plan, load_plan, parse_plan
+from migrator.report import render_table
 from migrator.verify import VerifyOptions, verify
 from migrator.worker.launch import start_workers, stop_workers
 
@@ -86,6 +87,7 @@ def load_table(url: str, plan: Plan, rows: int) -> int:
     vectors = HashEmbedder(src.name, src.dimensions).encode([d.body for d in docs])
     tbl = sql.Identifier(DEMO_SCHEMA, plan.table.name)
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(conn)
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(DEMO_SCHEMA)))
         conn.execute(sql.SQL(
@@ -145,6 +147,7 @@ class Demo:
         self.step("1. embedded services")
         proc, base_url = start_server_process(port=free_port())
         workers: list[subprocess.Popen[bytes]] = []
+        stack = contextlib.ExitStack()
         try:
             plan = demo_plan(base_url, self.opts.plan_path)
             self.console.print(f"PostgreSQL + pgvector: {url}\nembeddings server: {base_url}")
@@ -156,7 +159,13 @@ class Demo:
             api.adopt(self.settings, plan)
             with search_service(self.settings, plan, free_port()) as search_url:
                 self.console.print(f"search service: {search_url}/search?q=...")
-                workers = start_workers(self.settings, plan.queue, self.opts.workers)
+                log_path = self.settings.home / "demo-workers.log"
+                self.settings.home.mkdir(parents=True, exist_ok=True)
+                log = open(log_path, "wb")  # noqa: SIM115 - closed with the workers below
+                stack.callback(log.close)
+                workers = start_workers(self.settings, plan.queue, self.opts.workers, log=log)
+                self.console.print(f"{self.opts.workers} Celery workers on queue {plan.queue} "
+                                   f"(log: {log_path})")
                 drill = Drill(url, plan, qps=self.opts.qps, processes=self.opts.search_processes,
                               environ=dict(self.settings.environ))
                 drill.start()
@@ -167,6 +176,7 @@ class Demo:
                 self.summary["search"] = report.as_dict()
         finally:
             stop_workers(workers)
+            stack.close()
             proc.terminate()
             proc.wait(10)
         self.summary["seconds"] = round(time.monotonic() - t_start, 1)
@@ -179,13 +189,24 @@ class Demo:
                            f"tokens, cost ${est.get('cost_usd') or 0:.2f}")
         self.step(f"4. backfill {plan.target.column} with {plan.target.model.name} "
                   f"({self.opts.workers} workers)")
-        res = _with_progress(self.console, lambda cb: backfill.run(
-            self.settings, plan, backfill.Options(on_progress=cb, poll_seconds=0.5)))
+        from migrator.cli.backfill_cmd import progress_bar
+
+        with progress_bar(self.console, enabled=True) as on_progress:
+            res = backfill.run(self.settings, plan,
+                               backfill.Options(on_progress=on_progress, poll_seconds=0.5))
         self.summary["backfill"] = res
         self.step("5. verify: index build, coverage, health, recall")
         out = verify(self.settings, plan, VerifyOptions())
-        self.summary["verify"] = out.report.as_dict() if hasattr(out.report, "as_dict") else {}
-        _print_checks(self.console, self.summary["verify"])
+        render_table(self.console, out.report, details=False)
+        self.summary["verify"] = out.report.as_dict()
+        parity = out.report.check("parity")
+        k = out.report.k
+        self.summary["recall"] = {
+            "k": k,
+            "old": parity.detail(f"recall@{k}_old"),
+            "new": parity.detail(f"recall@{k}_new"),
+            "index": out.report.check("index").figure,
+        }
         switches = []
         for label, action in (("6. cutover", switch.cutover), ("7. rollback", switch.rollback),
                               ("8. cutover again", switch.cutover)):
@@ -199,29 +220,3 @@ class Demo:
         hits = httpx.get(f"{search_url}/search", params={"q": "parse a JSON document", "k": 3},
                          timeout=10).json()
         self.summary["sample_search"] = hits
-
-
-def _with_progress(console: Console, run: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]]
-                   ) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("backfill"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                  transient=False) as progress:
-        task = progress.add_task("backfill", total=None, rate="")
-
-        def on_progress(p: dict[str, Any]) -> None:
-            total = p.get("rows_eligible") or None
-            done = p.get("rows_done", 0)
-            rate = p.get("rows_per_second")
-            progress.update(task, total=total, completed=done,
-                            rate=f"{rate:,.0f} rows/s" if rate else "")
-
-        return run(on_progress)
-
-
-def _print_checks(console: Console, report: dict[str, Any]) -> None:
-    for check in report.get("checks", []):
-        mark = "[green]pass[/]" if check.get("passed") else "[red]FAIL[/]"
-        console.print(f"  {mark} {check.get('name')}: {check.get('value')} "
-                      f"(threshold {check.get('threshold')})")

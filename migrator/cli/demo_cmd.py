@@ -52,9 +52,11 @@ def render_summary(console: Any, s: dict[str, Any]) -> None:
     bf = s.get("backfill", {})
     t.add_row("rows", f"{s.get('rows', 0):,}")
     t.add_row("backfill rows/s", f"{_get(bf, 'rows_per_second', default=0):,.0f}")
-    for label, key in (("recall@k old model", "recall_old"), ("recall@k new model", "recall_new"),
-                       ("index recall@k", "index_recall")):
-        value = _get(s, "verify", "figures", key)
+    k = _get(s, "recall", "k", default="k")
+    for label, key in ((f"recall@{k} old model (own row found)", "old"),
+                       (f"recall@{k} new model (own row found)", "new"),
+                       (f"index recall@{k} vs exact", "index")):
+        value = _get(s, "recall", key)
         t.add_row(label, f"{value:.3f}" if isinstance(value, int | float) else "n/a")
     for i, sw in enumerate(s.get("switches", []), start=1):
         t.add_row(f"switch {i} ({sw.get('command')}) lock hold / wait",

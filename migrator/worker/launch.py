@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import IO
 
 from migrator.broker import broker_url
 from migrator.config import Settings
@@ -39,14 +40,16 @@ def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> di
 
 
 def start_workers(settings: Settings, queue: str, n: int, *, concurrency: int = 1,
-                  pool: str = "prefork") -> list[subprocess.Popen[bytes]]:
+                  pool: str = "prefork", log: IO[bytes] | None = None,
+                  ) -> list[subprocess.Popen[bytes]]:
+    """Start n worker processes; their output goes to `log` when given (else the terminal)."""
     env = worker_env(settings)
     procs = []
     for i in range(n):
         cmd = worker_command(queue, concurrency=concurrency, pool=pool,
                              hostname=f"migrator-local-{os.getpid()}-{i}@%h")
-        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                      start_new_session=True))
+        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=log, start_new_session=True))
     return procs
 
 
