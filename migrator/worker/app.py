@@ -42,4 +42,12 @@ def make_app(url: str) -> Celery:
     return app
 
 
-app = make_app(broker_url(load_settings()))
+_settings = load_settings()
+app = make_app(broker_url(_settings))
+
+# Worker metrics endpoint (MIGRATOR_METRICS_PORT): connects to Celery signals on import.
+import migrator.worker.monitoring  # noqa: E402, F401
+from migrator.worker import beat  # noqa: E402
+
+# The catch-up task, and a beat schedule when MIGRATOR_BEAT_PLANS names plan files.
+beat.register(app, _settings.environ)
