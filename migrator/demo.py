@@ -70,14 +70,23 @@ def reset(url: str, plan: Plan) -> None:
     """Drop the demo schema and the demo migration's records (and nothing else)."""
     ensure_schema(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(DEMO_SCHEMA)))
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(DEMO_SCHEMA))
+        )
         for table in ("events", "changes"):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE migration = %s").format(
-                sql.Identifier("migrator", table)), (plan.name,))
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE migration = %s").format(
+                    sql.Identifier("migrator", table)
+                ),
+                (plan.name,),
+            )
         conn.execute("DELETE FROM migrator.active_models WHERE migration = %s", (plan.name,))
         conn.execute("DELETE FROM migrator.migrations WHERE name = %s", (plan.name,))
-        conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-            sql.Identifier("migrator", plan.function_name)))
+        conn.execute(
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                sql.Identifier("migrator", plan.function_name)
+            )
+        )
 
 
 def load_table(url: str, plan: Plan, rows: int) -> int:
@@ -90,16 +99,26 @@ def load_table(url: str, plan: Plan, rows: int) -> int:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(conn)
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(DEMO_SCHEMA)))
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, "
-            "embedding vector({}))").format(tbl, sql.Literal(src.dimensions)))
-        with conn.cursor() as cur, cur.copy(sql.SQL(
-                "COPY {} (id, title, body, embedding) FROM STDIN (FORMAT BINARY)").format(tbl)) as cp:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, "
+                "embedding vector({}))"
+            ).format(tbl, sql.Literal(src.dimensions))
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL("COPY {} (id, title, body, embedding) FROM STDIN (FORMAT BINARY)").format(
+                    tbl
+                )
+            ) as cp,
+        ):
             cp.set_types(["int8", "text", "text", "vector"])
             for i, (doc, vec) in enumerate(zip(docs, vectors, strict=True), start=1):
                 cp.write_row((i, doc.title, doc.body, vec))
-        conn.execute(sql.SQL(
-            "CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(tbl))
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(tbl)
+        )
         conn.execute(sql.SQL("ANALYZE {}").format(tbl))
     return len(docs)
 
@@ -110,7 +129,11 @@ def search_service(settings: Settings, plan: Plan, port: int) -> Iterator[str]:
     env = {**settings.environ, "DATABASE_URL": resolve_url(settings)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "migrator", "serve-search", "--view", view, "--port", str(port)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -155,7 +178,9 @@ class Demo:
             reset(url, plan)
             t0 = time.monotonic()
             self.summary["rows"] = load_table(url, plan, self.opts.rows)
-            self.console.print(f"loaded {self.summary['rows']:,} rows in {time.monotonic() - t0:.1f} s")
+            self.console.print(
+                f"loaded {self.summary['rows']:,} rows in {time.monotonic() - t0:.1f} s"
+            )
             api.adopt(self.settings, plan)
             with search_service(self.settings, plan, free_port()) as search_url:
                 self.console.print(f"search service: {search_url}/search?q=...")
@@ -164,10 +189,16 @@ class Demo:
                 log = open(log_path, "wb")  # noqa: SIM115 - closed with the workers below
                 stack.callback(log.close)
                 workers = start_workers(self.settings, plan.queue, self.opts.workers, log=log)
-                self.console.print(f"{self.opts.workers} Celery workers on queue {plan.queue} "
-                                   f"(log: {log_path})")
-                drill = Drill(url, plan, qps=self.opts.qps, processes=self.opts.search_processes,
-                              environ=dict(self.settings.environ))
+                self.console.print(
+                    f"{self.opts.workers} Celery workers on queue {plan.queue} (log: {log_path})"
+                )
+                drill = Drill(
+                    url,
+                    plan,
+                    qps=self.opts.qps,
+                    processes=self.opts.search_processes,
+                    environ=dict(self.settings.environ),
+                )
                 drill.start()
                 try:
                     self._phases(plan, search_url)
@@ -185,15 +216,20 @@ class Demo:
     def _phases(self, plan: Plan, search_url: str) -> None:
         self.step("3. plan (live)")
         est = api.plan_live(plan, self.settings).estimate or {}
-        self.console.print(f"estimate: {est.get('rows', 0):,} rows, {est.get('tokens', 0):,} "
-                           f"tokens, cost ${est.get('cost_usd') or 0:.2f}")
-        self.step(f"4. backfill {plan.target.column} with {plan.target.model.name} "
-                  f"({self.opts.workers} workers)")
+        self.console.print(
+            f"estimate: {est.get('rows', 0):,} rows, {est.get('tokens', 0):,} "
+            f"tokens, cost ${est.get('cost_usd') or 0:.2f}"
+        )
+        self.step(
+            f"4. backfill {plan.target.column} with {plan.target.model.name} "
+            f"({self.opts.workers} workers)"
+        )
         from migrator.cli.backfill_cmd import progress_bar
 
         with progress_bar(self.console, enabled=True) as on_progress:
-            res = backfill.run(self.settings, plan,
-                               backfill.Options(on_progress=on_progress, poll_seconds=0.5))
+            res = backfill.run(
+                self.settings, plan, backfill.Options(on_progress=on_progress, poll_seconds=0.5)
+            )
         self.summary["backfill"] = res
         self.step("5. verify: index build, coverage, health, recall")
         out = verify(self.settings, plan, VerifyOptions())
@@ -208,15 +244,21 @@ class Demo:
             "index": out.report.check("index").figure,
         }
         switches = []
-        for label, action in (("6. cutover", switch.cutover), ("7. rollback", switch.rollback),
-                              ("8. cutover again", switch.cutover)):
+        for label, action in (
+            ("6. cutover", switch.cutover),
+            ("7. rollback", switch.rollback),
+            ("8. cutover again", switch.cutover),
+        ):
             self.step(label)
             r = action(self.settings, plan)
             switches.append(r.as_dict())
-            self.console.print(f"view serves {r.column}: lock wait {r.lock_wait_ms:.1f} ms, "
-                               f"hold {r.hold_ms:.1f} ms, attempts {r.attempts}")
+            self.console.print(
+                f"view serves {r.column}: lock wait {r.lock_wait_ms:.1f} ms, "
+                f"hold {r.hold_ms:.1f} ms, attempts {r.attempts}"
+            )
             time.sleep(1.0)  # let the search load run on each side of the switch
         self.summary["switches"] = switches
-        hits = httpx.get(f"{search_url}/search", params={"q": "parse a JSON document", "k": 3},
-                         timeout=10).json()
+        hits = httpx.get(
+            f"{search_url}/search", params={"q": "parse a JSON document", "k": 3}, timeout=10
+        ).json()
         self.summary["sample_search"] = hits

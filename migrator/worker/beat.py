@@ -30,8 +30,9 @@ def catch_up_once(migration: str, environ: Mapping[str, str] | None = None) -> d
     settings = load_settings(environ)
     conn = connect(resolve_url(settings), application_name="migrator-catch-up")
     try:
-        row = conn.execute("SELECT plan FROM migrator.migrations WHERE name = %s",
-                           (migration,)).fetchone()
+        row = conn.execute(
+            "SELECT plan FROM migrator.migrations WHERE name = %s", (migration,)
+        ).fetchone()
         if row is None:
             return {"migration": migration, "skipped": "unknown migration"}
         plan = parse_plan(row[0])
@@ -42,7 +43,9 @@ def catch_up_once(migration: str, environ: Mapping[str, str] | None = None) -> d
         enq = backfill.Enqueuer(broker_url(settings), plan, stall)
         try:
             with backfill._monitor_lock(conn, plan.name):
-                mon = backfill.Monitor(conn, plan, enq, stall, backfill.Options(), {}, time.monotonic())
+                mon = backfill.Monitor(
+                    conn, plan, enq, stall, backfill.Options(), {}, time.monotonic()
+                )
                 complete = mon.tick(phase)
                 if complete:
                     backfill._try_mark_complete(conn, plan, settings.operator)
@@ -61,7 +64,9 @@ def beat_schedule(plan_paths: str, seconds: float) -> dict[str, dict[str, Any]]:
     for path in filter(None, (p.strip() for p in plan_paths.split(","))):
         plan = load_plan(path)
         schedule[f"catch-up:{plan.name}"] = {
-            "task": TASK, "schedule": seconds, "args": [plan.name],
+            "task": TASK,
+            "schedule": seconds,
+            "args": [plan.name],
             "options": {"queue": plan.queue, "expires": seconds},
         }
     return schedule
