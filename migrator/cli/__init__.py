@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "migrator.cli.backfill_cmd",
     "migrator.cli.switch_cmd",
     "migrator.cli.verify_cmd",
+    "migrator.cli.demo_cmd",
+    "migrator.cli.ops_cmd",
 )
 
 
