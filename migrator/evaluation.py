@@ -35,13 +35,14 @@ def _unit(m: F32) -> F32:
     return out
 
 
-def distances(queries: F32, matrix: F32, metric: Metric) -> F32:
+def distances(queries: F32, matrix: F32, metric: Metric, *, unit_rows: bool = False) -> F32:
     """(n_queries, n_rows) distances as pgvector computes them; undefined ones (cosine with a
-    zero vector) are +inf, so such rows rank last as they are never returned by an index."""
+    zero vector) are +inf, so such rows rank last as they are never returned by an index.
+    `unit_rows`: the matrix rows are already divided by their norms (cosine only)."""
     q = np.asarray(queries, dtype=np.float32)
     m = np.asarray(matrix, dtype=np.float32)
     if metric is Metric.COSINE:
-        d = 1.0 - _unit(q) @ _unit(m).T
+        d = 1.0 - _unit(q) @ (m if unit_rows else _unit(m)).T
     elif metric is Metric.INNER_PRODUCT:
         d = -(q @ m.T)
     elif metric is Metric.L2:
@@ -67,8 +68,10 @@ def exact_topk(
     dist = np.empty((nq, kk), dtype=np.float32)
     per = n * (matrix.shape[1] if metric is Metric.L1 else 1)
     step = max(1, chunk_floats // max(per, 1))
+    cosine = metric is Metric.COSINE
+    rows = _unit(matrix) if cosine else matrix  # once, not once per chunk
     for lo in range(0, nq, step):
-        d = distances(queries[lo : lo + step], matrix, metric)
+        d = distances(queries[lo : lo + step], rows, metric, unit_rows=cosine)
         if kk < n:
             part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
         else:

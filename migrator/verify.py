@@ -29,6 +29,7 @@ from migrator.report import Check, Report
 _TO_VERIFIED = frozenset({state.State.EXPANDED, state.State.BACKFILLED, state.State.VERIFIED,
                           state.State.ROLLED_BACK})
 QUERY_MODES = ("span", "text")
+_QUERY_TEXT = {"span": "8-15 consecutive words of", "text": "the whole text of"}
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ def _verify(ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgres
         seed=plan.verify.seed if opts.seed is None else opts.seed,
         checks=(cov, health, *found), index_build=build.as_details() if build else (),
         seconds=time.perf_counter() - t0, timings=tuple(timer.parts.items()),
-        notes=(f"queries: {opts.query_mode} of each sampled row's text; exact search is numpy "
-               "brute force over every vector of the column",))
+        notes=(f"queries: {_QUERY_TEXT[opts.query_mode]} each sampled row; exact search is "
+               "numpy brute force over every vector of the column",))
     return _record(ctx, report, rows, watermark, build)
 
 
@@ -162,12 +163,13 @@ def _run_samples(ctx: Context, opts: VerifyOptions, timer: _Timer, index_state: 
     with timer.part("parity search"):
         keep = [i for i in range(len(rows)) if i not in set(f_old) | set(f_new)]
         own = [rows[i][0] for i in keep]
-        old_top = checks.topk_ids(source, q_old[keep], k, plan)
-        new_top = checks.topk_ids(target, q_new[keep], k, plan)
-        par = checks.parity(plan, own, old_top, new_top, k, len(rows) - len(keep),
+        old_top = checks.topk(source, q_old[keep], k, plan)
+        new_top = checks.topk(target, q_new[keep], k, plan)
+        par = checks.parity(plan, own, old_top.ids, new_top.ids, k, len(rows) - len(keep),
                             time.perf_counter() - t0)
     with timer.part("index recall"):
-        idx = checks.index_recall(conn, plan, index_state, target, q_new[keep], k)
+        # The same queries, the same exact answers: only the index path is new work.
+        idx = checks.index_recall(conn, plan, index_state, target, q_new[keep], k, new_top)
     with timer.part("labelled queries"):
         lab = _labelled(plan, opts, source, target, old_p, new_p)
     return [fresh, idx, par, lab]
@@ -186,8 +188,8 @@ def _labelled(plan: Plan, opts: VerifyOptions, source: data.Column, target: data
     keep = [i for i in range(len(items)) if i not in set(f_old) | set(f_new)]
     k = plan.verify.k
     return checks.labelled(plan, [items[i][1] for i in keep],
-                           checks.topk_ids(source, q_old[keep], k, plan),
-                           checks.topk_ids(target, q_new[keep], k, plan), k,
+                           checks.topk(source, q_old[keep], k, plan).ids,
+                           checks.topk(target, q_new[keep], k, plan).ids, k,
                            time.perf_counter() - t0)
 
 

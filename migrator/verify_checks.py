@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def index_scan_used(conn: psycopg.Connection, plan: Plan, query: F32, k: int) ->
 
 
 def index_recall(conn: psycopg.Connection, plan: Plan, index_state: str, target: Column,
-                 queries: F32, k: int) -> Check:
+                 queries: F32, k: int, exact: Exact | None = None) -> Check:
     """recall@k of the index against exact search on the target column, at the plan's settings."""
     t0 = time.perf_counter()
     threshold = plan.verify.min_index_recall
@@ -162,7 +163,7 @@ def index_recall(conn: psycopg.Connection, plan: Plan, index_state: str, target:
             found = conn.execute(stmt, {"q": vec, "k": k}, prepare=True).fetchall()
             ann.append([r[0] for r in found])
             lat.append(time.perf_counter() - t)
-    _, exact_d = exact_topk(queries, target.matrix, k, plan.index.metric)
+    exact_d = (exact or topk(target, queries, k, plan)).distances
     true_d = [_true_distances(queries[i], ids, pos, target, plan) for i, ids in enumerate(ann)]
     recall = ann_recall_with_ties(true_d, exact_d[:, -1].tolist(), k)
     details: dict[str, Any] = {"index": plan.index_name, "state": index_state, "queries": len(ann),
@@ -191,9 +192,17 @@ def _true_distances(query: F32, ids: Sequence[str], pos: dict[str, int], target:
     return [float(next(it)) if j is not None else float("inf") for j in known]
 
 
-def topk_ids(col: Column, queries: F32, k: int, plan: Plan) -> list[list[str]]:
-    idx, _ = exact_topk(queries, col.matrix, k, plan.index.metric)
-    return [[col.ids[j] for j in row] for row in idx.tolist()]
+@dataclass(frozen=True)
+class Exact:
+    """Exact top-k of queries in one column: keys per query, and the distances."""
+
+    ids: list[list[str]]
+    distances: F32
+
+
+def topk(col: Column, queries: F32, k: int, plan: Plan) -> Exact:
+    idx, dist = exact_topk(queries, col.matrix, k, plan.index.metric)
+    return Exact([[col.ids[j] for j in row] for row in idx.tolist()], dist)
 
 
 def parity(plan: Plan, own: Sequence[str], old_top: Sequence[Sequence[str]],

@@ -105,9 +105,27 @@ def register(url: str, plan: Plan, phase: state.State = state.State.BACKFILLED) 
         state.set_phase(conn, plan.name, phase)
 
 
+# Imported into several test modules, the session fixture is registered once per module:
+# this cache makes the later ones reuse the database the first one built.
+_TEMPLATES: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def verify_template(pg_server: str) -> Iterator[str]:
     """Name of a template database: 20k rows, target filled, migrator schema, index built."""
+    if pg_server in _TEMPLATES:
+        yield _TEMPLATES[pg_server]
+        return
+    name = _build_template(pg_server)
+    _TEMPLATES[pg_server] = name
+    yield name
+    _TEMPLATES.pop(pg_server, None)
+    with psycopg.connect(pg_server, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def _build_template(pg_server: str) -> str:
     from migrator.index_build import ensure_index
 
     name = f"verify_tpl_{uuid.uuid4().hex[:8]}"
@@ -122,10 +140,7 @@ def verify_template(pg_server: str) -> Iterator[str]:
     fill_target(url, plan)
     with contextlib.closing(connect(url)) as conn:
         ensure_index(Executor(conn), url, plan, LockPolicy())
-    yield name
-    with psycopg.connect(pg_server, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    return name
 
 
 @pytest.fixture
