@@ -8,7 +8,8 @@ per Python object); they never leave the process.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,9 @@ import psycopg
 from psycopg import sql
 
 from migrator import sql as q
-from migrator.embedding import Provider, embed_texts
+from migrator.embedding import Provider, RetryableError, embed_texts
 from migrator.evaluation import F32, derive_query
+from migrator.executor import backoff
 from migrator.plan import ModelSpec, Plan
 
 _COPY_HEADER = 19  # "PGCOPY\n\377\r\n\0" + flags + header extension length
@@ -109,11 +111,21 @@ def queries_for(texts: Sequence[str], seed: int, mode: str) -> list[str]:
     return [derive_query(t, rng) for t in texts]
 
 
-def embed_all(provider: Provider, spec: ModelSpec, texts: Sequence[str]) -> tuple[F32, list[int]]:
+def embed_all(provider: Provider, spec: ModelSpec, texts: Sequence[str], *, attempts: int = 5,
+              sleep: Callable[[float], None] = time.sleep) -> tuple[F32, list[int]]:
     """Embed texts as the backfill does (same truncation). Returns one row per text (zeros for
-    the texts that did not embed: blank, refused, bad vector) and the positions of those."""
-    out = embed_texts(provider, list(texts), overlong=spec.overlong, forbid_zero=True,
-                      normalize=spec.normalize, concurrency=4)
+    the texts that did not embed: blank, refused, bad vector) and the positions of those.
+    A rate limit or server hiccup is retried a few times (honouring Retry-After), since a few
+    hundred queries should not fail the whole verification."""
+    for attempt in range(1, attempts + 1):
+        try:
+            out = embed_texts(provider, list(texts), overlong=spec.overlong, forbid_zero=True,
+                              normalize=spec.normalize, concurrency=4)
+            break
+        except RetryableError as exc:
+            if attempt == attempts:
+                raise
+            sleep(min(30.0, exc.retry_after or backoff(attempt, 0.5, 8.0)))
     mat = np.zeros((len(texts), spec.dimensions), dtype=np.float32)
     for i, vec in out.vectors.items():
         mat[i] = vec
