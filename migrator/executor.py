@@ -161,7 +161,7 @@ class Executor:
     def _execute(self, st: Statement) -> None:
         assert self.conn is not None
         log.debug("executing: %s", st.render())
-        self.conn.execute(st.query)
+        self.conn.execute(st.query)  # type: ignore[call-overload]  # Composable is accepted
 
     def _set_timeouts(self, policy: LockPolicy, *, local: bool, ddl: bool) -> None:
         assert self.conn is not None

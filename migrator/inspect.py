@@ -89,7 +89,7 @@ def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts,
         "aclexplode(c.relacl) g WHERE n.nspname = %s AND c.relname = %s "
         "AND g.grantee <> c.relowner ORDER BY 1, 2", (schema, name),
     ).fetchall()
-    facts = Facts(view_options=options, view_owner=row[1],  # type: ignore[arg-type]
+    facts = Facts(view_options=options, view_owner=row[1],
                   view_grants=tuple((g[0], g[1]) for g in grants), live=True)
     return facts, str(row[2]) if row[3] == "v" else f"<not a view: relkind {row[3]}>"
 

@@ -281,7 +281,7 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Comp
 def view_select(
     plan: Plan, column: str, vtype: VectorType, fingerprint: str
 ) -> sql.Composable:
-    cols = [sql.Identifier(c) for c in plan.view.columns]
+    cols: list[sql.Composable] = [sql.Identifier(c) for c in plan.view.columns]
     cols.append(
         sql.SQL("{}::{} AS {}").format(
             sql.Identifier(column), sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)

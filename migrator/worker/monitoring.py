@@ -29,12 +29,12 @@ def start_metrics_server(port: int) -> str:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, registry=registry)
     return directory
 
 
-@signals.worker_init.connect
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _on_worker_init(**_: Any) -> None:
     port = os.environ.get("MIGRATOR_METRICS_PORT")
     if not port:
@@ -46,9 +46,9 @@ def _on_worker_init(**_: Any) -> None:
         log.warning("cannot serve metrics on %r: %s", port, exc)
 
 
-@signals.worker_process_shutdown.connect
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
 def _on_child_exit(pid: int | None = None, **_: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid is not None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
