@@ -64,4 +64,12 @@ def fetch_vectors(url: str, column: str, table: str = "documents") -> dict[int, 
         register_vector(conn)
         rows = conn.execute(sql.SQL("SELECT id, {} FROM {}").format(
             sql.Identifier(column), sql.Identifier(table))).fetchall()
-    return {int(r[0]): (None if r[1] is None else np.asarray(r[1], dtype=np.float32)) for r in rows}
+    return {int(r[0]): _array(r[1]) for r in rows}
+
+
+def _array(value: object) -> np.ndarray | None:
+    """pgvector's loaders return numpy arrays or Vector objects depending on the version."""
+    if value is None:
+        return None
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
