@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import string
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.functional_validators import AfterValidator
 
 from migrator.errors import PlanError
+from migrator.plan_types import (
+    COLUMN_MAX_DIMS,
+    INDEX_MAX_DIMS,
+    IndexMethod,
+    IterativeScan,
+    Metric,
+    OverlongPolicy,
+    VectorType,
+)
 
 MAX_IDENTIFIER_BYTES = 63
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -45,7 +53,8 @@ Ident = Annotated[str, AfterValidator(_identifier)]
 def _migration_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(
-            f"name {value!r} must be 1-40 characters of a-z, 0-9, '_' or '-', starting with a letter"
+            f"name {value!r} must be 1-40 characters of a-z, 0-9, '_' or '-', "
+            "starting with a letter"
         )
     return value
 
@@ -54,47 +63,14 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
 
-class VectorType(StrEnum):
-    VECTOR = "vector"
-    HALFVEC = "halfvec"
-
-
-class Metric(StrEnum):
-    COSINE = "cosine"
-    L2 = "l2"
-    INNER_PRODUCT = "inner_product"
-    L1 = "l1"
-
-    @property
-    def operator(self) -> str:
-        return {"cosine": "<=>", "l2": "<->", "inner_product": "<#>", "l1": "<+>"}[self.value]
-
-    def opclass(self, vtype: VectorType) -> str:
-        suffix = {"cosine": "cosine_ops", "l2": "l2_ops", "inner_product": "ip_ops", "l1": "l1_ops"}
-        return f"{vtype.value}_{suffix[self.value]}"
-
-
-class IndexMethod(StrEnum):
-    HNSW = "hnsw"
-    IVFFLAT = "ivfflat"
-
-
-class IterativeScan(StrEnum):
-    OFF = "off"
-    RELAXED = "relaxed_order"
-    STRICT = "strict_order"
-
-
-class OverlongPolicy(StrEnum):
-    TRUNCATE = "truncate"
-    DEAD_LETTER = "dead_letter"
-
-
 TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl"})
 
-# Index limits of pgvector 0.8: dimensions an index can hold, per column type.
-INDEX_MAX_DIMS = {VectorType.VECTOR: 2000, VectorType.HALFVEC: 4000}
-COLUMN_MAX_DIMS = 16000
+# Re-exported: the vocabularies live in plan_types, the model here.
+__all__ = [
+    "COLUMN_MAX_DIMS", "INDEX_MAX_DIMS", "IndexMethod", "IterativeScan", "Metric",
+    "OverlongPolicy", "Plan", "PlanError", "VectorType", "load_plan", "parse_plan",
+]
+
 
 
 class ModelSpec(Frozen):
@@ -300,7 +276,8 @@ class Plan(Frozen):
         reserved = {self.view.embedding_alias, self.view.model_alias}
         clash = reserved.intersection(self.view.columns)
         if clash:
-            raise ValueError(f"view.columns may not contain {sorted(clash)}: they are added by migrator")
+            raise ValueError(
+                f"view.columns may not contain {sorted(clash)}: they are added by migrator")
         names = [self.target.column, self.source.column, self.index_name]
         for n in names:
             _identifier(n)
@@ -313,7 +290,8 @@ class Plan(Frozen):
 
     @property
     def index_name(self) -> str:
-        return self.index.name or _short(f"{self.table.name}_{self.target.column}_{self.index.method.value}_idx")
+        default = f"{self.table.name}_{self.target.column}_{self.index.method.value}_idx"
+        return self.index.name or _short(default)
 
     @property
     def view_schema(self) -> str:
