@@ -22,7 +22,7 @@ from migrator import api, ledger, state, steps
 from migrator.broker import broker_url, is_redis, redact
 from migrator.config import Settings
 from migrator.db import connect
-from migrator.errors import BrokerError, ConcurrentRunError, ProviderError
+from migrator.errors import BrokerError, ConcurrentRunError, DatabaseError, ProviderError
 from migrator.plan import Plan
 from migrator.state import State
 from migrator.worker.app import TASK_NAME, make_app
@@ -89,7 +89,18 @@ class Enqueuer:
 
 def run(settings: Settings, plan: Plan, opts: Options | None = None) -> dict[str, Any]:
     """Expand if needed, produce and enqueue, then (unless `wait=False`) monitor to the end."""
-    opts = opts or Options()
+    try:
+        return _run(settings, plan, opts or Options())
+    except psycopg.OperationalError as exc:
+        # The database went away mid-run (restart, failover): the ledger keeps the work, and
+        # the operator lock died with the session, so a rerun resumes safely.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseError(f"lost the database connection during the backfill: {first}",
+                            hint="rerun `migrator backfill` when the database is back: it "
+                                 "resumes where it stopped") from exc
+
+
+def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
     stall = float(opts.stall_after or plan.backfill.stall_after_seconds)
     enq = Enqueuer(broker_url(settings), plan, stall)
     t0 = time.monotonic()
