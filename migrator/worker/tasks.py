@@ -16,13 +16,13 @@ from typing import Any
 
 import psycopg
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from migrator import ledger, work
 from migrator.broker import limiter_redis_url
 from migrator.config import Settings, load_settings
 from migrator.db import connect, resolve_url
-from migrator.embedding import Provider, provider_for
+from migrator.embedding import Provider, RetryableError, provider_for
 from migrator.plan import Plan, parse_plan
 from migrator.ratelimit import Limiter, NoLimiter, make_limiter
 from migrator.worker.app import TASK_NAME, app
@@ -136,6 +136,9 @@ def _failed(task: Task, rt: Runtime, migration: str, batch_id: int,
             exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, psycopg.OperationalError):
         rt.drop_connection()
+    if isinstance(exc, SoftTimeLimitExceeded):
+        # Slow (long Retry-After pauses, timeouts), not broken: retry, never fail for good.
+        exc = RetryableError("the batch ran past its time limit")
     retries = int(task.request.retries or 0)
     try:
         plan = rt.plan(migration)

@@ -152,3 +152,28 @@ def test_batch_outliving_the_visibility_timeout_runs_twice_harmlessly(
     # The extra executions cost tokens, not correctness: the server embedded rows twice.
     assert proxy.counts().get("forward", 0) > len([b for b in batches if b[4]])
     assert_searches_clean(load, min_queries=5)
+
+
+def test_batch_past_its_time_limit_is_retried_not_failed(
+        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
+        broker: PrivateRedis) -> None:
+    """A batch slowed past its soft time limit (a long pause, a hung request) is slow, not
+    broken: it must be retried, never failed for good."""
+    make_documents(database_url, 400)
+    plan = faulty_plan(server, proxy, backfill__batch_size=200, backfill__concurrency=1,
+                       target__model__max_inputs_per_request=200)
+    st = settings_for(settings, broker.url)
+    api.adopt(st, plan)
+    # stall_after 3 s gives tasks a 5 s time limit (4.5 s soft); the first answer is a 429
+    # asking for a 6 s pause, which the task waits out in place.
+    proxy.policy = lambda req: Action(status=429, headers={"retry-after": "6"}) \
+        if req.n == 1 else None
+    procs = start_workers(database_url, broker.url, plan.queue, n=1, concurrency=2)
+    try:
+        with search_load(database_url, plan, qps=10) as load:
+            out = backfill.run(st, plan, backfill.Options(poll_seconds=0.2, stall_after=3.0))
+    finally:
+        kill_workers(procs)
+    assert out["complete"] and "failed" not in out["batches"] and out["retries"] >= 1
+    assert_all_fresh(database_url)
+    assert_searches_clean(load, min_queries=5)
