@@ -134,7 +134,8 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
 
 def _failed(task: Task, rt: Runtime, migration: str, batch_id: int,
             exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, psycopg.OperationalError):
+    # A time limit can interrupt a query mid-protocol: that connection is unusable too.
+    if isinstance(exc, psycopg.OperationalError | SoftTimeLimitExceeded):
         rt.drop_connection()
     if isinstance(exc, SoftTimeLimitExceeded):
         # Slow (long Retry-After pauses, timeouts), not broken: retry, never fail for good.
