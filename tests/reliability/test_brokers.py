@@ -4,6 +4,8 @@ done: lost messages are found again and "complete" never comes before the databa
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -120,6 +122,7 @@ def _restart_mid_run(database_url: str, settings: Settings, server: ServerHandle
     return {"queued_before": queued, "queued_after": after, **result}
 
 
+@pytest.mark.slow
 def test_redis_restart_with_persistence_loses_nothing(
         database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
         broker: PrivateRedis) -> None:
@@ -136,6 +139,7 @@ def test_redis_restart_without_persistence_is_caught_by_the_ledger(
     assert out["queued_before"] > 0 and out["queued_after"] == 0
 
 
+@pytest.mark.slow
 def test_429_storm_with_retry_after_and_a_broker_blip(
         database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
         broker: PrivateRedis) -> None:
@@ -188,3 +192,75 @@ def test_429_storm_with_retry_after_and_a_broker_blip(
     early = [(t0, d) for t0, d in sent if any(t0 + 0.15 < t < t0 + d - 0.05 for t in arrivals)]
     near = [(round(t - sent[0][0], 3), k) for t, k in proxy.log if t >= sent[0][0] - 1]
     assert not early, f"requests sent inside a Retry-After pause: {early[:5]} {near[:40]}"
+
+
+@pytest.mark.slow
+def test_retry_after_over_two_minutes_is_honoured(
+        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
+        broker: PrivateRedis) -> None:
+    """Retry-After: 150. The shared pause holds every worker for 150 s (a task waits at most
+    120 s in place, then goes back to the queue), and no batch fails meanwhile."""
+    make_documents(database_url, 600)
+    plan = faulty_plan(server, proxy, backfill__batch_size=200, backfill__concurrency=1,
+                       target__model__max_inputs_per_request=100,
+                       backfill__stall_after_seconds=600)
+    st = settings_for(settings, broker.url)
+    api.adopt(st, plan)
+    hit: list[float] = []
+
+    def policy(req: Request) -> Action | None:
+        if req.n == 2:
+            hit.append(time.monotonic())
+            return Action(status=429, headers={"retry-after": "150"})
+        return None
+
+    proxy.policy = policy
+    procs = start_workers(database_url, broker.url, plan.queue, n=2, concurrency=1)
+    try:
+        with search_load(database_url, plan, qps=5) as load:
+            t0 = time.monotonic()
+            out = backfill.run(st, plan, backfill.Options(poll_seconds=1.0))
+            seconds = time.monotonic() - t0
+    finally:
+        kill_workers(procs)
+    assert out["complete"] and "failed" not in out["batches"]
+    assert_all_fresh(database_url)
+    assert hit and seconds >= 150
+    inside = [t for t, _ in proxy.log if hit[0] + 0.15 < t < hit[0] + 149.9]
+    assert not inside, f"{len(inside)} requests inside the 150 s pause"
+    assert_searches_clean(load)
+
+
+RABBIT = os.environ.get("MIGRATOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MIGRATOR_TEST_RABBITMQ_RESTART") != "1", reason=(
+    "restarts the RabbitMQ node with `rabbitmqctl stop_app/start_app`: on a shared machine "
+    "that breaks everyone else's runs; set MIGRATOR_TEST_RABBITMQ_RESTART=1 on a private node"))
+def test_rabbitmq_restart_mid_run(
+        database_url: str, settings: Settings, server: ServerHandle,
+        proxy: FaultProxy) -> None:
+    make_documents(database_url, 3000)
+    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
+                       target__model__max_inputs_per_request=100)
+    st = settings_for(settings, RABBIT)
+    api.adopt(st, plan)
+    proxy.policy = lambda req: Action(delay=0.05)
+    procs = start_workers(database_url, RABBIT, plan.queue, n=1, concurrency=2)
+    result: dict[str, Any] = {}
+    try:
+        with search_load(database_url, plan, qps=20) as load:
+            runner = threading.Thread(target=lambda: result.update(backfill.run(
+                st, plan, backfill.Options(poll_seconds=0.3, stall_after=5.0))))
+            runner.start()
+            assert wait_for(lambda: _done(database_url, plan.name) >= 5, 60)
+            subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+            time.sleep(3.0)
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+            runner.join(240)
+    finally:
+        kill_workers(procs)
+    assert result.get("complete"), result
+    assert_all_fresh(database_url)
+    assert_searches_clean(load)

@@ -136,6 +136,7 @@ def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
         pg.stop()
 
 
+@pytest.mark.slow
 def test_database_restart_mid_backfill(
         private_pg: PrivatePostgres, settings: Settings, server: ServerHandle,
         proxy: FaultProxy, broker: PrivateRedis, tmp_path: Path) -> None:

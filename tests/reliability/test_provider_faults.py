@@ -126,8 +126,10 @@ def _mutation(mode: str) -> Any:
     return mutate
 
 
-@pytest.mark.parametrize("mode", ["dim-const", "dim-varying", "count", "duplicate-index",
-                                  "shuffle"])
+@pytest.mark.parametrize("mode", [
+    pytest.param("dim-const", marks=pytest.mark.slow), "dim-varying",
+    pytest.param("count", marks=pytest.mark.slow),
+    pytest.param("duplicate-index", marks=pytest.mark.slow), "shuffle"])
 def test_wrong_answers_write_nothing_and_record_why(
         database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
         broker: PrivateRedis, mode: str) -> None:

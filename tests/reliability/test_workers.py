@@ -49,6 +49,7 @@ def _batches(url: str, name: str) -> list[tuple[int, str, int, int, int]]:
     return [(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
 
 
+@pytest.mark.slow
 def test_child_killed_after_embedding_then_whole_worker_killed(
         database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
         broker: PrivateRedis) -> None:
@@ -114,6 +115,7 @@ def test_child_killed_after_embedding_then_whole_worker_killed(
     assert_searches_clean(load)
 
 
+@pytest.mark.slow
 def test_batch_outliving_the_visibility_timeout_runs_twice_harmlessly(
         database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
         broker: PrivateRedis) -> None:
