@@ -45,8 +45,13 @@ from migrator import backfill
 from migrator.embedding.local import HashEmbedder
 
 
-def write_limit(url: str, table: str, texts: list[str], chunk: int = 1000) -> float:
-    """rows/s of the plain COPY + UPDATE loop writing precomputed vectors into a new column."""
+def write_limit(url: str, table: str, texts: list[str], chunk: int = 1000,
+                naive: bool = False) -> float:
+    """rows/s of the plain COPY + UPDATE loop writing precomputed vectors into a new column.
+
+    Not `naive`: with the join plan forced to primary-key probes, as migrator writes; the
+    planner's own choice hashes the whole table per chunk (quadratic in the table size).
+    """
     vecs = HashEmbedder("local-hash-new", 256).encode(texts)
     tbl = sql.Identifier(table)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -59,6 +64,9 @@ def write_limit(url: str, table: str, texts: list[str], chunk: int = 1000) -> fl
         t0 = time.perf_counter()
         for lo in range(0, len(texts), chunk):
             with conn.transaction():
+                if not naive:  # the plan migrator's write uses (see migrator/work.py)
+                    conn.execute("SET LOCAL enable_hashjoin = off")
+                    conn.execute("SET LOCAL enable_mergejoin = off")
                 with conn.cursor() as cur, cur.copy(
                         "COPY wl_stage (pk, v) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["int8", "vector"])
@@ -135,6 +143,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1, help="-c of each worker process")
+    ap.add_argument("--naive-limit", action="store_true",
+                    help="write limit with the planner's own join plan (a hash join)")
     ap.add_argument("--index", action="store_true",
                     help="an HNSW index on the source column of both tables, as in production")
     ap.add_argument("--worker-arg", action="append", default=[],
@@ -160,7 +170,7 @@ def main() -> None:
             load_table(b.url, f"docs_{r}", texts, index=args.index)
             wait_workers_ready(b)
             checkpoint(b.url)
-            limit = write_limit(b.url, f"wl_{r}", texts)
+            limit = write_limit(b.url, f"wl_{r}", texts, naive=args.naive_limit)
             checkpoint(b.url)
             prof = args.profile / f"run{r}" if args.profile else None
             res = migrator_run(b, f"docs_{r}", name, prof, **overrides)
