@@ -140,6 +140,7 @@ class OpenAIProvider(Provider):
         self._base_url = base_url
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: requests run on a pool
 
     @property
     def client(self) -> openai.OpenAI:
@@ -181,7 +182,16 @@ class OpenAIProvider(Provider):
         if not isinstance(data, list):
             raise BadResponseError("the embedding answer has no 'data' list")
         pairs = [_pair(item, self.encoding) for item in data]
-        return check_response_shape(pairs, expected=len(texts), dimensions=self.dimensions)
+        matrix = check_response_shape(pairs, expected=len(texts), dimensions=self.dimensions)
+        usage = payload.get("usage")
+        used = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        self._local.usage = used if isinstance(used, int) and not isinstance(used, bool) \
+            and used >= 0 else None
+        return matrix
+
+    def last_usage(self) -> int | None:
+        """Tokens the server counted for this thread's last answer (`usage.prompt_tokens`)."""
+        return getattr(self._local, "usage", None)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [estimate_tokens(t) for t in texts]
