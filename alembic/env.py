@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+from alembic import context
 from migrator.schema import SCHEMA, metadata
 
 config = context.config
@@ -51,8 +51,12 @@ def _url() -> str:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=_url(), target_metadata=metadata, literal_binds=True,
-        version_table_schema=SCHEMA, include_schemas=True, include_name=_include_name,
+        url=_url(),
+        target_metadata=metadata,
+        literal_binds=True,
+        version_table_schema=SCHEMA,
+        include_schemas=True,
+        include_name=_include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -45,8 +45,9 @@ from migrator import backfill
 from migrator.embedding.local import HashEmbedder
 
 
-def write_limit(url: str, table: str, texts: list[str], chunk: int = 1000,
-                naive: bool = False) -> float:
+def write_limit(
+    url: str, table: str, texts: list[str], chunk: int = 1000, naive: bool = False
+) -> float:
     """rows/s of the plain COPY + UPDATE loop writing precomputed vectors into a new column.
 
     Not `naive`: with the join plan forced to primary-key probes, as migrator writes; the
@@ -57,18 +58,20 @@ def write_limit(url: str, table: str, texts: list[str], chunk: int = 1000,
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN embedding_v2 vector(256)").format(tbl))
-        conn.execute("CREATE TEMP TABLE wl_stage (pk bigint, v vector(256)) "
-                     "ON COMMIT DELETE ROWS")
-        update = sql.SQL("UPDATE {} t SET embedding_v2 = s.v FROM wl_stage s "
-                         "WHERE t.id = s.pk").format(tbl)
+        conn.execute("CREATE TEMP TABLE wl_stage (pk bigint, v vector(256)) ON COMMIT DELETE ROWS")
+        update = sql.SQL(
+            "UPDATE {} t SET embedding_v2 = s.v FROM wl_stage s WHERE t.id = s.pk"
+        ).format(tbl)
         t0 = time.perf_counter()
         for lo in range(0, len(texts), chunk):
             with conn.transaction():
                 if not naive:  # the plan migrator's write uses (see migrator/work.py)
                     conn.execute("SET LOCAL enable_hashjoin = off")
                     conn.execute("SET LOCAL enable_mergejoin = off")
-                with conn.cursor() as cur, cur.copy(
-                        "COPY wl_stage (pk, v) FROM STDIN (FORMAT BINARY)") as cp:
+                with (
+                    conn.cursor() as cur,
+                    cur.copy("COPY wl_stage (pk, v) FROM STDIN (FORMAT BINARY)") as cp,
+                ):
                     cp.set_types(["int8", "vector"])
                     for i in range(lo, min(lo + chunk, len(texts))):
                         cp.write_row((i + 1, vecs[i]))
@@ -85,20 +88,40 @@ def start_profilers(pids: dict[str, list[int]], out: Path) -> list[subprocess.Po
     procs = []
     for label in ("server", "workers"):
         for pid in pids[label]:
-            procs.append(subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--gil",
-                 "--format", "raw", "--nonblocking", "-o", str(out / f"{label}-{pid}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        exe,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--subprocesses",
+                        "--rate",
+                        "200",
+                        "--gil",
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "-o",
+                        str(out / f"{label}-{pid}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
     time.sleep(1.0)
     return procs
 
 
-def migrator_run(b: Bench, table: str, name: str, profile: Path | None = None,
-                 **overrides: Any) -> dict[str, Any]:
+def migrator_run(
+    b: Bench, table: str, name: str, profile: Path | None = None, **overrides: Any
+) -> dict[str, Any]:
     plan = bench_plan(b.base_url, name=name, table=table, **overrides)
-    pids = {"server": [b.server.pid] if b.server else [],
-            "workers": [p.pid for p in b.workers],
-            "postgres": postgres_pids(b.url)}
+    pids = {
+        "server": [b.server.pid] if b.server else [],
+        "workers": [p.pid for p in b.workers],
+        "postgres": postgres_pids(b.url),
+    }
     profilers = start_profilers(pids, profile) if profile else []
     before = {k: cpu_seconds(v) for k, v in pids.items()}
     import resource
@@ -126,15 +149,23 @@ def timeline(url: str, name: str) -> dict[str, float]:
             "extract(epoch FROM avg(finished_at - claimed_at)), "
             "extract(epoch FROM min(claimed_at) - (SELECT max(at) FROM migrator.events "
             "  WHERE migration = %s AND message = 'backfill started')), count(*) "
-            "FROM migrator.batches WHERE migration = %s", (name, name)).fetchone()
+            "FROM migrator.batches WHERE migration = %s",
+            (name, name),
+        ).fetchone()
         gap = conn.execute(
             "SELECT extract(epoch FROM avg(gap)) FROM (SELECT claimed_at - lag(finished_at) "
             "OVER (PARTITION BY claimed_by ORDER BY claimed_at) AS gap FROM migrator.batches "
-            "WHERE migration = %s) g", (name,)).fetchone()
+            "WHERE migration = %s) g",
+            (name,),
+        ).fetchone()
     assert row is not None and gap is not None
-    return {"work_s": round(float(row[0] or 0), 2), "batch_s": round(float(row[1] or 0), 3),
-            "gap_s": round(float(gap[0] or 0), 3),
-            "first_claim_s": round(float(row[2] or 0), 2), "batches": int(row[3] or 0)}
+    return {
+        "work_s": round(float(row[0] or 0), 2),
+        "batch_s": round(float(row[1] or 0), 3),
+        "gap_s": round(float(gap[0] or 0), 3),
+        "first_claim_s": round(float(row[2] or 0), 2),
+        "batches": int(row[3] or 0),
+    }
 
 
 def main() -> None:
@@ -143,15 +174,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1, help="-c of each worker process")
-    ap.add_argument("--naive-limit", action="store_true",
-                    help="write limit with the planner's own join plan (a hash join)")
-    ap.add_argument("--index", action="store_true",
-                    help="an HNSW index on the source column of both tables, as in production")
-    ap.add_argument("--worker-arg", action="append", default=[],
-                    help="extra celery worker flag, e.g. --worker-arg=--prefetch-multiplier=2")
+    ap.add_argument(
+        "--naive-limit",
+        action="store_true",
+        help="write limit with the planner's own join plan (a hash join)",
+    )
+    ap.add_argument(
+        "--index",
+        action="store_true",
+        help="an HNSW index on the source column of both tables, as in production",
+    )
+    ap.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra celery worker flag, e.g. --worker-arg=--prefetch-multiplier=2",
+    )
     ap.add_argument("--profile", type=Path, help="write py-spy stacks of server and workers here")
-    ap.add_argument("--set", action="append", default=[],
-                    help="plan override, e.g. backfill__batch_size=1000 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="plan override, e.g. backfill__batch_size=1000 (repeatable)",
+    )
     args = ap.parse_args()
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -180,18 +225,23 @@ def main() -> None:
             mig.append(rate)
             ratios.append(rate / limit)
             cpu = " ".join(f"{k}={v:.1f}s" for k, v in res["cpu"].items())
-            print(f"run {r + 1}: write limit {limit:,.0f} rows/s; migrator {rate:,.0f} rows/s "
-                  f"({res['rows_written']:,} rows in {res['seconds']:.1f} s, "
-                  f"{res['retries']} retries); ratio {rate / limit:.2f}; cpu {cpu}; "
-                  f"ledger {res['timeline']}", flush=True)
-    print_figures(f"backfill throughput, {args.rows:,} rows, {args.workers} workers x "
-                  f"-c {args.concurrency}, 256 dims"
-                  + (", HNSW on the source column" if args.index else ""), [
-        ("write limit (rows/s)", spread(wl)),
-        ("migrator backfill (rows/s)", spread(mig)),
-        ("ratio migrator / write limit", spread(ratios, 2)),
-        ("target", ">= 0.60"),
-    ])
+            print(
+                f"run {r + 1}: write limit {limit:,.0f} rows/s; migrator {rate:,.0f} rows/s "
+                f"({res['rows_written']:,} rows in {res['seconds']:.1f} s, "
+                f"{res['retries']} retries); ratio {rate / limit:.2f}; cpu {cpu}; "
+                f"ledger {res['timeline']}",
+                flush=True,
+            )
+    print_figures(
+        f"backfill throughput, {args.rows:,} rows, {args.workers} workers x "
+        f"-c {args.concurrency}, 256 dims" + (", HNSW on the source column" if args.index else ""),
+        [
+            ("write limit (rows/s)", spread(wl)),
+            ("migrator backfill (rows/s)", spread(mig)),
+            ("ratio migrator / write limit", spread(ratios, 2)),
+            ("target", ">= 0.60"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit((p.scheme, p.netloc, "/" + dbname, p.query, p.fragment))
 
 
-def bench_plan(base_url: str, name: str = "bench", table: str = TABLE,
-               **overrides: Any) -> Plan:
+def bench_plan(base_url: str, name: str = "bench", table: str = TABLE, **overrides: Any) -> Plan:
     """plans/local-demo.yaml with a 256-dim target (local-hash-new@256) on `table`.
 
     `overrides` use the tests' path syntax: `backfill__batch_size=1000`.
@@ -104,29 +103,45 @@ class Bench:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         ensure_schema(self.url)
         broker = embedded_redis_url(self.home)
-        self.settings = load_settings({
-            "PATH": "/usr/bin:/bin", "DATABASE_URL": self.url, "CELERY_BROKER_URL": broker,
-            "MIGRATOR_HOME": str(self.home), "MIGRATOR_LOCAL_KEY": "bench"})
-        self.server, self.base_url = start_server_process(port=free_port(),
-                                                          **self.server_controls)
+        self.settings = load_settings(
+            {
+                "PATH": "/usr/bin:/bin",
+                "DATABASE_URL": self.url,
+                "CELERY_BROKER_URL": broker,
+                "MIGRATOR_HOME": str(self.home),
+                "MIGRATOR_LOCAL_KEY": "bench",
+            }
+        )
+        self.server, self.base_url = start_server_process(port=free_port(), **self.server_controls)
         return self
 
-    def start_workers(self, queue: str, n: int, concurrency: int = 1,
-                      extra: Sequence[str] = ()) -> None:
+    def start_workers(
+        self, queue: str, n: int, concurrency: int = 1, extra: Sequence[str] = ()
+    ) -> None:
         """n worker processes as `migrator backfill` starts them (`extra`: more celery flags)."""
         if self._log is None:
             self._log = open(self.home / "workers.log", "ab")  # noqa: SIM115 - see __exit__
         if not extra:
-            self.workers += start_workers(self.settings, queue, n, concurrency=concurrency,
-                                          log=self._log)
+            self.workers += start_workers(
+                self.settings, queue, n, concurrency=concurrency, log=self._log
+            )
             return
         env = worker_env(self.settings)
         for i in range(n):
-            cmd = [*worker_command(queue, concurrency=concurrency, hostname=f"bench-{i}@%h"),
-                   *extra]
-            self.workers.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                                 stdout=self._log, stderr=self._log,
-                                                 start_new_session=True))
+            cmd = [
+                *worker_command(queue, concurrency=concurrency, hostname=f"bench-{i}@%h"),
+                *extra,
+            ]
+            self.workers.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log,
+                    stderr=self._log,
+                    start_new_session=True,
+                )
+            )
 
     def stop_workers(self) -> None:
         stop_workers(self.workers)
@@ -150,25 +165,42 @@ def corpus_texts(n: int) -> list[str]:
     return [d.body for d in load_corpus(n)]
 
 
-def load_table(url: str, table: str, texts: Sequence[str], *, index: bool = False,
-               model: str = "local-hash-old", dims: int = 256) -> None:
+def load_table(
+    url: str,
+    table: str,
+    texts: Sequence[str],
+    *,
+    index: bool = False,
+    model: str = "local-hash-old",
+    dims: int = 256,
+) -> None:
     """`table(id bigint pk, title, body, embedding vector(dims))`, embedded with `model`."""
     vecs = HashEmbedder(model, dims).encode(list(texts))
     tbl = sql.Identifier(table)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tbl))
-        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, "
-                             "embedding vector({}))").format(tbl, sql.Literal(dims)))
-        with conn.cursor() as cur, cur.copy(sql.SQL(
-                "COPY {} (id, title, body, embedding) FROM STDIN (FORMAT BINARY)").format(
-                tbl)) as cp:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, "
+                "embedding vector({}))"
+            ).format(tbl, sql.Literal(dims))
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL("COPY {} (id, title, body, embedding) FROM STDIN (FORMAT BINARY)").format(
+                    tbl
+                )
+            ) as cp,
+        ):
             cp.set_types(["int8", "text", "text", "vector"])
             for i, (text, vec) in enumerate(zip(texts, vecs, strict=True), start=1):
                 cp.write_row((i, text[:60], text, vec))
         if index:
-            conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)")
-                         .format(tbl))
+            conn.execute(
+                sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops)").format(tbl)
+            )
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(tbl))
 
 
@@ -206,8 +238,9 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 def postgres_pids(url: str) -> list[int]:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT setting FROM pg_settings WHERE name = 'data_directory'"
+        ).fetchone()
     assert row is not None
     pidfile = Path(str(row[0])) / "postmaster.pid"
     return [int(pidfile.read_text().split()[0])]
@@ -265,8 +298,10 @@ def spread(values: Sequence[float], digits: int = 0) -> str:
 def print_figures(title: str, rows: Sequence[tuple[str, str]]) -> None:
     """The closing block every bench prints last: figure, value (ratios included)."""
     print()
-    print(f"== {title} ({dt.date.today().isoformat()}, {psutil.cpu_count()} cores, "
-          f"load {psutil.getloadavg()[0]:.1f}) ==")
+    print(
+        f"== {title} ({dt.date.today().isoformat()}, {psutil.cpu_count()} cores, "
+        f"load {psutil.getloadavg()[0]:.1f}) =="
+    )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -48,7 +48,10 @@ def measure(b: Bench, n: int, texts: list[str]) -> dict[str, float]:
     t0 = time.monotonic()
     producer = subprocess.Popen(
         [sys.executable, "-m", "migrator", "backfill", str(path), "--workers", "0", "--json"],
-        env=worker_env(b.settings), stdout=log, stderr=log)
+        env=worker_env(b.settings),
+        stdout=log,
+        stderr=log,
+    )
     sampler.watch("producer", producer.pid)
     sampler.start()
     rc = producer.wait()
@@ -59,12 +62,17 @@ def measure(b: Bench, n: int, texts: list[str]) -> dict[str, float]:
         tail = (b.home / f"producer-{n}.log").read_text(errors="replace")[-600:]
         raise SystemExit(f"backfill exited {rc}: {tail}")
     seconds = time.monotonic() - t0
-    out = {"producer": peak.get("producer", 0) / MB,
-           "worker main": max(peak.get(f"worker{i}", 0) for i in range(2)) / MB,
-           "worker child": max(peak.get(f"worker{i}/child", 0) for i in range(2)) / MB,
-           "seconds": seconds}
-    print(f"{n:,} rows in {seconds:.1f} s: " + ", ".join(
-        f"{k} {v:.0f} MB" for k, v in out.items() if k != "seconds"), flush=True)
+    out = {
+        "producer": peak.get("producer", 0) / MB,
+        "worker main": max(peak.get(f"worker{i}", 0) for i in range(2)) / MB,
+        "worker child": max(peak.get(f"worker{i}/child", 0) for i in range(2)) / MB,
+        "seconds": seconds,
+    }
+    print(
+        f"{n:,} rows in {seconds:.1f} s: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in out.items() if k != "seconds"),
+        flush=True,
+    )
     return out
 
 
@@ -81,9 +89,14 @@ def main() -> None:
     lo, hi = results[sizes[0]], results[sizes[-1]]
     rows = []
     for k in ("producer", "worker main", "worker child"):
-        rows.append((f"peak RSS {k} (MB)", " / ".join(f"{results[n][k]:.0f}" for n in sizes)
-                     + f"  at {' / '.join(f'{n:,}' for n in sizes)} rows; ratio "
-                     f"{hi[k] / lo[k]:.2f}"))
+        rows.append(
+            (
+                f"peak RSS {k} (MB)",
+                " / ".join(f"{results[n][k]:.0f}" for n in sizes)
+                + f"  at {' / '.join(f'{n:,}' for n in sizes)} rows; ratio "
+                f"{hi[k] / lo[k]:.2f}",
+            )
+        )
     rows.append(("target", "flat (ratio ~1.0)"))
     print_figures("memory of the backfill", rows)
 

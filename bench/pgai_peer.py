@@ -38,14 +38,24 @@ from common import (
 
 # (destination, batch_size, concurrency, worker processes): pgai's defaults are batch 50,
 # concurrency 1, one process; its workers share the queue with FOR UPDATE SKIP LOCKED.
-CONFIGS = [("column", 50, 1, 1), ("column", 500, 4, 1), ("table", 500, 2, 1),
-           ("table", 1000, 4, 1), ("table", 500, 2, 2), ("table", 1000, 2, 2),
-           ("column", 500, 2, 2)]
+CONFIGS = [
+    ("column", 50, 1, 1),
+    ("column", 500, 4, 1),
+    ("table", 500, 2, 1),
+    ("table", 1000, 4, 1),
+    ("table", 500, 2, 2),
+    ("table", 1000, 2, 2),
+    ("column", 500, 2, 2),
+]
 
 
 def pgai_install(venv: Path, url: str) -> None:
-    subprocess.run([str(venv / "bin" / "pgai"), "install", "-d", url], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [str(venv / "bin" / "pgai"), "install", "-d", url],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def tiktoken_dir(venv: Path) -> str:
@@ -55,10 +65,12 @@ def tiktoken_dir(venv: Path) -> str:
     return str(found[0])
 
 
-def create_vectorizer(url: str, table: str, base_url: str, dest: str, batch: int,
-                      concurrency: int) -> int:
-    destination = ("ai.destination_column('embedding_v2')" if dest == "column"
-                   else "ai.destination_table()")
+def create_vectorizer(
+    url: str, table: str, base_url: str, dest: str, batch: int, concurrency: int
+) -> int:
+    destination = (
+        "ai.destination_column('embedding_v2')" if dest == "column" else "ai.destination_table()"
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT ai.create_vectorizer(%s::regclass, name => %s, "
@@ -69,7 +81,8 @@ def create_vectorizer(url: str, table: str, base_url: str, dest: str, batch: int
             "indexing => ai.indexing_none(), scheduling => ai.scheduling_none(), "
             f"destination => {destination}, "
             "processing => ai.processing_default(batch_size => %s, concurrency => %s))",
-            (table, table, base_url, batch, concurrency)).fetchone()
+            (table, table, base_url, batch, concurrency),
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -79,11 +92,13 @@ def pending(url: str, vid: int) -> int:
     from psycopg import sql
 
     with psycopg.connect(url, autocommit=True) as conn:
-        where = conn.execute("SELECT queue_schema, queue_table FROM ai.vectorizer WHERE id = %s",
-                             (vid,)).fetchone()
+        where = conn.execute(
+            "SELECT queue_schema, queue_table FROM ai.vectorizer WHERE id = %s", (vid,)
+        ).fetchone()
         assert where is not None
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(where[0], where[1]))).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(where[0], where[1]))
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -97,17 +112,40 @@ def written(url: str, table: str, dest: str) -> int:
     return int(row[0]) if row else 0
 
 
-def run_pgai(b: Bench, venv: Path, table: str, vid: int, concurrency: int, procs: int,
-             n: int) -> dict[str, float]:
+def run_pgai(
+    b: Bench, venv: Path, table: str, vid: int, concurrency: int, procs: int, n: int
+) -> dict[str, float]:
     """Run `procs` workers --once; poll the queue to time the processing window."""
-    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "bench",
-           "TIKTOKEN_CACHE_DIR": tiktoken_dir(venv), "HOME": str(b.home)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OPENAI_API_KEY": "bench",
+        "TIKTOKEN_CACHE_DIR": tiktoken_dir(venv),
+        "HOME": str(b.home),
+    }
     log = open(b.home / f"pgai-{table}.log", "wb")  # noqa: SIM115 - closed below
     t0 = time.monotonic()
-    workers = [subprocess.Popen(
-        [str(venv / "bin" / "pgai"), "vectorizer", "worker", "-d", b.url, "--once",
-         "-i", str(vid), "-c", str(concurrency), "--log-level", "WARN"],
-        env=env, stdout=log, stderr=log) for _ in range(procs)]
+    workers = [
+        subprocess.Popen(
+            [
+                str(venv / "bin" / "pgai"),
+                "vectorizer",
+                "worker",
+                "-d",
+                b.url,
+                "--once",
+                "-i",
+                str(vid),
+                "-c",
+                str(concurrency),
+                "--log-level",
+                "WARN",
+            ],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        for _ in range(procs)
+    ]
     first = None
     while any(w.poll() is None for w in workers):
         left = pending(b.url, vid)
@@ -132,8 +170,9 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.pgai / "bin" / "pgai").exists():
         raise SystemExit(f"pgai is not installed in {args.pgai} (see this script's docstring)")
-    configs = CONFIGS if args.configs == "all" else [
-        CONFIGS[int(i)] for i in args.configs.split(",")]
+    configs = (
+        CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
+    )
     texts = corpus_texts(args.rows)
     eligible = sum(1 for t in texts if t.strip())
     results: list[tuple[str, float, float]] = []
@@ -153,8 +192,11 @@ def main() -> None:
             steady = done / max(1e-9, r["wall_s"] - r["first_progress_s"])
             label = f"pgai {dest} batch {batch} c {conc} x {procs} proc"
             results.append((label, rate, steady))
-            print(f"{label}: {done:,} rows in {r['wall_s']:.1f} s = {rate:,.0f} rows/s "
-                  f"(after the first batch: {steady:,.0f} rows/s)", flush=True)
+            print(
+                f"{label}: {done:,} rows in {r['wall_s']:.1f} s = {rate:,.0f} rows/s "
+                f"(after the first batch: {steady:,.0f} rows/s)",
+                flush=True,
+            )
         plan = bench_plan(b.base_url, name="bench-peer", table="docs_peer")
         b.start_workers(plan.queue, args.workers)
         load_table(b.url, "docs_peer", texts)
@@ -162,15 +204,20 @@ def main() -> None:
         checkpoint(b.url)
         res = migrator_run(b, "docs_peer", "bench-peer")
         mig = res["rows_written"] / res["seconds"]
-        print(f"migrator: {res['rows_written']:,} rows in {res['seconds']:.1f} s = "
-              f"{mig:,.0f} rows/s", flush=True)
+        print(
+            f"migrator: {res['rows_written']:,} rows in {res['seconds']:.1f} s = {mig:,.0f} rows/s",
+            flush=True,
+        )
     best = max(results, key=lambda r: r[2])
-    rows = [(label, f"{rate:,.0f} rows/s (steady {steady:,.0f})")
-            for label, rate, steady in results]
-    rows += [("migrator backfill, 2 workers", f"{mig:,.0f} rows/s"),
-             ("best pgai (steady, generous)", best[0]),
-             ("ratio migrator / best pgai", spread([mig / best[2]], 2)),
-             ("target", ">= 2.00")]
+    rows = [
+        (label, f"{rate:,.0f} rows/s (steady {steady:,.0f})") for label, rate, steady in results
+    ]
+    rows += [
+        ("migrator backfill, 2 workers", f"{mig:,.0f} rows/s"),
+        ("best pgai (steady, generous)", best[0]),
+        ("ratio migrator / best pgai", spread([mig / best[2]], 2)),
+        ("target", ">= 2.00"),
+    ]
     print_figures(f"peer: pgai vectorizer worker vs migrator, {args.rows:,} rows, 256 dims", rows)
 
 

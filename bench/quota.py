@@ -48,15 +48,18 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=16, help="max inputs per request")
     ap.add_argument("--warmup", type=float, default=30.0)
     ap.add_argument("--window", type=float, default=60.0)
-    ap.add_argument("--budget", type=float, default=1.0,
-                    help="plan budget as a share of the server's quota")
+    ap.add_argument(
+        "--budget", type=float, default=1.0, help="plan budget as a share of the server's quota"
+    )
     args = ap.parse_args()
     quota = SCENARIOS[args.scenario]
     texts = corpus_texts(args.rows)
     stop = threading.Event()
     with Bench(server_controls={k: v for k, v in quota.items() if v}) as b:
-        overrides: dict[str, Any] = {"target__model__max_inputs_per_request": args.inputs,
-                                     "backfill__batch_size": args.inputs * 4}
+        overrides: dict[str, Any] = {
+            "target__model__max_inputs_per_request": args.inputs,
+            "backfill__batch_size": args.inputs * 4,
+        }
         if quota["rpm"]:
             overrides["backfill__requests_per_minute"] = int(quota["rpm"] * args.budget)
         if quota["tpm"]:
@@ -68,8 +71,11 @@ def main() -> None:
         result: dict[str, Any] = {}
 
         def run() -> None:
-            result.update(backfill.run(b.settings, plan, backfill.Options(
-                poll_seconds=0.5, should_stop=stop.is_set)))
+            result.update(
+                backfill.run(
+                    b.settings, plan, backfill.Options(poll_seconds=0.5, should_stop=stop.is_set)
+                )
+            )
 
         thread = threading.Thread(target=run, daemon=True)
         t0 = time.monotonic()
@@ -96,13 +102,19 @@ def main() -> None:
         # counted tokens in proportion to admitted requests.
         tokens = d["tokens"] * admitted / d["requests"] if d["requests"] else 0
         share = tokens / (quota["tpm"] * minutes)
-        rows.append(("admitted tokens/min (server count)",
-                     f"{tokens / minutes:,.0f} of {quota['tpm']:,}"))
-    rows += [("rows/s over the window", f"{d['inputs'] / (t2 - t1):,.0f} (incl. 429s)"),
-             ("share of quota used", f"{share:.3f}  (target >= 0.95)"),
-             ("share of requests answered 429", f"{limited_share:.4f}  (target <= 0.02)")]
-    print_figures(f"quota use, scenario {args.scenario}, {args.workers} workers, "
-                  f"plan budget {args.budget:.2f} x quota", rows)
+        rows.append(
+            ("admitted tokens/min (server count)", f"{tokens / minutes:,.0f} of {quota['tpm']:,}")
+        )
+    rows += [
+        ("rows/s over the window", f"{d['inputs'] / (t2 - t1):,.0f} (incl. 429s)"),
+        ("share of quota used", f"{share:.3f}  (target >= 0.95)"),
+        ("share of requests answered 429", f"{limited_share:.4f}  (target <= 0.02)"),
+    ]
+    print_figures(
+        f"quota use, scenario {args.scenario}, {args.workers} workers, "
+        f"plan budget {args.budget:.2f} x quota",
+        rows,
+    )
 
 
 if __name__ == "__main__":

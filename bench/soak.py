@@ -57,13 +57,15 @@ from tests.reliability_helpers import (  # noqa: E402
 class SearchLoad:
     """Search threads through the view; each query logged with its time window and outcome."""
 
-    def __init__(self, url: str, view: str, queries: list[str], threads: int = 2,
-                 qps: float = 10.0) -> None:
+    def __init__(
+        self, url: str, view: str, queries: list[str], threads: int = 2, qps: float = 10.0
+    ) -> None:
         self.url, self.view, self.queries, self.qps = url, view, queries, qps
         self.records: list[tuple[float, float, bool, int, str]] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
 
     def start(self) -> None:
         for t in self._threads:
@@ -83,13 +85,20 @@ class SearchLoad:
                     res = client.search(rng.choice(self.queries), 10)
                     self.records.append((t0, time.monotonic(), True, res.mixed, ""))
                 except Exception as exc:
-                    self.records.append((t0, time.monotonic(), False, 0,
-                                         f"{type(exc).__name__}: {exc}"[:200]))
+                    self.records.append(
+                        (t0, time.monotonic(), False, 0, f"{type(exc).__name__}: {exc}"[:200])
+                    )
 
 
 class Soak:
-    def __init__(self, rows: int, seed: int, workdir: Path, fault_every: tuple[float, float],
-                 chaos_seconds: float) -> None:
+    def __init__(
+        self,
+        rows: int,
+        seed: int,
+        workdir: Path,
+        fault_every: tuple[float, float],
+        chaos_seconds: float,
+    ) -> None:
         self.rows, self.rng, self.dir = rows, random.Random(seed), workdir
         self.fault_every, self.chaos_seconds = fault_every, chaos_seconds
         self.faults: dict[str, int] = {}
@@ -106,8 +115,11 @@ class Soak:
 
     def produce(self, st: Any, plan: Any, should_stop: Any) -> dict[str, Any]:
         try:
-            return backfill.run(st, plan, backfill.Options(
-                poll_seconds=0.5, stall_after=5.0, should_stop=should_stop))
+            return backfill.run(
+                st,
+                plan,
+                backfill.Options(poll_seconds=0.5, stall_after=5.0, should_stop=should_stop),
+            )
         except (MigratorError, psycopg.Error) as exc:
             self.producer_restarts += 1
             print(f"producer stopped ({type(exc).__name__}: {exc}); rerunning", flush=True)
@@ -118,8 +130,12 @@ class Soak:
     def policy(self, req: Request) -> Action | None:
         r = self.rng.random()
         if time.monotonic() < self.storm_until:
-            return Action(status=429, headers=retry_after_headers(
-                self.rng.choice((0.5, 1.0, 2.0)), ms=self.rng.random() < 0.5))
+            return Action(
+                status=429,
+                headers=retry_after_headers(
+                    self.rng.choice((0.5, 1.0, 2.0)), ms=self.rng.random() < 0.5
+                ),
+            )
         if r < 0.03:
             return Action(status=self.rng.choice((500, 502, 503)))
         if r < 0.05:
@@ -172,20 +188,26 @@ class Soak:
         proxy.policy = self.policy
         env = {**os.environ, "DATABASE_URL": url, "MIGRATOR_HOME": str(self.dir / "home")}
         st = settings_for(load_settings(env), broker.url)
-        plan = faulty_plan(server, proxy, backfill__batch_size=500,
-                           target__model__max_inputs_per_request=100,
-                           target__model__request_timeout_seconds=2.0,
-                           backfill__retry__max_attempts=20)
+        plan = faulty_plan(
+            server,
+            proxy,
+            backfill__batch_size=500,
+            target__model__max_inputs_per_request=100,
+            target__model__request_timeout_seconds=2.0,
+            backfill__retry__max_attempts=20,
+        )
         api.adopt(st, plan)
         self.procs = start_workers(url, broker.url, plan.queue, n=2, concurrency=2)
         rng = random.Random(3)
-        queries = [" ".join(b.split()[:8]) for b in rng.sample(list(bodies.values()), 200)
-                   if b.strip()]
+        queries = [
+            " ".join(b.split()[:8]) for b in rng.sample(list(bodies.values()), 200) if b.strip()
+        ]
         search = SearchLoad(url, f"{plan.view_schema}.{plan.view.name}", queries)
         search.start()
         writer = Writer(url, self.rows, pause=0.005).start()
-        inj = threading.Thread(target=self.injector, args=(broker, pg, url, plan.queue),
-                               daemon=True)
+        inj = threading.Thread(
+            target=self.injector, args=(broker, pg, url, plan.queue), daemon=True
+        )
         t0 = time.monotonic()
         inj.start()
         chaos_end = t0 + self.chaos_seconds
@@ -214,30 +236,45 @@ class Soak:
         pg.stop()
         return figures
 
-    def check(self, url: str, writer: Writer, search: SearchLoad, out: dict[str, Any],
-              seconds: float, proxy_counts: dict[str, int]) -> dict[str, Any]:
+    def check(
+        self,
+        url: str,
+        writer: Writer,
+        search: SearchLoad,
+        out: dict[str, Any],
+        seconds: float,
+        proxy_counts: dict[str, int],
+    ) -> dict[str, Any]:
         log = writer.log
         with psycopg.connect(url) as conn:
             register_vector(conn)
             rows = conn.execute("SELECT id, body, embedding_v2 FROM documents").fetchall()
-            dead = {int(r[0]) for r in conn.execute(
-                "SELECT pk FROM migrator.dead_letters WHERE resolved_at IS NULL").fetchall()}
+            dead = {
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT pk FROM migrator.dead_letters WHERE resolved_at IS NULL"
+                ).fetchall()
+            }
         ids = {int(r[0]) for r in rows}
         expected_rows = self.rows + len(log.inserted) - len(log.deleted)
         lost = len(log.inserted - ids) + max(0, expected_rows - len(ids))
         resurrected = len(log.deleted & ids)
-        eligible = [(int(i), b, v) for i, b, v in rows
-                    if b is not None and b.strip(" \t\r\n") and int(i) not in dead]
+        eligible = [
+            (int(i), b, v)
+            for i, b, v in rows
+            if b is not None and b.strip(" \t\r\n") and int(i) not in dead
+        ]
         model = HashEmbedder("local-hash-new", 384)
         wrong = 0
         for k in range(0, len(eligible), 5000):
-            chunk = eligible[k:k + 5000]
+            chunk = eligible[k : k + 5000]
             exp = model.encode([b for _, b, _ in chunk])
             for (_, _, got), e in zip(chunk, exp, strict=True):
                 if got is None or not np.allclose(np.asarray(got.to_numpy()), e, atol=1e-5):
                     wrong += 1
-        blank_with_vector = sum(1 for i, b, v in rows if v is not None
-                                and not (b or "").strip(" \t\r\n"))
+        blank_with_vector = sum(
+            1 for i, b, v in rows if v is not None and not (b or "").strip(" \t\r\n")
+        )
 
         def during_outage(a: float, b: float) -> bool:
             return any(a < end + 5.0 and b > start - 1.0 for start, end in self.db_outages)
@@ -245,24 +282,33 @@ class Soak:
         failed = [r for r in search.records if not r[2]]
         failed_outside = [r for r in failed if not during_outage(r[0], r[1])]
         return {
-            "rows_initial": self.rows, "rows_final": len(ids), "inserted": len(log.inserted),
-            "updated_text": len(log.text), "deleted": len(log.deleted),
+            "rows_initial": self.rows,
+            "rows_final": len(ids),
+            "inserted": len(log.inserted),
+            "updated_text": len(log.text),
+            "deleted": len(log.deleted),
             "write_errors_during_outages": log.errors,
-            "faults_injected": {**self.faults, **{f"proxy-{k}": v for k, v in
-                                                  proxy_counts.items() if k != "forward"}},
-            "faults_total": sum(self.faults.values()) + sum(
-                v for k, v in proxy_counts.items() if k not in ("forward", "mutated")),
+            "faults_injected": {
+                **self.faults,
+                **{f"proxy-{k}": v for k, v in proxy_counts.items() if k != "forward"},
+            },
+            "faults_total": sum(self.faults.values())
+            + sum(v for k, v in proxy_counts.items() if k not in ("forward", "mutated")),
             "producer_restarts": self.producer_restarts,
-            "rows_lost": lost, "deleted_rows_back": resurrected,
-            "rows_checked": len(eligible), "wrong_vectors": wrong,
-            "blank_rows_with_vector": blank_with_vector, "dead_letters": len(dead),
+            "rows_lost": lost,
+            "deleted_rows_back": resurrected,
+            "rows_checked": len(eligible),
+            "wrong_vectors": wrong,
+            "blank_rows_with_vector": blank_with_vector,
+            "dead_letters": len(dead),
             "searches": len(search.records),
             "searches_failed": len(failed_outside),
             "searches_failed_during_db_outage": len(failed) - len(failed_outside),
             "search_errors": sorted({r[4] for r in failed_outside})[:5],
             "cross_model_rows": sum(r[3] for r in search.records),
             "duplicate_executions": out.get("duplicate_executions"),
-            "rows_written": out.get("rows_written"), "seconds": round(seconds, 1),
+            "rows_written": out.get("rows_written"),
+            "seconds": round(seconds, 1),
         }
 
 
@@ -270,18 +316,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--fault-every", type=float, nargs=2, default=(3.0, 8.0),
-                    metavar=("MIN_S", "MAX_S"))
-    ap.add_argument("--chaos-seconds", type=float, default=120.0,
-                    help="how long faults and writes go on (then a clean catch-up pass)")
+    ap.add_argument(
+        "--fault-every", type=float, nargs=2, default=(3.0, 8.0), metavar=("MIN_S", "MAX_S")
+    )
+    ap.add_argument(
+        "--chaos-seconds",
+        type=float,
+        default=120.0,
+        help="how long faults and writes go on (then a clean catch-up pass)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="migrator-soak-") as tmp:
-        figures = Soak(args.rows, args.seed, Path(tmp), tuple(args.fault_every),
-                       args.chaos_seconds).run()
+        figures = Soak(
+            args.rows, args.seed, Path(tmp), tuple(args.fault_every), args.chaos_seconds
+        ).run()
     print(json.dumps(figures, indent=2))
-    ok = (figures["rows_lost"] == 0 and figures["wrong_vectors"] == 0
-          and figures["searches_failed"] == 0 and figures["deleted_rows_back"] == 0
-          and figures["cross_model_rows"] == 0)
+    ok = (
+        figures["rows_lost"] == 0
+        and figures["wrong_vectors"] == 0
+        and figures["searches_failed"] == 0
+        and figures["deleted_rows_back"] == 0
+        and figures["cross_model_rows"] == 0
+    )
     sys.exit(0 if ok else 1)
 
 

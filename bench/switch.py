@@ -43,8 +43,9 @@ def main() -> None:
         wait_workers_ready(b)
         backfill.run(b.settings, plan, backfill.Options(poll_seconds=0.25))
         verify(b.settings, plan, VerifyOptions())
-        drill = Drill(b.url, plan, qps=args.qps, processes=args.processes,
-                      environ=dict(b.settings.environ))
+        drill = Drill(
+            b.url, plan, qps=args.qps, processes=args.processes, environ=dict(b.settings.environ)
+        )
         drill.start()
         try:
             time.sleep(2.0)
@@ -54,21 +55,29 @@ def main() -> None:
                     waits.append(r.lock_wait_ms)
                     holds.append(r.hold_ms)
                     attempts.append(r.attempts)
-                    print(f"{r.command:<9} lock wait {r.lock_wait_ms:7.2f} ms, hold "
-                          f"{r.hold_ms:6.2f} ms, attempts {r.attempts}", flush=True)
+                    print(
+                        f"{r.command:<9} lock wait {r.lock_wait_ms:7.2f} ms, hold "
+                        f"{r.hold_ms:6.2f} ms, attempts {r.attempts}",
+                        flush=True,
+                    )
                     time.sleep(1.0)
         finally:
             report = drill.stop()
     w, h = np.asarray(waits), np.asarray(holds)
-    print_figures(f"switch under {args.qps:.0f} q/s, {len(holds)} switches, {args.rows:,} rows", [
-        ("lock wait p50 / max (ms)", f"{np.median(w):.2f} / {w.max():.2f}"),
-        ("hold p50 / max (ms)", f"{np.median(h):.2f} / {h.max():.2f}  (target < 50)"),
-        ("attempts max", str(max(attempts))),
-        ("searches / failed", f"{report.queries} / {report.failed}  (target 0 failed)"),
-        ("cross-model rows / empty answers", f"{report.cross_model_rows} / {report.empty}"),
-        ("search p99 by phase (ms)", ", ".join(
-            f"{p.phase} {p.as_dict()['p99_ms']}" for p in report.phases)),
-    ])
+    print_figures(
+        f"switch under {args.qps:.0f} q/s, {len(holds)} switches, {args.rows:,} rows",
+        [
+            ("lock wait p50 / max (ms)", f"{np.median(w):.2f} / {w.max():.2f}"),
+            ("hold p50 / max (ms)", f"{np.median(h):.2f} / {h.max():.2f}  (target < 50)"),
+            ("attempts max", str(max(attempts))),
+            ("searches / failed", f"{report.queries} / {report.failed}  (target 0 failed)"),
+            ("cross-model rows / empty answers", f"{report.cross_model_rows} / {report.empty}"),
+            (
+                "search p99 by phase (ms)",
+                ", ".join(f"{p.phase} {p.as_dict()['p99_ms']}" for p in report.phases),
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -72,10 +72,14 @@ def build(url: str, plan: Plan, texts: list[str]) -> None:
     new = HashEmbedder("local-hash-new", 384).encode(texts)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
-                     "category text, embedding vector(256))")
-        with conn.cursor() as cur, cur.copy("COPY documents (id, body, embedding) FROM STDIN "
-                                            "(FORMAT BINARY)") as copy:
+        conn.execute(
+            "CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
+            "category text, embedding vector(256))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY documents (id, body, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
             copy.set_types(["int8", "text", "vector"])
             for i, t in enumerate(texts):
                 copy.write_row((i + 1, t, old[i]))

@@ -39,7 +39,11 @@ def statement_dict(st: Statement, lock_timeout_ms: int) -> dict[str, Any]:
 
 
 def _phase_timeout(plan: Plan, step: Step) -> int:
-    return plan.cutover.lock_timeout_ms if step.phase in ("cutover", "rollback") else plan.ddl.lock_timeout_ms
+    return (
+        plan.cutover.lock_timeout_ms
+        if step.phase in ("cutover", "rollback")
+        else plan.ddl.lock_timeout_ms
+    )
 
 
 def step_dict(plan: Plan, step: Step) -> dict[str, Any]:
@@ -125,12 +129,20 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
     report = PlanReport(plan, "live", all_steps(plan, ins.facts), inspection=ins)
     if migration is not None:
         if migration.plan_hash != plan.plan_hash():
-            report.extra_findings.append(insp.Finding(
-                "error", "the plan file changed since this migration started: restore it or "
-                "give the new plan a new name"))
-        report.extra_findings.append(insp.Finding(
-            "info", f"migration {plan.name} is {migration.phase.value}: "
-            f"{state.NEXT_STEP[migration.phase]}"))
+            report.extra_findings.append(
+                insp.Finding(
+                    "error",
+                    "the plan file changed since this migration started: restore it or "
+                    "give the new plan a new name",
+                )
+            )
+        report.extra_findings.append(
+            insp.Finding(
+                "info",
+                f"migration {plan.name} is {migration.phase.value}: "
+                f"{state.NEXT_STEP[migration.phase]}",
+            )
+        )
     if ins.rows is not None:
         counts, warning = count_tokens(plan, settings, ins.sample_texts)
         if warning:
@@ -171,11 +183,26 @@ class Context:
         c = self.plan.cutover
         return LockPolicy(c.lock_timeout_ms, 0, c.attempts, backoff_base_s=0.02, backoff_max_s=0.5)
 
-    def event(self, result: str, message: str = "", *, before: str | None = None,
-              after: str | None = None, **details: Any) -> None:
-        state.log_event(self.conn, self.plan.name, operator=self.settings.operator,
-                        command=self.command, result=result, message=message,
-                        phase_before=before, phase_after=after, details=details)
+    def event(
+        self,
+        result: str,
+        message: str = "",
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        **details: Any,
+    ) -> None:
+        state.log_event(
+            self.conn,
+            self.plan.name,
+            operator=self.settings.operator,
+            command=self.command,
+            result=result,
+            message=message,
+            phase_before=before,
+            phase_after=after,
+            details=details,
+        )
 
     def refresh(self) -> state.Migration | None:
         self.migration = state.get_migration(self.conn, self.plan.name)
@@ -221,19 +248,26 @@ def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[
 
 def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
     facts, _ = insp.view_facts(conn, plan.view_schema, plan.view.name)
-    srcidx = tuple(n for n, _ in insp.index_on(conn, plan.table.schema_, plan.table.name,
-                                                 plan.source.column))
+    srcidx = tuple(
+        n for n, _ in insp.index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
+    )
     pk_type = insp.column_types(conn, plan.table.schema_, plan.table.name).get(
-        plan.table.primary_key, "bigint")
-    return Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type,
-                 live=True)
+        plan.table.primary_key, "bigint"
+    )
+    return Facts(
+        facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type, live=True
+    )
 
 
 def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
     ins = insp.inspect(conn, plan, sample=0)
     if ins.errors:
         first = ins.errors[0].what
-        more = f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)" if len(ins.errors) > 1 else ""
+        more = (
+            f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)"
+            if len(ins.errors) > 1
+            else ""
+        )
         raise PreflightError(first + more, hint="fix the plan or the database, then rerun")
     return ins
 
@@ -246,16 +280,24 @@ def adopt(settings: Settings, plan: Plan) -> RunResult:
 
 def _adopt(ctx: Context) -> RunResult:
     ins = preflight(ctx.conn, ctx.plan)
-    snapshot = {"definition": ins.view_definition, "options": list(ins.facts.view_options),
-                "owner": ins.facts.view_owner, "grants": list(ins.facts.view_grants)}
+    snapshot = {
+        "definition": ins.view_definition,
+        "options": list(ins.facts.view_options),
+        "owner": ins.facts.view_owner,
+        "grants": list(ins.facts.view_grants),
+    }
     t0 = time.perf_counter()
     res = ctx.executor().run(adopt_step(ctx.plan, ins.facts).forward, ctx.ddl_policy())
     if ctx.migration is None:
         state.register(ctx.conn, ctx.plan)
         state.set_phase(ctx.conn, ctx.plan.name, state.State.PLANNED, view_snapshot=snapshot)
     ctx.refresh()
-    ctx.event("ok", f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
-              after=state.State.PLANNED.value, ms=round((time.perf_counter() - t0) * 1000, 1))
+    ctx.event(
+        "ok",
+        f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
+        after=state.State.PLANNED.value,
+        ms=round((time.perf_counter() - t0) * 1000, 1),
+    )
     return res
 
 
@@ -269,8 +311,12 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
     ensure_schema(url)
     with contextlib.closing(connect(url)) as conn:
         migration = state.get_migration(conn, plan.name)
-        out: dict[str, Any] = {"plan": plan_summary(plan), "phase": None, "events": [],
-                               "next": state.NEXT_STEP[None]}
+        out: dict[str, Any] = {
+            "plan": plan_summary(plan),
+            "phase": None,
+            "events": [],
+            "next": state.NEXT_STEP[None],
+        }
         if migration is None:
             return out
         out["phase"] = migration.phase.value
@@ -291,15 +337,18 @@ def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
     rows = conn.execute(
         "SELECT status, count(*), coalesce(sum(rows_written), 0), coalesce(sum(rows_dead), 0), "
         "coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
-        "FROM migrator.batches WHERE migration = %s GROUP BY status", (plan.name,),
+        "FROM migrator.batches WHERE migration = %s GROUP BY status",
+        (plan.name,),
     ).fetchall()
     batches = {r[0]: int(r[1]) for r in rows}
     dead = conn.execute(
         "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
-        (plan.name,)).fetchone()
+        (plan.name,),
+    ).fetchone()
     pending_changes = conn.execute(
         "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
-        (plan.name,)).fetchone()
+        (plan.name,),
+    ).fetchone()
     from migrator.ledger import row_counts
 
     counts: dict[str, int] = {}
@@ -323,5 +372,7 @@ def db_url(settings: Settings) -> str:
 def db_stop(settings: Settings) -> dict[str, bool]:
     if settings.database_url:
         raise ConfigError("DATABASE_URL is set: migrator only stops its own embedded database")
-    return {"postgres": stop_embedded_database(settings.home),
-            "redis": stop_embedded_redis(settings.home)}
+    return {
+        "postgres": stop_embedded_database(settings.home),
+        "redis": stop_embedded_redis(settings.home),
+    }

@@ -62,13 +62,19 @@ class Enqueuer:
             with self.app.producer_or_acquire() as producer:
                 for batch_id in ids:
                     self.app.send_task(
-                        TASK_NAME, args=[self.plan.name, batch_id], queue=self.plan.queue,
-                        producer=producer, time_limit=self.time_limit,
-                        soft_time_limit=self.time_limit * 0.9, ignore_result=True)
+                        TASK_NAME,
+                        args=[self.plan.name, batch_id],
+                        queue=self.plan.queue,
+                        producer=producer,
+                        time_limit=self.time_limit,
+                        soft_time_limit=self.time_limit * 0.9,
+                        ignore_result=True,
+                    )
         except Exception as exc:
-            raise BrokerError(f"cannot publish to the broker {redact(self.url)}: {exc}",
-                              hint="start the broker or fix CELERY_BROKER_URL; rerun to resume"
-                              ) from exc
+            raise BrokerError(
+                f"cannot publish to the broker {redact(self.url)}: {exc}",
+                hint="start the broker or fix CELERY_BROKER_URL; rerun to resume",
+            ) from exc
         ledger.mark_enqueued(conn, ids)
         self.sent += len(ids)
 
@@ -95,9 +101,10 @@ def run(settings: Settings, plan: Plan, opts: Options | None = None) -> dict[str
         # The database went away mid-run (restart, failover): the ledger keeps the work, and
         # the operator lock died with the session, so a rerun resumes safely.
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(f"lost the database connection during the backfill: {first}",
-                            hint="rerun `migrator backfill` when the database is back: it "
-                                 "resumes where it stopped") from exc
+        raise DatabaseError(
+            f"lost the database connection during the backfill: {first}",
+            hint="rerun `migrator backfill` when the database is back: it resumes where it stopped",
+        ) from exc
 
 
 def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
@@ -108,8 +115,11 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
         with api.migration_context(settings, plan, "backfill") as ctx:
             start = _prepare(ctx, enq, opts)
             if not opts.wait:
-                return {**_summary(ctx.conn, plan, start, t0), "complete": False,
-                        "phase": _phase(ctx.conn, plan).value}
+                return {
+                    **_summary(ctx.conn, plan, start, t0),
+                    "complete": False,
+                    "phase": _phase(ctx.conn, plan).value,
+                }
             if not opts.follow:
                 mon = Monitor(ctx.conn, plan, enq, stall, opts, start, t0)
                 return mon.loop(lambda: _mark_complete(ctx.conn, plan, ctx.event))
@@ -136,18 +146,32 @@ def _prepare(ctx: api.Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
         res = ctx.executor().run(steps.expand(plan, ctx.facts()).forward, ctx.ddl_policy())
         state.set_phase(ctx.conn, plan.name, State.EXPANDED)
         ctx.refresh()
-        ctx.event("ok", f"added {plan.target.column} and change capture", before=before,
-                  after=State.EXPANDED.value, attempts=res.attempts,
-                  hold_ms=round(res.hold_ms, 1))
+        ctx.event(
+            "ok",
+            f"added {plan.target.column} and change capture",
+            before=before,
+            after=State.EXPANDED.value,
+            attempts=res.attempts,
+            hold_ms=round(res.hold_ms, 1),
+        )
     # Tuning keys (limits, batch size, concurrency) may change between runs: workers read the
     # plan from the database, so store the current one (its structural hash is unchanged).
-    ctx.conn.execute("UPDATE migrator.migrations SET plan = %s WHERE name = %s AND plan_hash = %s",
-                     (Jsonb(plan.canonical()), plan.name, plan.plan_hash()))
+    ctx.conn.execute(
+        "UPDATE migrator.migrations SET plan = %s WHERE name = %s AND plan_hash = %s",
+        (Jsonb(plan.canonical()), plan.name, plan.plan_hash()),
+    )
     reset = ledger.reset_failed(ctx.conn, plan.name)
-    start = {**ledger.row_counts(ctx.conn, plan, plan.target.column),
-             "written": ledger.summary(ctx.conn, plan.name)["rows_written"]}
-    ctx.event("ok", "backfill started", queue=plan.queue, reset_failed=reset,
-              rows_pending=start["rows_pending"])
+    start = {
+        **ledger.row_counts(ctx.conn, plan, plan.target.column),
+        "written": ledger.summary(ctx.conn, plan.name)["rows_written"],
+    }
+    ctx.event(
+        "ok",
+        "backfill started",
+        queue=plan.queue,
+        reset_failed=reset,
+        rows_pending=start["rows_pending"],
+    )
     if opts.retry_dead_letters:
         enq.send(ctx.conn, ledger.replay_dead_letters(ctx.conn, plan))
     enq.send(ctx.conn, ledger.to_enqueue(ctx.conn, plan.name, 1e9, queue_empty=False))
@@ -161,8 +185,7 @@ def _phase(conn: psycopg.Connection, plan: Plan) -> State:
     return m.phase if m else State.PLANNED
 
 
-def _mark_complete(conn: psycopg.Connection, plan: Plan,
-                   event: Callable[..., None]) -> None:
+def _mark_complete(conn: psycopg.Connection, plan: Plan, event: Callable[..., None]) -> None:
     phase = _phase(conn, plan)
     # Never move the phase backwards: only planned/expanded become backfilled.
     if phase in (State.PLANNED, State.EXPANDED):
@@ -172,9 +195,16 @@ def _mark_complete(conn: psycopg.Connection, plan: Plan,
 
 def _try_mark_complete(conn: psycopg.Connection, plan: Plan, operator: str) -> None:
     def event(result: str, message: str, **kw: Any) -> None:
-        state.log_event(conn, plan.name, operator=operator, command="backfill", result=result,
-                        message=message, phase_before=kw.get("before"),
-                        phase_after=kw.get("after"))
+        state.log_event(
+            conn,
+            plan.name,
+            operator=operator,
+            command="backfill",
+            result=result,
+            message=message,
+            phase_before=kw.get("before"),
+            phase_after=kw.get("after"),
+        )
 
     try:
         with state.operator_lock(conn, plan.name):
@@ -188,8 +218,10 @@ def _monitor_lock(conn: psycopg.Connection, name: str) -> Any:
     key = f"migrator-follow:{name}"
     row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
     if not row or not row[0]:
-        raise ConcurrentRunError(f"another `migrator backfill --follow` watches {name!r}",
-                                 hint="one follower per migration is enough")
+        raise ConcurrentRunError(
+            f"another `migrator backfill --follow` watches {name!r}",
+            hint="one follower per migration is enough",
+        )
     try:
         yield
     finally:
@@ -197,18 +229,24 @@ def _monitor_lock(conn: psycopg.Connection, name: str) -> Any:
             conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
-def _summary(conn: psycopg.Connection, plan: Plan, start: dict[str, Any],
-             t0: float) -> dict[str, Any]:
+def _summary(
+    conn: psycopg.Connection, plan: Plan, start: dict[str, Any], t0: float
+) -> dict[str, Any]:
     s = ledger.summary(conn, plan.name)
     counts = ledger.row_counts(conn, plan, plan.target.column)
     seconds = time.monotonic() - t0
     written = s["rows_written"] - start["written"]
     dup = conn.execute(
         "SELECT coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
-        "FROM migrator.batches WHERE migration = %s", (plan.name,)).fetchone()
+        "FROM migrator.batches WHERE migration = %s",
+        (plan.name,),
+    ).fetchone()
     return {
-        **counts, "batches": s["batches"], "rows_written": s["rows_written"],
-        "rows_written_this_run": written, "retries": s["retries"],
+        **counts,
+        "batches": s["batches"],
+        "rows_written": s["rows_written"],
+        "rows_written_this_run": written,
+        "retries": s["retries"],
         "dead_letters": len(ledger.dead_letters(conn, plan.name, limit=100_000)),
         "duplicate_executions": int(dup[0]) if dup else 0,
         "pending_changes": ledger.pending_changes(conn, plan.name),
@@ -222,8 +260,16 @@ class Monitor:
     """One pass a poll: catch-up batches from changes, lost work enqueued again, progress, and
     when nothing is open the sweep over NULL vectors that decides completion."""
 
-    def __init__(self, conn: psycopg.Connection, plan: Plan, enq: Enqueuer, stall: float,
-                 opts: Options, start: dict[str, Any], t0: float) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        plan: Plan,
+        enq: Enqueuer,
+        stall: float,
+        opts: Options,
+        start: dict[str, Any],
+        t0: float,
+    ) -> None:
         self.conn, self.plan, self.enq, self.stall, self.opts = conn, plan, enq, stall, opts
         self.start, self.t0 = start, t0
         self.complete = False
@@ -255,10 +301,10 @@ class Monitor:
         try:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
             depth = self.enq.queue_depth()
-            lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall,
-                                     queue_empty=depth == 0)
-            lost = ledger.give_up_exhausted(self.conn, self.plan.name, lost,
-                                            self.plan.backfill.retry.max_attempts)
+            lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall, queue_empty=depth == 0)
+            lost = ledger.give_up_exhausted(
+                self.conn, self.plan.name, lost, self.plan.backfill.retry.max_attempts
+            )
             if lost:
                 log.warning("re-enqueueing %d lost or stalled batches", len(lost))
             self.enq.send(self.conn, lost)
@@ -273,7 +319,8 @@ class Monitor:
         if s["failed"]:
             raise ProviderError(
                 f"{s['failed']} batches failed: {ledger.first_error(self.conn, self.plan.name)}",
-                hint="fix the cause (see `migrator status PLAN`), then rerun `migrator backfill`")
+                hint="fix the cause (see `migrator status PLAN`), then rerun `migrator backfill`",
+            )
         swept: list[int] = []
         for role in roles:
             column = self.plan.target.column if role == "target" else self.plan.source.column
@@ -290,10 +337,16 @@ class Monitor:
             return
         total = self.start["rows_eligible"]
         done = self.start["rows_done"] + s["rows_written"] - self.start["written"]
-        self.opts.on_progress({
-            "rows_total": total, "rows_done": min(done, total),
-            "rows_written": s["rows_written"], "retries": s["retries"],
-            "dead_letters": s["rows_dead"], "open_batches": s["open"],
-            "batches": s["batches"], "pending_changes": changes,
-            "elapsed": time.monotonic() - self.t0,
-        })
+        self.opts.on_progress(
+            {
+                "rows_total": total,
+                "rows_done": min(done, total),
+                "rows_written": s["rows_written"],
+                "retries": s["retries"],
+                "dead_letters": s["rows_dead"],
+                "open_batches": s["open"],
+                "batches": s["batches"],
+                "pending_changes": changes,
+                "elapsed": time.monotonic() - self.t0,
+            }
+        )

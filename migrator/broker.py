@@ -41,7 +41,7 @@ def limiter_redis_url(settings: Settings, *, start_embedded: bool = True) -> str
 def to_redis_py(url: str) -> str:
     """Kombu's `redis+socket:///path` is redis-py's `unix:///path`."""
     if url.startswith("redis+socket://"):
-        return "unix://" + url[len("redis+socket://"):]
+        return "unix://" + url[len("redis+socket://") :]
     return url
 
 

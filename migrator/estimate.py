@@ -48,12 +48,12 @@ class Estimate:
 
 def estimate(plan: Plan, rows: int, token_counts: list[int]) -> Estimate:
     avg = (sum(token_counts) / len(token_counts)) if token_counts else 0.0
-    tokens = int(math.ceil(avg * rows))
+    tokens = math.ceil(avg * rows)
     model = plan.target.model
     per_request = max(1, min(plan.backfill.batch_size, model.max_inputs_per_request))
     if avg > 0:
         per_request = max(1, min(per_request, int(model.max_tokens_per_request // avg)))
-    requests = int(math.ceil(rows / per_request)) if rows else 0
+    requests = math.ceil(rows / per_request) if rows else 0
     price = price_per_million(model)
     cost = None if price is None else round(tokens / 1e6 * price, 4)
     limits = {"throughput (no rate limit set)": rows / ASSUMED_ROWS_PER_SECOND}

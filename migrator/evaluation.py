@@ -142,8 +142,13 @@ def ann_recall(ann: Sequence[Sequence[H]], exact: Sequence[Sequence[H]], k: int)
     return overlap_at_k(ann, exact, k)
 
 
-def ann_recall_with_ties(ann_true_dist: Sequence[Sequence[float]], kth_exact: Sequence[float],
-                         k: int, *, rel_tol: float = 1e-5) -> float:
+def ann_recall_with_ties(
+    ann_true_dist: Sequence[Sequence[float]],
+    kth_exact: Sequence[float],
+    k: int,
+    *,
+    rel_tol: float = 1e-5,
+) -> float:
     """Index recall@k that counts as a hit any returned row at most as far as the exact k-th
     neighbour: with equal distances (duplicate texts) which of the tied rows is returned is
     arbitrary, and a set intersection would count a right answer as a miss."""
@@ -202,7 +207,10 @@ def vector_health(matrix: F32, dimensions: int, *, normalized: bool, norm_tol: f
         off = finite & ~zero & (np.abs(norms - 1.0) > norm_tol)
     fn = norms[finite]
     return Health(
-        rows=n, wrong_dimension=0, non_finite=int((~finite).sum()), zero=int(zero.sum()),
+        rows=n,
+        wrong_dimension=0,
+        non_finite=int((~finite).sum()),
+        zero=int(zero.sum()),
         off_norm=int(off.sum()),
         norm_min=float(fn.min()) if fn.size else None,
         norm_max=float(fn.max()) if fn.size else None,

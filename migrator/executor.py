@@ -131,8 +131,11 @@ class Executor:
                     t_locked = time.perf_counter()
                 t_end = time.perf_counter()
                 return RunResult(
-                    attempt, (t_locked - t0) * 1000, (t_end - t_locked) * 1000,
-                    (t_end - t0) * 1000, len(group),
+                    attempt,
+                    (t_locked - t0) * 1000,
+                    (t_end - t_locked) * 1000,
+                    (t_end - t0) * 1000,
+                    len(group),
                 )
             except pgerr.LockNotAvailable:
                 if attempt == policy.attempts:
@@ -143,19 +146,27 @@ class Executor:
                         "pg_stat_activity, or rerun later (the step is all-or-nothing)",
                     ) from None
                 delay = backoff(attempt, policy.backoff_base_s, policy.backoff_max_s)
-                log.info("lock timeout on %r, attempt %d; retrying in %.2fs",
-                         group[0].purpose, attempt, delay)
+                log.info(
+                    "lock timeout on %r, attempt %d; retrying in %.2fs",
+                    group[0].purpose,
+                    attempt,
+                    delay,
+                )
                 if on_retry:
                     on_retry(attempt, delay)
                 self._sleep(delay)
             except psycopg.OperationalError as exc:
-                raise DatabaseError(f"lost the database during {group[0].purpose!r}: {exc}".strip(),
-                                    hint="rerun the command: the step is all-or-nothing") from exc
+                raise DatabaseError(
+                    f"lost the database during {group[0].purpose!r}: {exc}".strip(),
+                    hint="rerun the command: the step is all-or-nothing",
+                ) from exc
             except psycopg.Error as exc:
                 diag = getattr(exc, "diag", None)
                 detail = getattr(diag, "message_primary", None) or str(exc)
-                raise DatabaseError(f"{group[0].purpose!r} failed: {detail}",
-                                    hint="nothing of this step was applied") from exc
+                raise DatabaseError(
+                    f"{group[0].purpose!r} failed: {detail}",
+                    hint="nothing of this step was applied",
+                ) from exc
         raise AssertionError("unreachable")
 
     def _execute(self, st: Statement) -> None:
@@ -169,7 +180,9 @@ class Executor:
         lock_ms = policy.lock_timeout_ms if ddl else 0
         self.conn.execute(sql.SQL("SET {}lock_timeout = {}").format(scope, sql.Literal(lock_ms)))
         self.conn.execute(
-            sql.SQL("SET {}statement_timeout = {}").format(scope, sql.Literal(policy.statement_timeout_ms))
+            sql.SQL("SET {}statement_timeout = {}").format(
+                scope, sql.Literal(policy.statement_timeout_ms)
+            )
         )
 
     def _reset_timeouts(self) -> None:

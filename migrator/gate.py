@@ -36,8 +36,15 @@ def changes_watermark(conn: psycopg.Connection, migration: str) -> int:
     return int(row[0]) if row else 0
 
 
-def record_report(conn: psycopg.Connection, plan: Plan, *, passed: bool, report: dict[str, Any],
-                  rows: int, watermark: int) -> int:
+def record_report(
+    conn: psycopg.Connection,
+    plan: Plan,
+    *,
+    passed: bool,
+    report: dict[str, Any],
+    rows: int,
+    watermark: int,
+) -> int:
     """Store a report; `watermark` must be read before the checks ran (changes after it count)."""
     row = conn.execute(
         "INSERT INTO migrator.reports (migration, passed, report, changes_watermark, rows_at_report)"
@@ -51,7 +58,8 @@ def record_report(conn: psycopg.Connection, plan: Plan, *, passed: bool, report:
 def gate_status(conn: psycopg.Connection, plan: Plan) -> GateStatus:
     row = conn.execute(
         "SELECT id, passed, created_at, changes_watermark, rows_at_report FROM migrator.reports "
-        "WHERE migration = %s ORDER BY id DESC LIMIT 1", (plan.name,),
+        "WHERE migration = %s ORDER BY id DESC LIMIT 1",
+        (plan.name,),
     ).fetchone()
     if row is None:
         return GateStatus(None, False, None, 0, 0, 0.0, False)
@@ -70,14 +78,18 @@ def require_current_pass(conn: psycopg.Connection, plan: Plan) -> GateStatus:
     """Raise PhaseError unless the latest verification passed and is still current."""
     st = gate_status(conn, plan)
     if st.report_id is None:
-        raise PhaseError("no verification report for this migration",
-                         hint="run `migrator verify PLAN` first")
+        raise PhaseError(
+            "no verification report for this migration", hint="run `migrator verify PLAN` first"
+        )
     if not st.passed:
-        raise PhaseError(f"the latest verification (report {st.report_id}) failed",
-                         hint="fix what failed and run `migrator verify PLAN` again")
+        raise PhaseError(
+            f"the latest verification (report {st.report_id}) failed",
+            hint="fix what failed and run `migrator verify PLAN` again",
+        )
     if not st.current:
         raise PhaseError(
             f"the latest verification is stale: {st.changed_since} rows changed since report "
             f"{st.report_id} ({st.stale_fraction:.1%} > {plan.verify.max_stale_fraction:.1%})",
-            hint="let the backfill catch up, then run `migrator verify PLAN` again")
+            hint="let the backfill catch up, then run `migrator verify PLAN` again",
+        )
     return st

@@ -54,8 +54,12 @@ class IndexResult:
     progress_samples: int
 
     def as_details(self) -> tuple[tuple[str, Any], ...]:
-        return (("action", self.action), ("invalid_dropped", self.invalid_dropped),
-                ("seconds", round(self.seconds, 2)), ("size_bytes", self.size_bytes))
+        return (
+            ("action", self.action),
+            ("invalid_dropped", self.invalid_dropped),
+            ("seconds", round(self.seconds, 2)),
+            ("size_bytes", self.size_bytes),
+        )
 
 
 OnProgress = Callable[[BuildProgress], None]
@@ -76,7 +80,8 @@ def index_info(conn: psycopg.Connection, plan: Plan) -> IndexInfo:
         "JOIN pg_namespace n ON n.oid = i.relnamespace JOIN pg_index x ON x.indexrelid = i.oid "
         "JOIN pg_class t ON t.oid = x.indrelid "
         "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
-        "WHERE n.nspname = %s AND i.relname = %s", (plan.table.schema_, plan.index_name),
+        "WHERE n.nspname = %s AND i.relname = %s",
+        (plan.table.schema_, plan.index_name),
     ).fetchone()
     if row is None:
         return IndexInfo("absent")
@@ -89,7 +94,8 @@ def _other_build(conn: psycopg.Connection, oid: int, own_pid: int) -> int | None
     """pid of another session still building this index (its INVALID entry is work in progress)."""
     row = conn.execute(
         "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid = %s AND pid <> %s",
-        (oid, own_pid)).fetchone()
+        (oid, own_pid),
+    ).fetchone()
     return int(row[0]) if row else None
 
 
@@ -112,24 +118,43 @@ class _Watcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        with contextlib.suppress(psycopg.Error, DatabaseError), contextlib.closing(connect(
-                self.url, vector=False, application_name="migrator-index-progress")) as conn:
+        with (
+            contextlib.suppress(psycopg.Error, DatabaseError),
+            contextlib.closing(
+                connect(self.url, vector=False, application_name="migrator-index-progress")
+            ) as conn,
+        ):
             while not self._stop.wait(self.interval):
                 row = conn.execute(
                     "SELECT phase, tuples_done, tuples_total, blocks_done, blocks_total "
-                    "FROM pg_stat_progress_create_index WHERE pid = %s", (self.pid,)).fetchone()
+                    "FROM pg_stat_progress_create_index WHERE pid = %s",
+                    (self.pid,),
+                ).fetchone()
                 if row is None:
                     continue
                 self.samples += 1
                 if self.on_progress is not None:
-                    self.on_progress(BuildProgress(
-                        str(row[0]), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0),
-                        int(row[4] or 0), time.perf_counter() - self._t0))
+                    self.on_progress(
+                        BuildProgress(
+                            str(row[0]),
+                            int(row[1] or 0),
+                            int(row[2] or 0),
+                            int(row[3] or 0),
+                            int(row[4] or 0),
+                            time.perf_counter() - self._t0,
+                        )
+                    )
 
 
 def ensure_index(
-    executor: Executor, url: str, plan: Plan, policy: LockPolicy, *,
-    on_progress: OnProgress | None = None, poll_interval: float = 0.5, max_builds: int = 3,
+    executor: Executor,
+    url: str,
+    plan: Plan,
+    policy: LockPolicy,
+    *,
+    on_progress: OnProgress | None = None,
+    poll_interval: float = 0.5,
+    max_builds: int = 3,
 ) -> IndexResult:
     """Make the plan's index exist and be valid: no-op, build, or drop an INVALID one, rebuild."""
     conn = executor.conn
@@ -145,19 +170,25 @@ def ensure_index(
     while True:
         info = index_info(conn, plan)
         if info.state == "other":
-            raise PreflightError(f"index name {plan.index_name} is taken by another index "
-                                 f"({info.definition})", hint="set index.name in the plan")
+            raise PreflightError(
+                f"index name {plan.index_name} is taken by another index ({info.definition})",
+                hint="set index.name in the plan",
+            )
         if info.state == "valid":
             break
         if builds == max_builds:
-            raise DatabaseError(f"index {plan.index_name} is still invalid after {builds} builds",
-                                hint="look for errors in the PostgreSQL log, then rerun")
+            raise DatabaseError(
+                f"index {plan.index_name} is still invalid after {builds} builds",
+                hint="look for errors in the PostgreSQL log, then rerun",
+            )
         if info.state == "invalid":
             assert info.oid is not None
             other = _other_build(conn, info.oid, pid)
             if other is not None:
-                raise ConcurrentRunError(f"index {plan.index_name} is being built by pid {other}",
-                                         hint="wait for that build to finish, then rerun")
+                raise ConcurrentRunError(
+                    f"index {plan.index_name} is being built by pid {other}",
+                    hint="wait for that build to finish, then rerun",
+                )
             executor.run(step.backward, policy)
             dropped += 1
         try:

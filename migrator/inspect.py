@@ -78,7 +78,8 @@ def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts,
     row = conn.execute(
         "SELECT c.reloptions, pg_get_userbyid(c.relowner), pg_get_viewdef(c.oid, true), c.relkind "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (schema, name),
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
     ).fetchone()
     if row is None:
         return Facts(live=True), None
@@ -87,14 +88,21 @@ def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts,
         "SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END, "
         "g.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, "
         "aclexplode(c.relacl) g WHERE n.nspname = %s AND c.relname = %s "
-        "AND g.grantee <> c.relowner ORDER BY 1, 2", (schema, name),
+        "AND g.grantee <> c.relowner ORDER BY 1, 2",
+        (schema, name),
     ).fetchall()
-    facts = Facts(view_options=options, view_owner=row[1],
-                  view_grants=tuple((g[0], g[1]) for g in grants), live=True)
+    facts = Facts(
+        view_options=options,
+        view_owner=row[1],
+        view_grants=tuple((g[0], g[1]) for g in grants),
+        live=True,
+    )
     return facts, str(row[2]) if row[3] == "v" else f"<not a view: relkind {row[3]}>"
 
 
-def index_on(conn: psycopg.Connection, schema: str, table: str, column: str) -> list[tuple[str, bool]]:
+def index_on(
+    conn: psycopg.Connection, schema: str, table: str, column: str
+) -> list[tuple[str, bool]]:
     """(name, valid) of indexes whose only key is `column`."""
     rows = conn.execute(
         "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
@@ -113,17 +121,22 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
     if ext is None:
         avail = conn.execute(
-            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
         if avail:
-            ins.error(f"pgvector is available ({avail[0]}) but not installed: CREATE EXTENSION vector")
+            ins.error(
+                f"pgvector is available ({avail[0]}) but not installed: CREATE EXTENSION vector"
+            )
         else:
             ins.error("pgvector is not available on this server: install pgvector >= 0.8")
     else:
         ins.pgvector_version = str(ext[0])
         major_minor = tuple(int(p) for p in ins.pgvector_version.split(".")[:2])
         if major_minor < (0, 8):
-            ins.warn(f"pgvector {ins.pgvector_version}: 0.8 or later is recommended "
-                     "(iterative index scans, l1 on hnsw)")
+            ins.warn(
+                f"pgvector {ins.pgvector_version}: 0.8 or later is recommended "
+                "(iterative index scans, l1 on hnsw)"
+            )
     cols = column_types(conn, schema, table)
     if not cols:
         ins.error(f"table {schema}.{table} does not exist (or is not visible to this user)")
@@ -135,17 +148,23 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     ).fetchone()
     pk_cols = list(pk[0] or []) if pk else []
     if pk_cols != [plan.table.primary_key]:
-        ins.error(f"primary key of {schema}.{table} is {pk_cols or 'missing'}, the plan says "
-                  f"[{plan.table.primary_key}] (a single-column primary key is required)")
+        ins.error(
+            f"primary key of {schema}.{table} is {pk_cols or 'missing'}, the plan says "
+            f"[{plan.table.primary_key}] (a single-column primary key is required)"
+        )
     for col in plan.text.columns:
         if col not in cols:
             ins.error(f"text column {col} does not exist in {schema}.{table}")
-    problem = _expect_vector(cols, plan.source.column, plan.source.type, plan.source.model.dimensions)
+    problem = _expect_vector(
+        cols, plan.source.column, plan.source.type, plan.source.model.dimensions
+    )
     if problem is None:
         ins.error(f"source column {plan.source.column} does not exist in {schema}.{table}")
     elif problem:
         ins.error(f"source {problem}")
-    problem = _expect_vector(cols, plan.target.column, plan.target.type, plan.target.model.dimensions)
+    problem = _expect_vector(
+        cols, plan.target.column, plan.target.type, plan.target.model.dimensions
+    )
     if problem:
         ins.error(f"target {problem}: choose another target.column")
     elif problem == "":
@@ -159,23 +178,31 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     ins.view_definition = viewdef
     srcidx = tuple(n for n, _ in index_on(conn, schema, table, plan.source.column))
     pk_type = cols.get(plan.table.primary_key, "bigint")
-    ins.facts = Facts(facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type,
-                      live=True)
-    if any(k == "security_barrier" and v.lower() in ("true", "on", "1")
-           for k, v in facts.view_options):
-        ins.warn(f"view {q.view_label(plan)} has security_barrier: PostgreSQL does not flatten "
-                 "such views, so searches through it cannot use the vector index (seq scan); "
-                 "prefer security_invoker")
+    ins.facts = Facts(
+        facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type, live=True
+    )
+    if any(
+        k == "security_barrier" and v.lower() in ("true", "on", "1") for k, v in facts.view_options
+    ):
+        ins.warn(
+            f"view {q.view_label(plan)} has security_barrier: PostgreSQL does not flatten "
+            "such views, so searches through it cannot use the vector index (seq scan); "
+            "prefer security_invoker"
+        )
     if viewdef is not None:
         have = list(column_types(conn, plan.view_schema, plan.view.name))
         want = [*plan.view.columns, plan.view.embedding_alias, plan.view.model_alias]
         if have != want:
-            ins.error(f"view {q.view_label(plan)} exists with columns {have}; migrator manages "
-                      f"views shaped {want}: rename the old view or adjust view.columns "
-                      "(see docs/adopting-the-view.md)")
+            ins.error(
+                f"view {q.view_label(plan)} exists with columns {have}; migrator manages "
+                f"views shaped {want}: rename the old view or adjust view.columns "
+                "(see docs/adopting-the-view.md)"
+            )
     if viewdef is None:
-        ins.info(f"view {q.view_label(plan)} does not exist yet: `migrator adopt` (or backfill) "
-                 "creates it on the source column")
+        ins.info(
+            f"view {q.view_label(plan)} does not exist yet: `migrator adopt` (or backfill) "
+            "creates it on the source column"
+        )
     if not ins.errors:
         _count_and_sample(conn, plan, ins, sample)
     return ins
@@ -187,19 +214,24 @@ def _inspect_index(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> Non
         "JOIN pg_namespace n ON n.oid = i.relnamespace JOIN pg_index x ON x.indexrelid = i.oid "
         "JOIN pg_class t ON t.oid = x.indrelid "
         "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
-        "WHERE n.nspname = %s AND i.relname = %s", (plan.table.schema_, plan.index_name),
+        "WHERE n.nspname = %s AND i.relname = %s",
+        (plan.table.schema_, plan.index_name),
     ).fetchone()
     if row is None:
         ins.index_state = "absent"
     elif row[1] != plan.table.name or row[2] != plan.target.column:
         ins.index_state = "other-column"
-        ins.error(f"index name {plan.index_name} is taken by an index on {row[1]}.{row[2]}: "
-                  "set index.name in the plan")
+        ins.error(
+            f"index name {plan.index_name} is taken by an index on {row[1]}.{row[2]}: "
+            "set index.name in the plan"
+        )
     else:
         ins.index_state = "valid" if row[0] else "invalid"
         if not row[0]:
-            ins.warn(f"index {plan.index_name} exists but is INVALID (a failed build): "
-                     "verify will drop and rebuild it")
+            ins.warn(
+                f"index {plan.index_name} exists but is INVALID (a failed build): "
+                "verify will drop and rebuild it"
+            )
 
 
 def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sample: int) -> None:
@@ -209,7 +241,9 @@ def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sam
     ).fetchone()
     estimate = int(est[0]) if est else 0
     if estimate < 2_000_000:
-        cnt = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(q.table_ident(plan))).fetchone()
+        cnt = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(q.table_ident(plan))
+        ).fetchone()
         ins.rows, ins.rows_exact = int(cnt[0]) if cnt else 0, True
     else:
         ins.rows = estimate
@@ -219,7 +253,9 @@ def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sam
     pct = min(100.0, max(0.01, 100.0 * sample * 3 / ins.rows))
     rows = conn.execute(
         sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) LIMIT %s").format(
-            q.text_expr(plan), q.table_ident(plan)), (pct, sample),
+            q.text_expr(plan), q.table_ident(plan)
+        ),
+        (pct, sample),
     ).fetchall()
     ins.sample_texts = [r[0] for r in rows if r[0] is not None]
 

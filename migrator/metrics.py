@@ -21,15 +21,19 @@ def _get() -> dict[str, Any]:
             from prometheus_client import Counter, Histogram
 
             _metrics.update(
-                rows=Counter("migrator_rows_embedded_total", "Rows written by the backfill",
-                             ["role"]),
-                dead=Counter("migrator_dead_letters_total", "Rows sent to the dead-letter table",
-                             ["role"]),
-                batches=Counter("migrator_batches_total", "Batches finished, by outcome",
-                                ["status"]),
+                rows=Counter(
+                    "migrator_rows_embedded_total", "Rows written by the backfill", ["role"]
+                ),
+                dead=Counter(
+                    "migrator_dead_letters_total", "Rows sent to the dead-letter table", ["role"]
+                ),
+                batches=Counter(
+                    "migrator_batches_total", "Batches finished, by outcome", ["status"]
+                ),
                 seconds=Histogram("migrator_batch_seconds", "Wall time of one batch"),
-                embed=Histogram("migrator_provider_seconds",
-                                "Time spent embedding one batch (all its requests)"),
+                embed=Histogram(
+                    "migrator_provider_seconds", "Time spent embedding one batch (all its requests)"
+                ),
                 retries=Counter("migrator_retries_total", "Embedding requests retried"),
                 limited=Counter("migrator_rate_limited_total", "HTTP 429 answers received"),
             )

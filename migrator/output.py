@@ -43,7 +43,11 @@ def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool
             console.print(f"  current view: [dim]{' '.join(live['view_definition'].split())}[/]")
     est = report.get("estimate")
     if est:
-        cost = "unknown (set usd_per_million_tokens)" if est["cost_usd"] is None else f"${est['cost_usd']:,.2f}"
+        cost = (
+            "unknown (set usd_per_million_tokens)"
+            if est["cost_usd"] is None
+            else f"${est['cost_usd']:,.2f}"
+        )
         console.print(
             f"  estimate: {est['rows']:,} rows, {est['tokens']:,} tokens "
             f"(avg {est['avg_tokens']}/row), {est['requests']:,} requests, cost {cost}, "
@@ -59,8 +63,9 @@ def _statements(console: Console, stmts: list[dict[str, Any]], indent: str = "  
         tx = "in transaction" if st["transactional"] else "outside a transaction"
         lt = f", lock_timeout {st['lock_timeout_ms']} ms + retries" if st["lock_timeout_ms"] else ""
         console.print(f"{indent}[dim]-- {st['purpose']} ({tx}; {st['lock']}{lt})[/]")
-        console.print(Syntax(st["sql"] + ";", "sql", word_wrap=True, background_color="default"),
-                      style=None)
+        console.print(
+            Syntax(st["sql"] + ";", "sql", word_wrap=True, background_color="default"), style=None
+        )
 
 
 def render_findings(console: Console, findings: list[dict[str, str]]) -> None:

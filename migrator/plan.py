@@ -67,10 +67,18 @@ TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl"})
 
 # Re-exported: the vocabularies live in plan_types, the model here.
 __all__ = [
-    "COLUMN_MAX_DIMS", "INDEX_MAX_DIMS", "IndexMethod", "IterativeScan", "Metric",
-    "OverlongPolicy", "Plan", "PlanError", "VectorType", "load_plan", "parse_plan",
+    "COLUMN_MAX_DIMS",
+    "INDEX_MAX_DIMS",
+    "IndexMethod",
+    "IterativeScan",
+    "Metric",
+    "OverlongPolicy",
+    "Plan",
+    "PlanError",
+    "VectorType",
+    "load_plan",
+    "parse_plan",
 ]
-
 
 
 class ModelSpec(Frozen):
@@ -277,7 +285,8 @@ class Plan(Frozen):
         clash = reserved.intersection(self.view.columns)
         if clash:
             raise ValueError(
-                f"view.columns may not contain {sorted(clash)}: they are added by migrator")
+                f"view.columns may not contain {sorted(clash)}: they are added by migrator"
+            )
         names = [self.target.column, self.source.column, self.index_name]
         for n in names:
             _identifier(n)
@@ -344,7 +353,9 @@ def parse_plan(data: Any, *, path: str = "<plan>") -> Plan:
         raise PlanError("the plan must be a YAML mapping (key: value)", path=path)
     if data.get("version") != 1:
         raise PlanError(
-            f"unsupported version {data.get('version')!r}", path=path, field="version",
+            f"unsupported version {data.get('version')!r}",
+            path=path,
+            field="version",
             hint="this migrator reads 'version: 1'",
         )
     try:

@@ -132,9 +132,15 @@ def _type_name(tp: Any) -> str:
 def _constraints(info: FieldInfo) -> str:
     out = []
     for m in info.metadata:
-        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"),
-                          ("min_length", "min length"), ("max_length", "max length"),
-                          ("pattern", "pattern")):
+        for attr, sym in (
+            ("ge", ">="),
+            ("gt", ">"),
+            ("le", "<="),
+            ("lt", "<"),
+            ("min_length", "min length"),
+            ("max_length", "max length"),
+            ("pattern", "pattern"),
+        ):
             v = getattr(m, attr, None)
             if v is not None:
                 out.append(f"{sym} {v}")
@@ -169,8 +175,10 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows += _rows(nested, path + ".")
             continue
         constraint = _constraints(info)
-        rows.append(f"| `{path}` | {_type_name(ann)} | {_default(info)} | {constraint} | "
-                    f"{_describe(path)} |")
+        rows.append(
+            f"| `{path}` | {_type_name(ann)} | {_default(info)} | {constraint} | "
+            f"{_describe(path)} |"
+        )
     return rows
 
 

@@ -147,9 +147,16 @@ class RedisLimiter:
 
     def try_acquire(self, requests: int, tokens: int) -> float:
         """Seconds to wait (0.0: granted and charged)."""
-        ms = self._acquire(keys=[self.key],
-                           args=[self.rpm, self.tpm, max(requests, 1) if self.rpm else 0,
-                                 max(tokens, 0) if self.tpm else 0, BURST])
+        ms = self._acquire(
+            keys=[self.key],
+            args=[
+                self.rpm,
+                self.tpm,
+                max(requests, 1) if self.rpm else 0,
+                max(tokens, 0) if self.tpm else 0,
+                BURST,
+            ],
+        )
         return float(ms) / 1000.0
 
     def acquire(self, requests: int, tokens: int) -> None:
@@ -162,7 +169,8 @@ class RedisLimiter:
             if left <= 0:
                 raise RetryableError(
                     f"the shared rate budget had no room for {self.max_wait:.0f} s",
-                    retry_after=min(wait, 60.0))
+                    retry_after=min(wait, 60.0),
+                )
             # A floor on the step keeps waiting workers from spinning on Redis.
             step = min(max(wait, 0.01), left)
             self.waited += step

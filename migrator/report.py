@@ -47,14 +47,29 @@ class Check:
         return dict(self.details).get(name)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "figure": self.figure,
-                "threshold": self.threshold, "comparison": self.comparison,
-                "status": self.status.value, "summary": self.summary,
-                "details": dict(self.details), "seconds": round(self.seconds, 3)}
+        return {
+            "key": self.key,
+            "title": self.title,
+            "figure": self.figure,
+            "threshold": self.threshold,
+            "comparison": self.comparison,
+            "status": self.status.value,
+            "summary": self.summary,
+            "details": dict(self.details),
+            "seconds": round(self.seconds, 3),
+        }
 
 
-def gate(key: str, title: str, figure: float | None, threshold: float, comparison: str,
-         summary: str, details: dict[str, Any], seconds: float = 0.0) -> Check:
+def gate(
+    key: str,
+    title: str,
+    figure: float | None,
+    threshold: float,
+    comparison: str,
+    summary: str,
+    details: dict[str, Any],
+    seconds: float = 0.0,
+) -> Check:
     """A check whose verdict follows from figure vs threshold; a missing figure fails."""
     if figure is None:
         ok = False
@@ -64,8 +79,17 @@ def gate(key: str, title: str, figure: float | None, threshold: float, compariso
         ok = figure <= threshold
     else:
         raise ValueError(f"unknown comparison {comparison!r}")
-    return Check(key, title, figure, threshold, comparison, Status.PASS if ok else Status.FAIL,
-                 summary, tuple(details.items()), seconds)
+    return Check(
+        key,
+        title,
+        figure,
+        threshold,
+        comparison,
+        Status.PASS if ok else Status.FAIL,
+        summary,
+        tuple(details.items()),
+        seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -97,14 +121,24 @@ class Report:
         return next(c for c in self.checks if c.key == key)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failed": self.failed, "migration": self.migration,
-                "plan_hash": self.plan_hash, "table": self.table, "source": self.source,
-                "target": self.target, "created_at": self.created_at, "k": self.k,
-                "sample": self.sample, "seed": self.seed,
-                "checks": [c.as_dict() for c in self.checks],
-                "index_build": dict(self.index_build), "seconds": round(self.seconds, 3),
-                "timings": {k: round(v, 3) for k, v in self.timings},
-                "notes": list(self.notes)}
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "migration": self.migration,
+            "plan_hash": self.plan_hash,
+            "table": self.table,
+            "source": self.source,
+            "target": self.target,
+            "created_at": self.created_at,
+            "k": self.k,
+            "sample": self.sample,
+            "seed": self.seed,
+            "checks": [c.as_dict() for c in self.checks],
+            "index_build": dict(self.index_build),
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings},
+            "notes": list(self.notes),
+        }
 
 
 def fmt(value: Any) -> str:
@@ -132,30 +166,46 @@ def render_table(console: Console, report: Report, *, details: bool = True) -> N
     for col in ("gate", "figure", "threshold", "result", "summary"):
         t.add_column(col, justify="right" if col == "figure" else "left")
     for c in report.checks:
-        t.add_row(c.title, fmt(c.figure), _threshold(c),
-                  f"[{_STYLE[c.status]}]{c.status.value}[/]", c.summary)
+        t.add_row(
+            c.title,
+            fmt(c.figure),
+            _threshold(c),
+            f"[{_STYLE[c.status]}]{c.status.value}[/]",
+            c.summary,
+        )
     console.print(t)
     if details:
         for c in report.checks:
             if c.details:
-                console.print(f"  [bold]{c.key}[/]: " + ", ".join(
-                    f"{k} {fmt(v)}" for k, v in c.details))
+                console.print(
+                    f"  [bold]{c.key}[/]: " + ", ".join(f"{k} {fmt(v)}" for k, v in c.details)
+                )
     if report.index_build:
         console.print("  index build: " + ", ".join(f"{k} {fmt(v)}" for k, v in report.index_build))
     for note in report.notes:
         console.print(f"  [dim]note:[/] {note}")
-    verdict = "[bold green]PASSED[/]" if report.passed else (
-        f"[bold red]FAILED[/]: {', '.join(report.failed)}")
-    console.print(f"{verdict}  (k={report.k}, sample {report.sample}, seed {report.seed}, "
-                  f"{report.seconds:.1f} s)")
+    verdict = (
+        "[bold green]PASSED[/]"
+        if report.passed
+        else (f"[bold red]FAILED[/]: {', '.join(report.failed)}")
+    )
+    console.print(
+        f"{verdict}  (k={report.k}, sample {report.sample}, seed {report.seed}, "
+        f"{report.seconds:.1f} s)"
+    )
 
 
 def _header_lines(report: Report) -> list[tuple[str, str]]:
-    return [("migration", report.migration), ("table", report.table),
-            ("source model", report.source), ("target model", report.target),
-            ("plan hash", report.plan_hash[:12]), ("created", report.created_at),
-            ("k / sample / seed", f"{report.k} / {report.sample} / {report.seed}"),
-            ("result", "PASSED" if report.passed else "FAILED: " + ", ".join(report.failed))]
+    return [
+        ("migration", report.migration),
+        ("table", report.table),
+        ("source model", report.source),
+        ("target model", report.target),
+        ("plan hash", report.plan_hash[:12]),
+        ("created", report.created_at),
+        ("k / sample / seed", f"{report.k} / {report.sample} / {report.seed}"),
+        ("result", "PASSED" if report.passed else "FAILED: " + ", ".join(report.failed)),
+    ]
 
 
 def to_markdown(report: Report) -> str:
@@ -166,8 +216,10 @@ def to_markdown(report: Report) -> str:
     out += [f"- **{k}**: {cell(v)}" for k, v in _header_lines(report)]
     out += ["", "| gate | figure | threshold | result | summary |", "|---|---:|---|---|---|"]
     for c in report.checks:
-        out.append(f"| {cell(c.title)} | {fmt(c.figure)} | {cell(_threshold(c))} | "
-                   f"**{c.status.value}** | {cell(c.summary)} |")
+        out.append(
+            f"| {cell(c.title)} | {fmt(c.figure)} | {cell(_threshold(c))} | "
+            f"**{c.status.value}** | {cell(c.summary)} |"
+        )
     out += ["", "## Details", ""]
     for c in report.checks:
         out.append(f"### {cell(c.title)}")
@@ -186,25 +238,32 @@ def to_html(report: Report) -> str:
     rows = "".join(
         f"<tr class='{c.status.value}'><td>{e(c.title)}</td><td class='num'>{e(fmt(c.figure))}</td>"
         f"<td>{e(_threshold(c))}</td><td><b>{e(c.status.value)}</b></td><td>{e(c.summary)}</td></tr>"
-        for c in report.checks)
+        for c in report.checks
+    )
     head = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _header_lines(report))
     details = "".join(
         f"<h3>{e(c.title)}</h3><ul>"
         + "".join(f"<li>{e(k)}: {e(fmt(v))}</li>" for k, v in c.details)
-        + f"<li>seconds: {c.seconds:.2f}</li></ul>" for c in report.checks)
+        + f"<li>seconds: {c.seconds:.2f}</li></ul>"
+        for c in report.checks
+    )
     build = "".join(f"<li>{e(k)}: {e(fmt(v))}</li>" for k, v in report.index_build)
     notes = "".join(f"<p class='note'>{e(n)}</p>" for n in report.notes)
-    style = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.num{text-align:right}"
-             "tr.pass td:nth-child(4){color:#070}tr.fail td:nth-child(4){color:#b00}"
-             "tr.skip{color:#888}.note{color:#555}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>verify "
-            f"{e(report.migration)}</title><style>{style}</style></head><body>"
-            f"<h1>Verification report: {e(report.migration)}</h1><table>{head}</table>"
-            f"<h2>Gates</h2><table><tr><th>gate</th><th>figure</th><th>threshold</th><th>result"
-            f"</th><th>summary</th></tr>{rows}</table><h2>Details</h2>{details}"
-            + (f"<h2>Index build</h2><ul>{build}</ul>" if build else "")
-            + f"{notes}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.num{text-align:right}"
+        "tr.pass td:nth-child(4){color:#070}tr.fail td:nth-child(4){color:#b00}"
+        "tr.skip{color:#888}.note{color:#555}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>verify "
+        f"{e(report.migration)}</title><style>{style}</style></head><body>"
+        f"<h1>Verification report: {e(report.migration)}</h1><table>{head}</table>"
+        f"<h2>Gates</h2><table><tr><th>gate</th><th>figure</th><th>threshold</th><th>result"
+        f"</th><th>summary</th></tr>{rows}</table><h2>Details</h2>{details}"
+        + (f"<h2>Index build</h2><ul>{build}</ul>" if build else "")
+        + f"{notes}</body></html>\n"
+    )
 
 
 def write_report_file(report: Report, path: str | Path) -> Path:
@@ -218,8 +277,10 @@ def write_report_file(report: Report, path: str | Path) -> Path:
     elif suffix == ".json":
         text = json.dumps(report.as_dict(), indent=2, default=str) + "\n"
     else:
-        raise ConfigError(f"report file {p}: unknown format {suffix or '(no suffix)'}",
-                          hint="use a .md, .html or .json file name")
+        raise ConfigError(
+            f"report file {p}: unknown format {suffix or '(no suffix)'}",
+            hint="use a .md, .html or .json file name",
+        )
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text, encoding="utf-8")
     return p

@@ -65,8 +65,11 @@ def runbook_steps(plan: Plan, plan_path: str, estimate: dict[str, Any] | None) -
         ),
         RunbookStep(
             "Backfill",
-            (f"migrator worker {p}   # on each worker machine", f"migrator backfill {p}",
-             f"migrator status {p}"),
+            (
+                f"migrator worker {p}   # on each worker machine",
+                f"migrator backfill {p}",
+                f"migrator status {p}",
+            ),
             f"Adds {plan.target.column} to {tbl} (no rewrite) with a change-capture trigger, "
             f"then fills it with {plan.target.model.name} through queue {plan.queue} "
             f"({rows}{cost}).",
@@ -90,8 +93,10 @@ def runbook_steps(plan: Plan, plan_path: str, estimate: dict[str, Any] | None) -
         ),
         RunbookStep(
             "Cutover",
-            (f"migrator drill {p} --qps 20 --duration 120   # optional, in another terminal",
-             f"migrator cutover {p}"),
+            (
+                f"migrator drill {p} --qps 20 --duration 120   # optional, in another terminal",
+                f"migrator cutover {p}",
+            ),
             f"Points {view} at {plan.target.column} and the registry at "
             f"{plan.target.model.fingerprint()} in one transaction; change capture starts "
             f"keeping {plan.source.column} fresh for rollback.",
@@ -129,8 +134,9 @@ def _statements(step: Step) -> list[str]:
     return [f"    {st.render()};" for st in step.forward]
 
 
-def render_runbook(plan: Plan, plan_path: str, estimate: dict[str, Any] | None = None,
-                   facts: Facts = Facts()) -> str:
+def render_runbook(
+    plan: Plan, plan_path: str, estimate: dict[str, Any] | None = None, facts: Facts = Facts()
+) -> str:
     steps = {s.phase: s for s in all_steps(plan, facts)}
     out = [
         f"# Runbook: {plan.name}",
@@ -150,20 +156,40 @@ def render_runbook(plan: Plan, plan_path: str, estimate: dict[str, Any] | None =
         f"`migrator status {plan_path}` (add `--json` for scripts).",
         "",
     ]
-    phase_for = {"Adopt the view": Phase.ADOPT, "Backfill": Phase.EXPAND, "Verify": Phase.INDEX,
-                 "Cutover": Phase.CUTOVER, "Rollback (only if needed)": Phase.ROLLBACK,
-                 "Finalize": Phase.FINALIZE}
+    phase_for = {
+        "Adopt the view": Phase.ADOPT,
+        "Backfill": Phase.EXPAND,
+        "Verify": Phase.INDEX,
+        "Cutover": Phase.CUTOVER,
+        "Rollback (only if needed)": Phase.ROLLBACK,
+        "Finalize": Phase.FINALIZE,
+    }
     for i, st in enumerate(runbook_steps(plan, plan_path, estimate), start=1):
-        out += [f"## {i}. {st.title}", "", "```bash", *st.commands, "```", "",
-                f"- **What it changes:** {st.changes}",
-                f"- **Expected duration:** {st.duration}",
-                f"- **What to watch:** {st.watch}",
-                f"- **How to check it worked:** {st.check}",
-                f"- **How to roll back from here:** {st.undo}", ""]
+        out += [
+            f"## {i}. {st.title}",
+            "",
+            "```bash",
+            *st.commands,
+            "```",
+            "",
+            f"- **What it changes:** {st.changes}",
+            f"- **Expected duration:** {st.duration}",
+            f"- **What to watch:** {st.watch}",
+            f"- **How to check it worked:** {st.check}",
+            f"- **How to roll back from here:** {st.undo}",
+            "",
+        ]
         phase = phase_for.get(st.title)
         if phase is not None:
-            out += ["<details><summary>SQL this step runs</summary>", "", "```sql",
-                    *_statements(steps[phase]), "```", "</details>", ""]
+            out += [
+                "<details><summary>SQL this step runs</summary>",
+                "",
+                "```sql",
+                *_statements(steps[phase]),
+                "```",
+                "</details>",
+                "",
+            ]
     return "\n".join(out)
 
 

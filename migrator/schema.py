@@ -25,9 +25,9 @@ SCHEMA = "migrator"
 metadata = MetaData(schema=SCHEMA)
 
 
-
 migrations = Table(
-    "migrations", metadata,
+    "migrations",
+    metadata,
     Column("name", Text, primary_key=True),
     Column("plan_hash", Text, nullable=False),
     Column("plan", JSONB, nullable=False),
@@ -41,7 +41,8 @@ migrations = Table(
 )
 
 events = Table(
-    "events", metadata,
+    "events",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("migration", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -56,10 +57,15 @@ events = Table(
 )
 
 batches = Table(
-    "batches", metadata,
+    "batches",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("role", Text, nullable=False, server_default="target"),
     Column("kind", Text, nullable=False),
     Column("key_lo", Text),
@@ -84,10 +90,15 @@ batches = Table(
 )
 
 dead_letters = Table(
-    "dead_letters", metadata,
+    "dead_letters",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("role", Text, nullable=False, server_default="target"),
     Column("pk", Text, nullable=False),
     Column("text_hash", Text),
@@ -99,7 +110,8 @@ dead_letters = Table(
 )
 
 changes = Table(
-    "changes", metadata,
+    "changes",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("migration", Text, nullable=False),
     Column("pk", Text, nullable=False),
@@ -111,10 +123,15 @@ changes = Table(
 )
 
 reports = Table(
-    "reports", metadata,
+    "reports",
+    metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("migration", Text, ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("passed", Boolean, nullable=False),
     Column("report", JSONB, nullable=False),
@@ -124,7 +141,8 @@ reports = Table(
 )
 
 active_models = Table(
-    "active_models", metadata,
+    "active_models",
+    metadata,
     Column("view_schema", Text, primary_key=True),
     Column("view_name", Text, primary_key=True),
     Column("migration", Text, nullable=False),

@@ -106,9 +106,14 @@ class SearchClient:
     """
 
     def __init__(
-        self, pool_or_conninfo: ConnectionPool | str, *, view: str,
-        environ: Mapping[str, str] | None = None, registry_ttl: float = 2.0,
-        max_switch_retries: int = 3, pool_size: int = 4,
+        self,
+        pool_or_conninfo: ConnectionPool | str,
+        *,
+        view: str,
+        environ: Mapping[str, str] | None = None,
+        registry_ttl: float = 2.0,
+        max_switch_retries: int = 3,
+        pool_size: int = 4,
     ) -> None:
         self._pool = pool_or_conninfo if isinstance(pool_or_conninfo, ConnectionPool) else None
         self._conninfo = pool_or_conninfo if isinstance(pool_or_conninfo, str) else None
@@ -127,8 +132,12 @@ class SearchClient:
             if self._pool is None:
                 assert self._conninfo is not None
                 self._pool = ConnectionPool(
-                    self._conninfo, min_size=1, max_size=self._pool_size, open=True,
-                    kwargs={"autocommit": True, "application_name": "migrator-search"})
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    open=True,
+                    kwargs={"autocommit": True, "application_name": "migrator-search"},
+                )
             return self._pool
 
     @contextmanager
@@ -172,22 +181,26 @@ class SearchClient:
                     "a.dimensions, m.plan FROM migrator.active_models a "
                     "LEFT JOIN migrator.migrations m ON m.name = a.migration "
                     "WHERE a.view_schema = %s AND a.view_name = %s",
-                    (self.view_schema, self.view_name)).fetchone()
+                    (self.view_schema, self.view_name),
+                ).fetchone()
             except pgerr.UndefinedTable:
                 row = None
             if row is None:
                 raise ConfigError(
                     f"no active model is registered for view {self.view_schema}.{self.view_name}",
-                    hint="run `migrator adopt PLAN` to create the view and register its model")
+                    hint="run `migrator adopt PLAN` to create the view and register its model",
+                )
             model = _active_model(self.view_schema, self.view_name, row)
             if not model.columns:  # no readable plan: serve the view's other columns
                 cols = cur.execute(
                     "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
                     "AND NOT attisdropped ORDER BY attnum",
-                    (sql.Identifier(self.view_schema, self.view_name).as_string(conn),)).fetchall()
+                    (sql.Identifier(self.view_schema, self.view_name).as_string(conn),),
+                ).fetchall()
                 skip = {model.embedding_alias, model.model_alias}
-                model = replace(model, columns=tuple(r["attname"] for r in cols
-                                                     if r["attname"] not in skip))
+                model = replace(
+                    model, columns=tuple(r["attname"] for r in cols if r["attname"] not in skip)
+                )
         return model
 
     # ---- searching ----
@@ -218,21 +231,27 @@ class SearchClient:
                     raise DatabaseError(f"search on {self.view_name} failed: {error}") from error
                 break  # genuinely no rows
             if retries >= self.max_switch_retries:
-                raise DatabaseError(f"the model of {self.view_name} kept changing during a search",
-                                    hint="retry the search")
+                raise DatabaseError(
+                    f"the model of {self.view_name} kept changing during a search",
+                    hint="retry the search",
+                )
             model, retries = latest, retries + 1
         return SearchResult(hits, model.fingerprint, retries, (time.perf_counter() - t0) * 1000)
 
     def query(self, vector: np.ndarray, model: ActiveModel, k: int) -> list[Hit]:
         """The guarded query: zero rows unless the view serves `model` (no distance computed)."""
         stmt = guarded_query(model)
-        with self.connection() as conn, conn.transaction(), \
-                conn.cursor(row_factory=dict_row) as cur:
+        with (
+            self.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             cur.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
                 "set_config('hnsw.iterative_scan', %s, true), "
                 "set_config('ivfflat.probes', %s, true)",
-                (str(model.ef_search or 40), model.iterative_scan or "off", str(model.probes or 1)))
+                (str(model.ef_search or 40), model.iterative_scan or "off", str(model.probes or 1)),
+            )
             rows = cur.execute(stmt, {"q": vector, "fp": model.fingerprint, "k": k}).fetchall()
         out = []
         for r in rows:
@@ -252,24 +271,41 @@ def guarded_query(model: ActiveModel) -> sql.Composed:
     cols.append(sql.SQL("{} {} {} AS _distance").format(emb, op, qv))
     return sql.SQL(
         "SELECT {cols} FROM {view} WHERE {m} = %(fp)s ORDER BY {emb} {op} {qv} LIMIT %(k)s"
-    ).format(cols=sql.SQL(", ").join(cols), view=sql.Identifier(model.view_schema, model.view_name),
-             m=sql.Identifier(model.model_alias), emb=emb, op=op, qv=qv)
+    ).format(
+        cols=sql.SQL(", ").join(cols),
+        view=sql.Identifier(model.view_schema, model.view_name),
+        m=sql.Identifier(model.model_alias),
+        emb=emb,
+        op=op,
+        qv=qv,
+    )
 
 
 def _active_model(schema: str, name: str, row: dict[str, Any]) -> ActiveModel:
     spec = ModelSpec.model_validate(row["model"])
-    base = dict(view_schema=schema, view_name=name, migration=row["migration"],
-                column_name=row["column_name"], fingerprint=row["fingerprint"], model=spec,
-                vector_type=VectorType(row["vector_type"]), dimensions=int(row["dimensions"]))
+    base = dict(
+        view_schema=schema,
+        view_name=name,
+        migration=row["migration"],
+        column_name=row["column_name"],
+        fingerprint=row["fingerprint"],
+        model=spec,
+        vector_type=VectorType(row["vector_type"]),
+        dimensions=int(row["dimensions"]),
+    )
     plan = _plan_or_none(row.get("plan"))
     if plan is None:
         return ActiveModel(**base)
     return ActiveModel(
         **base,
-        ef_search=plan.index.ef_search, probes=plan.index.probes,
+        ef_search=plan.index.ef_search,
+        probes=plan.index.probes,
         iterative_scan=plan.index.iterative_scan.value,
-        embedding_alias=plan.view.embedding_alias, model_alias=plan.view.model_alias,
-        columns=plan.view.columns, metric=plan.index.metric)
+        embedding_alias=plan.view.embedding_alias,
+        model_alias=plan.view.model_alias,
+        columns=plan.view.columns,
+        metric=plan.index.metric,
+    )
 
 
 def _plan_or_none(data: Any) -> Plan | None:
@@ -281,8 +317,9 @@ def _plan_or_none(data: Any) -> Plan | None:
         return None
 
 
-def search_once(conninfo: str, view: str, text: str, k: int = 10,
-                environ: Mapping[str, str] | None = None) -> SearchResult:
+def search_once(
+    conninfo: str, view: str, text: str, k: int = 10, environ: Mapping[str, str] | None = None
+) -> SearchResult:
     """One search with a throwaway client (scripts, health checks)."""
     with SearchClient(conninfo, view=view, environ=environ, pool_size=1) as client:
         return client.search(text, k)
@@ -292,5 +329,13 @@ def as_rows(result: SearchResult) -> list[dict[str, Any]]:
     return [{**h.row, "distance": h.distance, "embedding_model": h.model} for h in result.hits]
 
 
-__all__: Sequence[str] = ("ActiveModel", "Hit", "SearchClient", "SearchResult", "as_rows",
-                          "guarded_query", "search_once", "shared_provider")
+__all__: Sequence[str] = (
+    "ActiveModel",
+    "Hit",
+    "SearchClient",
+    "SearchResult",
+    "as_rows",
+    "guarded_query",
+    "search_once",
+    "shared_provider",
+)

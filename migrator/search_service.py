@@ -41,18 +41,30 @@ class Metrics:
         r = CollectorRegistry()
         return cls(
             registry=r,
-            latency=Histogram("migrator_search_latency_seconds", "Search latency, end to end",
-                              registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25,
-                                                   .5, 1, 2.5)),
+            latency=Histogram(
+                "migrator_search_latency_seconds",
+                "Search latency, end to end",
+                registry=r,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
             searches=Counter("migrator_search_searches_total", "Searches served", registry=r),
             failed=Counter("migrator_search_failed_total", "Searches that failed", registry=r),
-            switch_retries=Counter("migrator_search_model_switch_retries_total",
-                                   "Searches re-embedded after a model switch", registry=r),
-            mixed=Counter("migrator_search_mixed_rows_total",
-                          "Result rows from another model than the query's (must stay 0)",
-                          registry=r),
-            active=Gauge("migrator_search_active_model", "1 for the model the view serves",
-                         ["fingerprint"], registry=r),
+            switch_retries=Counter(
+                "migrator_search_model_switch_retries_total",
+                "Searches re-embedded after a model switch",
+                registry=r,
+            ),
+            mixed=Counter(
+                "migrator_search_mixed_rows_total",
+                "Result rows from another model than the query's (must stay 0)",
+                registry=r,
+            ),
+            active=Gauge(
+                "migrator_search_active_model",
+                "1 for the model the view serves",
+                ["fingerprint"],
+                registry=r,
+            ),
         )
 
 
@@ -85,10 +97,15 @@ def create_app(client: SearchClient, *, max_k: int = MAX_K) -> Starlette:
         metrics.switch_retries.inc(result.model_switch_retries)
         metrics.mixed.inc(result.mixed)
         _set_active(metrics, last_fp, result.fingerprint)
-        return JSONResponse({
-            "model": result.fingerprint, "k": k, "retries": result.model_switch_retries,
-            "elapsed_ms": round(result.elapsed_ms, 3), "results": _jsonable(as_rows(result)),
-        })
+        return JSONResponse(
+            {
+                "model": result.fingerprint,
+                "k": k,
+                "retries": result.model_switch_retries,
+                "elapsed_ms": round(result.elapsed_ms, 3),
+                "results": _jsonable(as_rows(result)),
+            }
+        )
 
     def healthz(request: Request) -> Response:
         try:
@@ -97,15 +114,25 @@ def create_app(client: SearchClient, *, max_k: int = MAX_K) -> Starlette:
             message = exc.one_line() if isinstance(exc, MigratorError) else str(exc)
             return JSONResponse({"ok": False, "error": message}, status_code=503)
         _set_active(metrics, last_fp, model.fingerprint)
-        return JSONResponse({"ok": True, "view": f"{model.view_schema}.{model.view_name}",
-                             "model": model.fingerprint, "column": model.column_name})
+        return JSONResponse(
+            {
+                "ok": True,
+                "view": f"{model.view_schema}.{model.view_name}",
+                "model": model.fingerprint,
+                "column": model.column_name,
+            }
+        )
 
     def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app = Starlette(routes=[
-        Route("/search", search), Route("/healthz", healthz), Route("/metrics", metrics_endpoint),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/search", search),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics_endpoint),
+        ]
+    )
     app.state.client = client
     app.state.metrics = metrics
     return app
@@ -123,16 +150,34 @@ def _set_active(metrics: Metrics, last: list[str], fingerprint: str) -> None:
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-             for k, v in row.items()} for row in rows]
+    return [
+        {
+            k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+            for k, v in row.items()
+        }
+        for row in rows
+    ]
 
 
-def serve(conninfo: str, view: str, *, host: str = "127.0.0.1", port: int = 8766,
-          environ: dict[str, str] | None = None, pool_size: int = 8) -> None:
+def serve(
+    conninfo: str,
+    view: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8766,
+    environ: dict[str, str] | None = None,
+    pool_size: int = 8,
+) -> None:
     """Run the service in the foreground until interrupted."""
     client = SearchClient(conninfo, view=view, environ=environ, pool_size=pool_size)
     try:
-        uvicorn.run(create_app(client), host=host, port=port, log_level="warning",
-                    access_log=False, lifespan="off")
+        uvicorn.run(
+            create_app(client),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
     finally:
         client.close()

@@ -82,7 +82,9 @@ def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
     assert plan.text.template is not None
     parts: list[sql.Composable] = []
     for kind, value in template_parts(plan.text.template):
-        parts.append(sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value)))
+        parts.append(
+            sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value))
+        )
     return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
 
 
@@ -190,8 +192,13 @@ def read_range(
     conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
     return sql.SQL(
         "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY 1"
-    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
-             conds=sql.SQL(" AND ").join(conds))
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        conds=sql.SQL(" AND ").join(conds),
+    )
 
 
 _PK_TYPE_RE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?$")
@@ -210,8 +217,14 @@ def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composa
     return sql.SQL(
         "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
         "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
-    ).format(pk=pk, text=text_expr(plan), hash=text_hash_expr(plan), tbl=table_ident(plan),
-             pkt=pk_type_sql(pk_type), col=sql.Identifier(column or plan.target.column))
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        pkt=pk_type_sql(pk_type),
+        col=sql.Identifier(column or plan.target.column),
+    )
 
 
 def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
@@ -220,8 +233,11 @@ def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.
     return sql.SQL(
         "CREATE TEMP TABLE IF NOT EXISTS {stage} (pk {pkt}, text_hash text, v {vt}) "
         "ON COMMIT DELETE ROWS"
-    ).format(stage=stage_ident(pk_type, vtype, dims), pkt=pk_type_sql(pk_type),
-             vt=column_type(vtype, dims))
+    ).format(
+        stage=stage_ident(pk_type, vtype, dims),
+        pkt=pk_type_sql(pk_type),
+        vt=column_type(vtype, dims),
+    )
 
 
 def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
@@ -230,7 +246,9 @@ def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
     return sql.Identifier(f"migrator_stage_{tag}_{vtype.value}_{dims}")
 
 
-def cas_update(plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
+def cas_update(
+    plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int
+) -> sql.Composable:
     """Write staged vectors only where the row still holds the text that was embedded.
 
     `IS NULL` as well: a vector already there is fresh (the capture trigger clears it on every
@@ -242,8 +260,13 @@ def cas_update(plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: i
     return sql.SQL(
         "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
         "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
-    ).format(tbl=table_ident(plan), col=col, pk=pk,
-             hash=text_hash_expr(plan, "t"), stage=stage_ident(pk_type, vtype, dims))
+    ).format(
+        tbl=table_ident(plan),
+        col=col,
+        pk=pk,
+        hash=text_hash_expr(plan, "t"),
+        stage=stage_ident(pk_type, vtype, dims),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,9 +301,7 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Comp
     )
 
 
-def view_select(
-    plan: Plan, column: str, vtype: VectorType, fingerprint: str
-) -> sql.Composable:
+def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) -> sql.Composable:
     cols: list[sql.Composable] = [sql.Identifier(c) for c in plan.view.columns]
     cols.append(
         sql.SQL("{}::{} AS {}").format(
@@ -288,7 +309,9 @@ def view_select(
         )
     )
     cols.append(
-        sql.SQL("{}::text AS {}").format(sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias))
+        sql.SQL("{}::text AS {}").format(
+            sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias)
+        )
     )
     return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
 
@@ -314,7 +337,9 @@ def create_or_replace_view(
     )
 
 
-def upsert_active_model(plan: Plan, column: str, vtype: VectorType, model: ModelSpec) -> sql.Composable:
+def upsert_active_model(
+    plan: Plan, column: str, vtype: VectorType, model: ModelSpec
+) -> sql.Composable:
     return sql.SQL(
         "INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, "
         "fingerprint, model, vector_type, dimensions, switched_at) VALUES ({vs}, {vn}, {m}, "
@@ -324,10 +349,14 @@ def upsert_active_model(plan: Plan, column: str, vtype: VectorType, model: Model
         "model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, "
         "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at"
     ).format(
-        vs=sql.Literal(plan.view_schema), vn=sql.Literal(plan.view.name), m=sql.Literal(plan.name),
-        col=sql.Literal(column), fp=sql.Literal(model.fingerprint()),
+        vs=sql.Literal(plan.view_schema),
+        vn=sql.Literal(plan.view.name),
+        m=sql.Literal(plan.name),
+        col=sql.Literal(column),
+        fp=sql.Literal(model.fingerprint()),
         model=sql.Literal(json.dumps(model.model_dump(mode="json"), sort_keys=True)),
-        vt=sql.Literal(vtype.value), dims=sql.Literal(model.dimensions),
+        vt=sql.Literal(vtype.value),
+        dims=sql.Literal(model.dimensions),
     )
 
 
@@ -344,7 +373,9 @@ def drop_trigger(plan: Plan) -> sql.Composable:
 
 
 def drop_function(plan: Plan) -> sql.Composable:
-    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, plan.function_name))
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+        sql.Identifier(SCHEMA, plan.function_name)
+    )
 
 
 def drop_column(plan: Plan, column: str) -> sql.Composable:

@@ -36,12 +36,23 @@ class State(StrEnum):
 # command -> phases it may start from (None: the migration may not exist yet)
 ALLOWED: dict[str, frozenset[State | None]] = {
     "adopt": frozenset({None, State.PLANNED}),
-    "expand": frozenset({None, State.PLANNED, State.EXPANDED, State.BACKFILLED, State.VERIFIED,
-                         State.ROLLED_BACK}),
-    "backfill": frozenset({None, State.PLANNED, State.EXPANDED, State.BACKFILLED, State.VERIFIED,
-                           State.ROLLED_BACK, State.CUT_OVER}),
-    "verify": frozenset({State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK,
-                         State.CUT_OVER}),
+    "expand": frozenset(
+        {None, State.PLANNED, State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK}
+    ),
+    "backfill": frozenset(
+        {
+            None,
+            State.PLANNED,
+            State.EXPANDED,
+            State.BACKFILLED,
+            State.VERIFIED,
+            State.ROLLED_BACK,
+            State.CUT_OVER,
+        }
+    ),
+    "verify": frozenset(
+        {State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK, State.CUT_OVER}
+    ),
     "cutover": frozenset({State.VERIFIED, State.ROLLED_BACK}),
     "rollback": frozenset({State.CUT_OVER}),
     "finalize": frozenset({State.CUT_OVER}),
@@ -78,7 +89,8 @@ def get_migration(conn: psycopg.Connection, name: str) -> Migration | None:
         row = cur.execute(
             "SELECT name, phase, plan_hash, plan, source_fingerprint, target_fingerprint, "
             "view_snapshot, created_at, updated_at, cutover_at FROM migrator.migrations "
-            "WHERE name = %s", (name,),
+            "WHERE name = %s",
+            (name,),
         ).fetchone()
     if row is None:
         return None
@@ -117,8 +129,14 @@ def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED)
     conn.execute(
         "INSERT INTO migrator.migrations (name, plan_hash, plan, phase, source_fingerprint, "
         "target_fingerprint) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
-        (plan.name, plan.plan_hash(), Jsonb(plan.canonical()), phase.value,
-         plan.source.model.fingerprint(), plan.target.model.fingerprint()),
+        (
+            plan.name,
+            plan.plan_hash(),
+            Jsonb(plan.canonical()),
+            phase.value,
+            plan.source.model.fingerprint(),
+            plan.target.model.fingerprint(),
+        ),
     )
     created = get_migration(conn, plan.name)
     assert created is not None
@@ -135,21 +153,36 @@ def set_phase(conn: psycopg.Connection, name: str, phase: State, **extra: Any) -
         sets.append("view_snapshot = %(snap)s")
         params["snap"] = Jsonb(extra["view_snapshot"])
     conn.execute(
-        "UPDATE migrator.migrations SET " + ", ".join(sets) + " WHERE name = %(name)s",  # noqa: S608
+        "UPDATE migrator.migrations SET " + ", ".join(sets) + " WHERE name = %(name)s",
         params,
     )
 
 
 def log_event(
-    conn: psycopg.Connection, migration: str, *, operator: str, command: str, result: str,
-    message: str = "", phase_before: str | None = None, phase_after: str | None = None,
+    conn: psycopg.Connection,
+    migration: str,
+    *,
+    operator: str,
+    command: str,
+    result: str,
+    message: str = "",
+    phase_before: str | None = None,
+    phase_after: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO migrator.events (migration, operator, command, phase_before, phase_after, "
         "result, message, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (migration, operator, command, phase_before, phase_after, result, message,
-         Jsonb(json.loads(json.dumps(details or {}, default=str)))),
+        (
+            migration,
+            operator,
+            command,
+            phase_before,
+            phase_after,
+            result,
+            message,
+            Jsonb(json.loads(json.dumps(details or {}, default=str))),
+        ),
     )
 
 
@@ -174,7 +207,8 @@ def operator_lock(conn: psycopg.Connection, migration: str) -> Iterator[None]:
             "SELECT a.application_name, a.client_addr::text, a.pid FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
             "AND l.objid = (hashtextextended(%s, 0) & 4294967295)::bigint::oid AND l.granted "
-            "LIMIT 1", (f"migrator:{migration}",),
+            "LIMIT 1",
+            (f"migrator:{migration}",),
         ).fetchone()
         who = f" (pid {holder[2]}, {holder[0]})" if holder else ""
         raise ConcurrentRunError(
@@ -185,5 +219,6 @@ def operator_lock(conn: psycopg.Connection, migration: str) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(psycopg.Error):
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                         (f"migrator:{migration}",))
+            conn.execute(
+                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"migrator:{migration}",)
+            )

@@ -60,9 +60,14 @@ def phase_statement(plan: Plan, phase: State) -> Statement:
     """The phase change as a statement, so it commits with the switch or not at all."""
     extra = sql.SQL(", cutover_at = now()") if phase is State.CUT_OVER else sql.SQL("")
     return Statement(
-        sql.SQL("UPDATE migrator.migrations SET phase = {}, updated_at = now(){} WHERE name = {}")
-        .format(sql.Literal(phase.value), extra, sql.Literal(plan.name)),
-        f"record the phase {phase.value}", Lock.ROW_EXCLUSIVE, "migrator.migrations", ddl=False)
+        sql.SQL(
+            "UPDATE migrator.migrations SET phase = {}, updated_at = now(){} WHERE name = {}"
+        ).format(sql.Literal(phase.value), extra, sql.Literal(plan.name)),
+        f"record the phase {phase.value}",
+        Lock.ROW_EXCLUSIVE,
+        "migrator.migrations",
+        ddl=False,
+    )
 
 
 def _require_target_index(ctx: Context) -> None:
@@ -71,7 +76,9 @@ def _require_target_index(ctx: Context) -> None:
     if not any(valid for _, valid in idx):
         raise PhaseError(
             f"no valid index on {plan.target.column}: searches through the view would scan "
-            "the whole table", hint="run `migrator verify PLAN` (it builds the index)")
+            "the whole table",
+            hint="run `migrator verify PLAN` (it builds the index)",
+        )
 
 
 def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | None) -> SwitchResult:
@@ -79,21 +86,40 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
     assert before is not None
     retries: list[float] = []
     res: RunResult = ctx.executor().run(
-        (*step.forward, phase_statement(plan, after)), ctx.cutover_policy(),
-        on_retry=lambda _attempt, delay: retries.append(delay))
+        (*step.forward, phase_statement(plan, after)),
+        ctx.cutover_policy(),
+        on_retry=lambda _attempt, delay: retries.append(delay),
+    )
     to_target = after is State.CUT_OVER
     model = plan.target if to_target else plan.source
     matches = None if to_target else _view_matches_snapshot(ctx, before)
     result = SwitchResult(
-        ctx.command, before.phase.value, after.value, model.column, model.model.fingerprint(),
-        res.attempts, round(res.lock_wait_ms, 2), round(res.hold_ms, 2), round(res.total_ms, 2),
-        report_id, matches)
+        ctx.command,
+        before.phase.value,
+        after.value,
+        model.column,
+        model.model.fingerprint(),
+        res.attempts,
+        round(res.lock_wait_ms, 2),
+        round(res.hold_ms, 2),
+        round(res.total_ms, 2),
+        report_id,
+        matches,
+    )
     ctx.refresh()
-    ctx.event("ok", f"view {plan.view.name} serves {model.column} ({model.model.fingerprint()})",
-              before=before.phase.value, after=after.value, attempts=res.attempts,
-              lock_wait_ms=result.lock_wait_ms, hold_ms=result.hold_ms,
-              total_ms=result.total_ms, retry_backoff_ms=round(sum(retries) * 1000, 1),
-              report_id=report_id, view_matches_snapshot=matches)
+    ctx.event(
+        "ok",
+        f"view {plan.view.name} serves {model.column} ({model.model.fingerprint()})",
+        before=before.phase.value,
+        after=after.value,
+        attempts=res.attempts,
+        lock_wait_ms=result.lock_wait_ms,
+        hold_ms=result.hold_ms,
+        total_ms=result.total_ms,
+        retry_backoff_ms=round(sum(retries) * 1000, 1),
+        report_id=report_id,
+        view_matches_snapshot=matches,
+    )
     return result
 
 
@@ -103,10 +129,12 @@ def _view_matches_snapshot(ctx: Context, migration: state.Migration) -> bool | N
     if not snap.get("definition"):
         return None
     facts, definition = insp.view_facts(ctx.conn, ctx.plan.view_schema, ctx.plan.view.name)
-    return (definition == snap["definition"]
-            and [list(o) for o in facts.view_options] == [list(o) for o in snap.get("options", [])]
-            and facts.view_owner == snap.get("owner")
-            and [list(g) for g in facts.view_grants] == [list(g) for g in snap.get("grants", [])])
+    return (
+        definition == snap["definition"]
+        and [list(o) for o in facts.view_options] == [list(o) for o in snap.get("options", [])]
+        and facts.view_owner == snap.get("owner")
+        and [list(g) for g in facts.view_grants] == [list(g) for g in snap.get("grants", [])]
+    )
 
 
 def cutover(settings: Settings, plan: Plan) -> SwitchResult:
@@ -115,8 +143,9 @@ def cutover(settings: Settings, plan: Plan) -> SwitchResult:
         # A refusal raised here is logged by migration_context as an event of this command.
         st = gate.require_current_pass(ctx.conn, plan)
         _require_target_index(ctx)
-        return _switch(ctx, steps.cutover(plan, ctx.facts()), State.CUT_OVER,
-                       report_id=st.report_id)
+        return _switch(
+            ctx, steps.cutover(plan, ctx.facts()), State.CUT_OVER, report_id=st.report_id
+        )
 
 
 def rollback(settings: Settings, plan: Plan) -> SwitchResult:
@@ -139,15 +168,23 @@ def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) 
         _check_finalize(ctx, migration, yes=yes, force=force)
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
-        res = ctx.executor().run((*step.forward, phase_statement(plan, State.FINALIZED)),
-                                 ctx.ddl_policy())
+        res = ctx.executor().run(
+            (*step.forward, phase_statement(plan, State.FINALIZED)), ctx.ddl_policy()
+        )
         ctx.refresh()
-        ctx.event("ok", f"dropped {plan.source.column}, its indexes and the change capture",
-                  before=migration.phase.value, after=State.FINALIZED.value, forced=force,
-                  attempts=res.attempts, total_ms=round(res.total_ms, 2),
-                  dropped_indexes=list(facts.source_indexes))
-        return FinalizeResult(plan.source.column, facts.source_indexes, force, res.attempts,
-                              round(res.total_ms, 2))
+        ctx.event(
+            "ok",
+            f"dropped {plan.source.column}, its indexes and the change capture",
+            before=migration.phase.value,
+            after=State.FINALIZED.value,
+            forced=force,
+            attempts=res.attempts,
+            total_ms=round(res.total_ms, 2),
+            dropped_indexes=list(facts.source_indexes),
+        )
+        return FinalizeResult(
+            plan.source.column, facts.source_indexes, force, res.attempts, round(res.total_ms, 2)
+        )
 
 
 def _check_finalize(ctx: Context, migration: state.Migration, *, yes: bool, force: bool) -> None:
@@ -161,11 +198,14 @@ def _check_finalize(ctx: Context, migration: state.Migration, *, yes: bool, forc
         raise PhaseError(
             f"the rollback window is still open for {_hours(left)} (until "
             f"{allowed.isoformat(timespec='seconds')})",
-            hint="wait, or pass --force to finalize inside the window")
+            hint="wait, or pass --force to finalize inside the window",
+        )
     if not yes:
         raise PhaseError(
             f"finalize is irreversible: it drops {plan.source.column} and rollback becomes "
-            "impossible", hint="confirm with --yes")
+            "impossible",
+            hint="confirm with --yes",
+        )
 
 
 def _hours(delta: timedelta) -> str:

@@ -26,8 +26,9 @@ from migrator.plan import Plan
 from migrator.report import Check, Report
 
 # Phases a passing report may move to verified (cut_over stays cut_over: the switch is done).
-_TO_VERIFIED = frozenset({state.State.EXPANDED, state.State.BACKFILLED, state.State.VERIFIED,
-                          state.State.ROLLED_BACK})
+_TO_VERIFIED = frozenset(
+    {state.State.EXPANDED, state.State.BACKFILLED, state.State.VERIFIED, state.State.ROLLED_BACK}
+)
 QUERY_MODES = ("span", "text")
 _QUERY_TEXT = {"span": "8-15 consecutive words of", "text": "the whole text of"}
 
@@ -54,17 +55,24 @@ class VerifyFailed(GateFailedError):
 
     def __init__(self, outcome: VerifyOutcome) -> None:
         failed = ", ".join(outcome.report.failed)
-        super().__init__(f"verification failed: {failed} (report {outcome.report_id})",
-                         hint="see the report; fix what failed, then `migrator verify PLAN` again")
+        super().__init__(
+            f"verification failed: {failed} (report {outcome.report_id})",
+            hint="see the report; fix what failed, then `migrator verify PLAN` again",
+        )
         self.outcome = outcome
 
 
 Stage = Callable[[str], None]
 
 
-def verify(settings: Settings, plan: Plan, options: VerifyOptions = VerifyOptions(), *,
-           on_stage: Stage | None = None, on_index_progress: OnProgress | None = None,
-           ) -> VerifyOutcome:
+def verify(
+    settings: Settings,
+    plan: Plan,
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    on_stage: Stage | None = None,
+    on_index_progress: OnProgress | None = None,
+) -> VerifyOutcome:
     """Run the gate; return the outcome on a pass, raise VerifyFailed (stored) on a failure."""
     if options.query_mode not in QUERY_MODES:
         raise ConfigError(f"unknown query mode {options.query_mode!r}", hint="use span or text")
@@ -90,8 +98,9 @@ class _Timer:
             self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _verify(ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgress | None
-            ) -> VerifyOutcome:
+def _verify(
+    ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgress | None
+) -> VerifyOutcome:
     plan, conn = ctx.plan, ctx.conn
     t0 = time.perf_counter()
     timer = _Timer(stage)
@@ -100,8 +109,9 @@ def _verify(ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgres
     build: IndexResult | None = None
     if opts.build_index:
         with timer.part("index build"):
-            build = ensure_index(ctx.executor(), ctx.url, plan, ctx.ddl_policy(),
-                                 on_progress=on_index)
+            build = ensure_index(
+                ctx.executor(), ctx.url, plan, ctx.ddl_policy(), on_progress=on_index
+            )
     index_state = index_info(conn, plan).state
     with timer.part("coverage"):
         cov, rows = checks.coverage(conn, plan)
@@ -114,16 +124,24 @@ def _verify(ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgres
     with _providers(plan, ctx.settings) as (old_p, new_p):
         found = _run_samples(ctx, opts, timer, index_state, source, target, old_p, new_p)
     report = Report(
-        migration=plan.name, plan_hash=plan.plan_hash(),
+        migration=plan.name,
+        plan_hash=plan.plan_hash(),
         table=f"{plan.table.schema_}.{plan.table.name}",
-        source=plan.source.model.fingerprint(), target=plan.target.model.fingerprint(),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), k=plan.verify.k,
+        source=plan.source.model.fingerprint(),
+        target=plan.target.model.fingerprint(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        k=plan.verify.k,
         sample=opts.sample or plan.verify.sample_size,
         seed=plan.verify.seed if opts.seed is None else opts.seed,
-        checks=(cov, health, *found), index_build=build.as_details() if build else (),
-        seconds=time.perf_counter() - t0, timings=tuple(timer.parts.items()),
-        notes=(f"queries: {_QUERY_TEXT[opts.query_mode]} each sampled row; exact search is "
-               "numpy brute force over every vector of the column",))
+        checks=(cov, health, *found),
+        index_build=build.as_details() if build else (),
+        seconds=time.perf_counter() - t0,
+        timings=tuple(timer.parts.items()),
+        notes=(
+            f"queries: {_QUERY_TEXT[opts.query_mode]} each sampled row; exact search is "
+            "numpy brute force over every vector of the column",
+        ),
+    )
     return _record(ctx, report, rows, watermark, build)
 
 
@@ -140,9 +158,16 @@ def _providers(plan: Plan, settings: Settings) -> Iterator[tuple[Provider, Provi
         old.close()
 
 
-def _run_samples(ctx: Context, opts: VerifyOptions, timer: _Timer, index_state: str,
-                 source: data.Column, target: data.Column, old_p: Provider, new_p: Provider,
-                 ) -> list[Check]:
+def _run_samples(
+    ctx: Context,
+    opts: VerifyOptions,
+    timer: _Timer,
+    index_state: str,
+    source: data.Column,
+    target: data.Column,
+    old_p: Provider,
+    new_p: Provider,
+) -> list[Check]:
     plan, conn = ctx.plan, ctx.conn
     n = opts.sample or plan.verify.sample_size
     seed = plan.verify.seed if opts.seed is None else opts.seed
@@ -154,8 +179,9 @@ def _run_samples(ctx: Context, opts: VerifyOptions, timer: _Timer, index_state: 
         fresh = checks.freshness(plan, ids, stored, emb, failed, time.perf_counter() - t0)
     with timer.part("parity sample"):
         t0 = time.perf_counter()
-        rows = data.sample_rows(conn, plan, n, seed, "parity",
-                                require=(plan.source.column, plan.target.column))
+        rows = data.sample_rows(
+            conn, plan, n, seed, "parity", require=(plan.source.column, plan.target.column)
+        )
         queries = data.queries_for([t for _, t in rows], seed, opts.query_mode)
     with timer.part("parity embed"):
         q_old, f_old = data.embed_all(old_p, plan.source.model, queries)
@@ -165,8 +191,9 @@ def _run_samples(ctx: Context, opts: VerifyOptions, timer: _Timer, index_state: 
         own = [rows[i][0] for i in keep]
         old_top = checks.topk(source, q_old[keep], k, plan)
         new_top = checks.topk(target, q_new[keep], k, plan)
-        par = checks.parity(plan, own, old_top.ids, new_top.ids, k, len(rows) - len(keep),
-                            time.perf_counter() - t0)
+        par = checks.parity(
+            plan, own, old_top.ids, new_top.ids, k, len(rows) - len(keep), time.perf_counter() - t0
+        )
     with timer.part("index recall"):
         # The same queries, the same exact answers: only the index path is new work.
         idx = checks.index_recall(conn, plan, index_state, target, q_new[keep], k, new_top)
@@ -175,8 +202,14 @@ def _run_samples(ctx: Context, opts: VerifyOptions, timer: _Timer, index_state: 
     return [fresh, idx, par, lab]
 
 
-def _labelled(plan: Plan, opts: VerifyOptions, source: data.Column, target: data.Column,
-              old_p: Provider, new_p: Provider) -> Check:
+def _labelled(
+    plan: Plan,
+    opts: VerifyOptions,
+    source: data.Column,
+    target: data.Column,
+    old_p: Provider,
+    new_p: Provider,
+) -> Check:
     name = plan.verify.labelled_queries
     if not name:
         return checks.skipped("labelled", "labelled queries", "no labelled_queries in the plan")
@@ -187,10 +220,14 @@ def _labelled(plan: Plan, opts: VerifyOptions, source: data.Column, target: data
     q_new, f_new = data.embed_all(new_p, plan.target.model, [q for q, _ in items])
     keep = [i for i in range(len(items)) if i not in set(f_old) | set(f_new)]
     k = plan.verify.k
-    return checks.labelled(plan, [items[i][1] for i in keep],
-                           checks.topk(source, q_old[keep], k, plan).ids,
-                           checks.topk(target, q_new[keep], k, plan).ids, k,
-                           time.perf_counter() - t0)
+    return checks.labelled(
+        plan,
+        [items[i][1] for i in keep],
+        checks.topk(source, q_old[keep], k, plan).ids,
+        checks.topk(target, q_new[keep], k, plan).ids,
+        k,
+        time.perf_counter() - t0,
+    )
 
 
 def resolve_labelled(name: str, plan_dir: Path | None) -> Path:
@@ -203,11 +240,13 @@ def resolve_labelled(name: str, plan_dir: Path | None) -> Path:
     return Path.cwd() / p
 
 
-def _record(ctx: Context, report: Report, rows: int, watermark: int, build: IndexResult | None
-            ) -> VerifyOutcome:
+def _record(
+    ctx: Context, report: Report, rows: int, watermark: int, build: IndexResult | None
+) -> VerifyOutcome:
     plan, conn = ctx.plan, ctx.conn
-    report_id = gate.record_report(conn, plan, passed=report.passed, report=report.as_dict(),
-                                   rows=rows, watermark=watermark)
+    report_id = gate.record_report(
+        conn, plan, passed=report.passed, report=report.as_dict(), rows=rows, watermark=watermark
+    )
     before = ctx.migration.phase if ctx.migration else None
     after = before
     if report.passed and before in _TO_VERIFIED:
@@ -215,9 +254,13 @@ def _record(ctx: Context, report: Report, rows: int, watermark: int, build: Inde
         after = state.State.VERIFIED
     figures = {c.key: c.figure for c in report.checks}
     message = "all gates passed" if report.passed else f"failed: {', '.join(report.failed)}"
-    ctx.event("passed" if report.passed else "failed", f"{message} (report {report_id})",
-              before=before.value if before else None, after=after.value if after else None,
-              report_id=report_id, figures=figures,
-              index=dict(build.as_details()) if build else None)
+    ctx.event(
+        "passed" if report.passed else "failed",
+        f"{message} (report {report_id})",
+        before=before.value if before else None,
+        after=after.value if after else None,
+        report_id=report_id,
+        figures=figures,
+        index=dict(build.as_details()) if build else None,
+    )
     return VerifyOutcome(report, report_id, build, after.value if after else "")
-

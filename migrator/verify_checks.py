@@ -47,69 +47,134 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
     Also returns the table's row count (the base of the report's staleness)."""
     t0 = time.perf_counter()
     tgt = sql.Identifier(plan.target.column)
-    row = conn.execute(sql.SQL(
-        "SELECT count(*), count(*) FILTER (WHERE {e}), count(*) FILTER (WHERE {e} AND {t} IS NOT "
-        "NULL), count(*) FILTER (WHERE NOT ({e}) AND {t} IS NOT NULL) FROM {tbl}").format(
-        e=q.eligible_predicate(plan), t=tgt, tbl=q.table_ident(plan))).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE {e}), count(*) FILTER (WHERE {e} AND {t} IS NOT "
+            "NULL), count(*) FILTER (WHERE NOT ({e}) AND {t} IS NOT NULL) FROM {tbl}"
+        ).format(e=q.eligible_predicate(plan), t=tgt, tbl=q.table_ident(plan))
+    ).fetchone()
     assert row is not None
     total, eligible, done, empty_with_vector = (int(x) for x in row)
     dead = conn.execute(
         "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND role = 'target' "
-        "AND resolved_at IS NULL", (plan.name,)).fetchone()
+        "AND resolved_at IS NULL",
+        (plan.name,),
+    ).fetchone()
     changes = conn.execute(
         "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
-        (plan.name,)).fetchone()
+        (plan.name,),
+    ).fetchone()
     share = done / eligible if eligible else 1.0
-    details = {"rows": total, "eligible": eligible, "done": done, "pending": eligible - done,
-               "empty_text": total - eligible, "empty_text_with_vector": empty_with_vector,
-               "dead_letters": int(dead[0]) if dead else 0,
-               "changes_pending": int(changes[0]) if changes else 0}
-    summary = (f"{done:,} of {eligible:,} eligible rows have a vector; "
-               f"{eligible - done:,} pending, "
-               f"{details['dead_letters']:,} dead letters, {total - eligible:,} empty-text rows")
-    return gate("coverage", "coverage", share, plan.verify.min_coverage, ">=", summary, details,
-                time.perf_counter() - t0), total
+    details = {
+        "rows": total,
+        "eligible": eligible,
+        "done": done,
+        "pending": eligible - done,
+        "empty_text": total - eligible,
+        "empty_text_with_vector": empty_with_vector,
+        "dead_letters": int(dead[0]) if dead else 0,
+        "changes_pending": int(changes[0]) if changes else 0,
+    }
+    summary = (
+        f"{done:,} of {eligible:,} eligible rows have a vector; "
+        f"{eligible - done:,} pending, "
+        f"{details['dead_letters']:,} dead letters, {total - eligible:,} empty-text rows"
+    )
+    return gate(
+        "coverage",
+        "coverage",
+        share,
+        plan.verify.min_coverage,
+        ">=",
+        summary,
+        details,
+        time.perf_counter() - t0,
+    ), total
 
 
 def health(target: Column, plan: Plan) -> Check:
     """Dimension, NaN/Inf, zero vectors and (when the model normalises) norms of every vector."""
     t0 = time.perf_counter()
     tol = 1e-2 if plan.target.type is VectorType.HALFVEC else 1e-3
-    h = vector_health(target.matrix, plan.target.model.dimensions,
-                      normalized=plan.target.model.normalize, norm_tol=tol)
-    details = {"vectors": h.rows, "dimensions": plan.target.model.dimensions,
-               "wrong_dimension": h.wrong_dimension, "nan_or_inf": h.non_finite, "zero": h.zero,
-               "off_norm": h.off_norm,
-               "norm_tolerance": tol if plan.target.model.normalize else None,
-               "norm_min": h.norm_min, "norm_max": h.norm_max, "norm_mean": h.norm_mean}
-    summary = (f"{h.invalid:,} bad of {h.rows:,} vectors ({h.non_finite} NaN/Inf, {h.zero} zero, "
-               f"{h.off_norm} off-norm, {h.wrong_dimension} wrong dimension)")
-    return gate("health", "vector health", float(h.invalid), float(plan.verify.max_invalid_vectors),
-                "<=", summary, details, time.perf_counter() - t0)
+    h = vector_health(
+        target.matrix,
+        plan.target.model.dimensions,
+        normalized=plan.target.model.normalize,
+        norm_tol=tol,
+    )
+    details = {
+        "vectors": h.rows,
+        "dimensions": plan.target.model.dimensions,
+        "wrong_dimension": h.wrong_dimension,
+        "nan_or_inf": h.non_finite,
+        "zero": h.zero,
+        "off_norm": h.off_norm,
+        "norm_tolerance": tol if plan.target.model.normalize else None,
+        "norm_min": h.norm_min,
+        "norm_max": h.norm_max,
+        "norm_mean": h.norm_mean,
+    }
+    summary = (
+        f"{h.invalid:,} bad of {h.rows:,} vectors ({h.non_finite} NaN/Inf, {h.zero} zero, "
+        f"{h.off_norm} off-norm, {h.wrong_dimension} wrong dimension)"
+    )
+    return gate(
+        "health",
+        "vector health",
+        float(h.invalid),
+        float(plan.verify.max_invalid_vectors),
+        "<=",
+        summary,
+        details,
+        time.perf_counter() - t0,
+    )
 
 
-def freshness(plan: Plan, ids: Sequence[str], stored: F32, embedded: F32, failed: Sequence[int],
-              seconds: float) -> Check:
+def freshness(
+    plan: Plan,
+    ids: Sequence[str],
+    stored: F32,
+    embedded: F32,
+    failed: Sequence[int],
+    seconds: float,
+) -> Check:
     """Stored target vectors of sampled rows against their current text embedded again now."""
     bad = set(failed)
     ok = [i for i in range(len(ids)) if i not in bad]
     cos = rowwise_cosine(stored[ok], embedded[ok]) if ok else np.zeros(0)
     stale = int((cos < FRESH_MIN_COSINE).sum())
-    details = {"sampled": len(ids), "compared": len(ok), "not_embedded": len(failed),
-               "mismatched": stale, "min_cosine": float(cos.min()) if cos.size else None,
-               "required_cosine": FRESH_MIN_COSINE}
-    summary = (f"{stale:,} of {len(ok):,} sampled rows hold a vector that is not their current "
-               f"text's (cosine < {FRESH_MIN_COSINE})")
-    return gate("freshness", "freshness sample", float(stale),
-                float(plan.verify.max_invalid_vectors), "<=", summary, details, seconds)
+    details = {
+        "sampled": len(ids),
+        "compared": len(ok),
+        "not_embedded": len(failed),
+        "mismatched": stale,
+        "min_cosine": float(cos.min()) if cos.size else None,
+        "required_cosine": FRESH_MIN_COSINE,
+    }
+    summary = (
+        f"{stale:,} of {len(ok):,} sampled rows hold a vector that is not their current "
+        f"text's (cosine < {FRESH_MIN_COSINE})"
+    )
+    return gate(
+        "freshness",
+        "freshness sample",
+        float(stale),
+        float(plan.verify.max_invalid_vectors),
+        "<=",
+        summary,
+        details,
+        seconds,
+    )
 
 
 def _search_settings(conn: psycopg.Connection, plan: Plan) -> dict[str, str]:
     """SET LOCAL the search parameters the service will use; returns them for the report."""
     idx = plan.index
     if idx.method is IndexMethod.HNSW:
-        wanted = {"hnsw.ef_search": str(idx.ef_search),
-                  "hnsw.iterative_scan": idx.iterative_scan.value}
+        wanted = {
+            "hnsw.ef_search": str(idx.ef_search),
+            "hnsw.iterative_scan": idx.iterative_scan.value,
+        }
     else:
         # ivfflat knows relaxed_order only: strict ordering is an hnsw setting.
         scan = idx.iterative_scan
@@ -125,9 +190,12 @@ def ann_query(plan: Plan) -> sql.Composed:
     """The service's query shape, ORDER BY distance LIMIT k: the planner serves it by the index."""
     text = "SELECT {pk}::text FROM {tbl} ORDER BY {col} {op} %(q)s::{vt} LIMIT %(k)s"
     return sql.SQL(text).format(
-        pk=sql.Identifier(plan.table.primary_key), tbl=q.table_ident(plan),
-        col=sql.Identifier(plan.target.column), op=sql.SQL(plan.index.metric.operator),
-        vt=sql.SQL(plan.target.type.value))
+        pk=sql.Identifier(plan.table.primary_key),
+        tbl=q.table_ident(plan),
+        col=sql.Identifier(plan.target.column),
+        op=sql.SQL(plan.index.metric.operator),
+        vt=sql.SQL(plan.target.type.value),
+    )
 
 
 def index_scan_used(conn: psycopg.Connection, plan: Plan, query: F32, k: int) -> bool:
@@ -139,18 +207,40 @@ def index_scan_used(conn: psycopg.Connection, plan: Plan, query: F32, k: int) ->
     return plan.index_name in json.dumps(plan_json)
 
 
-def index_recall(conn: psycopg.Connection, plan: Plan, index_state: str, target: Column,
-                 queries: F32, k: int, exact: Exact | None = None) -> Check:
+def index_recall(
+    conn: psycopg.Connection,
+    plan: Plan,
+    index_state: str,
+    target: Column,
+    queries: F32,
+    k: int,
+    exact: Exact | None = None,
+) -> Check:
     """recall@k of the index against exact search on the target column, at the plan's settings."""
     t0 = time.perf_counter()
     threshold = plan.verify.min_index_recall
     if index_state != "valid":
-        return gate("index", "index recall", None, threshold, ">=",
-                    f"index {plan.index_name} is {index_state}: no recall can be measured",
-                    {"index": plan.index_name, "state": index_state}, time.perf_counter() - t0)
+        return gate(
+            "index",
+            "index recall",
+            None,
+            threshold,
+            ">=",
+            f"index {plan.index_name} is {index_state}: no recall can be measured",
+            {"index": plan.index_name, "state": index_state},
+            time.perf_counter() - t0,
+        )
     if len(queries) == 0 or len(target.ids) == 0:
-        return gate("index", "index recall", None, threshold, ">=", "no queries or no vectors",
-                    {"index": plan.index_name, "state": index_state}, time.perf_counter() - t0)
+        return gate(
+            "index",
+            "index recall",
+            None,
+            threshold,
+            ">=",
+            "no queries or no vectors",
+            {"index": plan.index_name, "state": index_state},
+            time.perf_counter() - t0,
+        )
     pos = target.position()
     lat: list[float] = []
     ann: list[list[str]] = []
@@ -166,23 +256,39 @@ def index_recall(conn: psycopg.Connection, plan: Plan, index_state: str, target:
     exact_d = (exact or topk(target, queries, k, plan)).distances
     true_d = [_true_distances(queries[i], ids, pos, target, plan) for i, ids in enumerate(ann)]
     recall = ann_recall_with_ties(true_d, exact_d[:, -1].tolist(), k)
-    details: dict[str, Any] = {"index": plan.index_name, "state": index_state, "queries": len(ann),
-                               "index_scan_used": used, **settings,
-                               "short_results": sum(len(a) < k for a in ann),
-                               "latency_ms_mean": 1000 * float(np.mean(lat)),
-                               "latency_ms_p95": 1000 * float(np.percentile(lat, 95))}
+    details: dict[str, Any] = {
+        "index": plan.index_name,
+        "state": index_state,
+        "queries": len(ann),
+        "index_scan_used": used,
+        **settings,
+        "short_results": sum(len(a) < k for a in ann),
+        "latency_ms_mean": 1000 * float(np.mean(lat)),
+        "latency_ms_p95": 1000 * float(np.percentile(lat, 95)),
+    }
     if not used:
-        return Check("index", "index recall", recall, threshold, ">=", Status.FAIL,
-                     f"the planner did not use {plan.index_name}: the measured recall says "
-                     "nothing about the index", tuple(details.items()), time.perf_counter() - t0)
+        return Check(
+            "index",
+            "index recall",
+            recall,
+            threshold,
+            ">=",
+            Status.FAIL,
+            f"the planner did not use {plan.index_name}: the measured recall says "
+            "nothing about the index",
+            tuple(details.items()),
+            time.perf_counter() - t0,
+        )
     at = ", ".join(f"{a}={b}" for a, b in settings.items())
     summary = f"recall@{k} {recall:.3f} over {len(ann)} queries at {at}"
-    return gate("index", "index recall", recall, threshold, ">=", summary, details,
-                time.perf_counter() - t0)
+    return gate(
+        "index", "index recall", recall, threshold, ">=", summary, details, time.perf_counter() - t0
+    )
 
 
-def _true_distances(query: F32, ids: Sequence[str], pos: dict[str, int], target: Column,
-                    plan: Plan) -> list[float]:
+def _true_distances(
+    query: F32, ids: Sequence[str], pos: dict[str, int], target: Column, plan: Plan
+) -> list[float]:
     """Exact distances of the rows the index returned; a row written after the column was read
     has no known vector and counts as a miss."""
     known = [pos.get(p) for p in ids]
@@ -205,20 +311,40 @@ def topk(col: Column, queries: F32, k: int, plan: Plan) -> Exact:
     return Exact([[col.ids[j] for j in row] for row in idx.tolist()], dist)
 
 
-def parity(plan: Plan, own: Sequence[str], old_top: Sequence[Sequence[str]],
-           new_top: Sequence[Sequence[str]], k: int, not_embedded: int, seconds: float) -> Check:
+def parity(
+    plan: Plan,
+    own: Sequence[str],
+    old_top: Sequence[Sequence[str]],
+    new_top: Sequence[Sequence[str]],
+    k: int,
+    not_embedded: int,
+    seconds: float,
+) -> Check:
     """Self-retrieval recall@k of each model (does a row's derived query find the row), their
     ratio new/old against the plan, and the overlap of the two top-k lists."""
     old = hit_rate_at_k(old_top, own, k)
     new = hit_rate_at_k(new_top, own, k)
     r = ratio(new, old)
     figure = r if r is not None else (1.0 if new >= old else 0.0)
-    details = {"queries": len(own), "not_embedded": not_embedded, f"recall@{k}_old": old,
-               f"recall@{k}_new": new, "ratio": r,
-               f"overlap@{k}": overlap_at_k(old_top, new_top, k)}
+    details = {
+        "queries": len(own),
+        "not_embedded": not_embedded,
+        f"recall@{k}_old": old,
+        f"recall@{k}_new": new,
+        "ratio": r,
+        f"overlap@{k}": overlap_at_k(old_top, new_top, k),
+    }
     summary = f"recall@{k} old {old:.3f}, new {new:.3f}; ratio {figure:.3f} over {len(own)} rows"
-    return gate("parity", "model parity", figure, plan.verify.min_recall_ratio, ">=", summary,
-                details, seconds)
+    return gate(
+        "parity",
+        "model parity",
+        figure,
+        plan.verify.min_recall_ratio,
+        ">=",
+        summary,
+        details,
+        seconds,
+    )
 
 
 def load_labelled(path: Path) -> list[tuple[str, list[str]]]:
@@ -237,25 +363,45 @@ def load_labelled(path: Path) -> list[tuple[str, list[str]]]:
             if not isinstance(query, str) or not query.strip() or not isinstance(relevant, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"labelled queries {path}:{n}: expected "
-                              '{"query": "text", "relevant": [ids...]}') from None
+            raise ConfigError(
+                f'labelled queries {path}:{n}: expected {{"query": "text", "relevant": [ids...]}}'
+            ) from None
         out.append((query, [str(x) for x in relevant]))
     return out
 
 
-def labelled(plan: Plan, relevant: Sequence[Sequence[str]], old_top: Sequence[Sequence[str]],
-             new_top: Sequence[Sequence[str]], k: int, seconds: float) -> Check:
+def labelled(
+    plan: Plan,
+    relevant: Sequence[Sequence[str]],
+    old_top: Sequence[Sequence[str]],
+    new_top: Sequence[Sequence[str]],
+    k: int,
+    seconds: float,
+) -> Check:
     """recall@k, MRR and nDCG@k of both models on the team's labelled queries; the gate
     compares recall@k new/old against min_recall_ratio."""
     metrics = ((f"recall@{k}", recall_at_k), ("mrr", mrr_at_k), (f"ndcg@{k}", ndcg_at_k))
-    m = {f"{name}_{which}": fn(top, relevant, k)
-         for which, top in (("old", old_top), ("new", new_top)) for name, fn in metrics}
+    m = {
+        f"{name}_{which}": fn(top, relevant, k)
+        for which, top in (("old", old_top), ("new", new_top))
+        for name, fn in metrics
+    }
     r = ratio(m[f"recall@{k}_new"], m[f"recall@{k}_old"])
     figure = r if r is not None else (1.0 if m[f"recall@{k}_new"] >= m[f"recall@{k}_old"] else 0.0)
-    summary = (f"recall@{k} old {m[f'recall@{k}_old']:.3f}, new {m[f'recall@{k}_new']:.3f}; "
-               f"nDCG@{k} old {m[f'ndcg@{k}_old']:.3f}, new {m[f'ndcg@{k}_new']:.3f}")
-    return gate("labelled", "labelled queries", figure, plan.verify.min_recall_ratio, ">=",
-                summary, {"queries": len(relevant), **m, "ratio": r}, seconds)
+    summary = (
+        f"recall@{k} old {m[f'recall@{k}_old']:.3f}, new {m[f'recall@{k}_new']:.3f}; "
+        f"nDCG@{k} old {m[f'ndcg@{k}_old']:.3f}, new {m[f'ndcg@{k}_new']:.3f}"
+    )
+    return gate(
+        "labelled",
+        "labelled queries",
+        figure,
+        plan.verify.min_recall_ratio,
+        ">=",
+        summary,
+        {"queries": len(relevant), **m, "ratio": r},
+        seconds,
+    )
 
 
 def skipped(key: str, title: str, why: str) -> Check:

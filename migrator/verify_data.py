@@ -56,20 +56,36 @@ def load_column(conn: psycopg.Connection, plan: Plan, column: str, dims: int) ->
             while data := cp.read():
                 chunks.append(bytes(data))
     buf = b"".join(chunks)
-    record = np.dtype([("fields", ">i2"), ("length", ">i4"), ("dim", ">i2"), ("unused", ">i2"),
-                       ("v", ">f4", (dims,))])
+    record = np.dtype(
+        [
+            ("fields", ">i2"),
+            ("length", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("v", ">f4", (dims,)),
+        ]
+    )
     n = (len(buf) - _COPY_HEADER - _COPY_TRAILER) // record.itemsize if buf else 0
     if n != len(ids):
-        raise RuntimeError(f"read {n} vectors of {dims} dimensions for {len(ids)} keys in "
-                           f"{column}: the column holds vectors of another dimension")
+        raise RuntimeError(
+            f"read {n} vectors of {dims} dimensions for {len(ids)} keys in "
+            f"{column}: the column holds vectors of another dimension"
+        )
     arr = np.frombuffer(buf, dtype=record, offset=_COPY_HEADER, count=n)
     if n and (arr["dim"] != dims).any():
         raise RuntimeError(f"{column} holds vectors of another dimension than {dims}")
     return Column(column, ids, arr["v"].astype(np.float32))
 
 
-def sample_rows(conn: psycopg.Connection, plan: Plan, n: int, seed: int, salt: str,
-                *, require: Sequence[str] = ()) -> list[tuple[str, str]]:
+def sample_rows(
+    conn: psycopg.Connection,
+    plan: Plan,
+    n: int,
+    seed: int,
+    salt: str,
+    *,
+    require: Sequence[str] = (),
+) -> list[tuple[str, str]]:
     """A seeded, reproducible sample of eligible rows as (key, text): the same seed and data
     give the same rows whatever their physical order. `require`: columns that must be non-NULL."""
     conds = [q.eligible_predicate(plan)]
@@ -77,27 +93,38 @@ def sample_rows(conn: psycopg.Connection, plan: Plan, n: int, seed: int, salt: s
     query = sql.SQL(
         "SELECT {pk}::text AS k, {text} AS t FROM {tbl} WHERE {cond} "
         "ORDER BY md5(%(salt)s || {pk}::text), {pk} LIMIT %(n)s"
-    ).format(pk=sql.Identifier(plan.table.primary_key), text=q.text_expr(plan),
-             tbl=q.table_ident(plan), cond=sql.SQL(" AND ").join(conds))
+    ).format(
+        pk=sql.Identifier(plan.table.primary_key),
+        text=q.text_expr(plan),
+        tbl=q.table_ident(plan),
+        cond=sql.SQL(" AND ").join(conds),
+    )
     rows = conn.execute(query, {"salt": f"{seed}:{salt}:", "n": n}).fetchall()
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
-def sample_with_vectors(conn: psycopg.Connection, plan: Plan, column: str, n: int, seed: int
-                        ) -> tuple[list[str], list[str], F32]:
+def sample_with_vectors(
+    conn: psycopg.Connection, plan: Plan, column: str, n: int, seed: int
+) -> tuple[list[str], list[str], F32]:
     """Seeded sample of rows holding a vector in `column`: keys, current texts, stored vectors."""
     rows = sample_rows(conn, plan, n, seed, f"fresh:{column}", require=(column,))
     ids = [r[0] for r in rows]
     if not ids:
         return [], [], np.zeros((0, 0), dtype=np.float32)
     text = "SELECT {pk}::text, {col}::vector FROM {tbl} WHERE {pk}::text = ANY(%s)"
-    query = sql.SQL(text).format(pk=sql.Identifier(plan.table.primary_key),
-                                 col=sql.Identifier(column), tbl=q.table_ident(plan))
+    query = sql.SQL(text).format(
+        pk=sql.Identifier(plan.table.primary_key),
+        col=sql.Identifier(column),
+        tbl=q.table_ident(plan),
+    )
     with conn.cursor(binary=True) as cur:
         got = {r[0]: r[1] for r in cur.execute(query, (ids,)).fetchall() if r[1] is not None}
     keep = [i for i, pk in enumerate(ids) if pk in got]  # a row may have changed since sampling
-    vecs = np.stack([np.asarray(got[ids[i]].to_numpy(), dtype=np.float32) for i in keep]) if keep \
+    vecs = (
+        np.stack([np.asarray(got[ids[i]].to_numpy(), dtype=np.float32) for i in keep])
+        if keep
         else np.zeros((0, 0), dtype=np.float32)
+    )
     return [ids[i] for i in keep], [rows[i][1] for i in keep], vecs
 
 
@@ -111,16 +138,28 @@ def queries_for(texts: Sequence[str], seed: int, mode: str) -> list[str]:
     return [derive_query(t, rng) for t in texts]
 
 
-def embed_all(provider: Provider, spec: ModelSpec, texts: Sequence[str], *, attempts: int = 5,
-              sleep: Callable[[float], None] = time.sleep) -> tuple[F32, list[int]]:
+def embed_all(
+    provider: Provider,
+    spec: ModelSpec,
+    texts: Sequence[str],
+    *,
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[F32, list[int]]:
     """Embed texts as the backfill does (same truncation). Returns one row per text (zeros for
     the texts that did not embed: blank, refused, bad vector) and the positions of those.
     A rate limit or server hiccup is retried a few times (honouring Retry-After), since a few
     hundred queries should not fail the whole verification."""
     for attempt in range(1, attempts + 1):
         try:
-            out = embed_texts(provider, list(texts), overlong=spec.overlong, forbid_zero=True,
-                              normalize=spec.normalize, concurrency=4)
+            out = embed_texts(
+                provider,
+                list(texts),
+                overlong=spec.overlong,
+                forbid_zero=True,
+                normalize=spec.normalize,
+                concurrency=4,
+            )
             break
         except RetryableError as exc:
             if attempt == attempts:

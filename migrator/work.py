@@ -82,8 +82,15 @@ class RetryingProvider(Provider):
     Retry-After (every worker waits), other retryable errors back off with jitter. After
     IN_REQUEST_ATTEMPTS the error goes up and the whole task is retried later."""
 
-    def __init__(self, inner: Provider, limiter: Limiter, retry: RetrySpec, stats: Stats, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        inner: Provider,
+        limiter: Limiter,
+        retry: RetrySpec,
+        stats: Stats,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.inner = inner
         self.fingerprint = inner.fingerprint
         self.dimensions = inner.dimensions
@@ -104,8 +111,9 @@ class RetryingProvider(Provider):
                 if attempt == attempts:
                     raise
                 self.stats.add("retries")
-                delay = backoff(attempt, self.retry.backoff_base_seconds,
-                                self.retry.backoff_max_seconds)
+                delay = backoff(
+                    attempt, self.retry.backoff_base_seconds, self.retry.backoff_max_seconds
+                )
                 if exc.status == 429:
                     self.stats.add("rate_limited")
                     self.limiter.pause(exc.retry_after if exc.retry_after is not None else delay)
@@ -131,8 +139,9 @@ class RetryingProvider(Provider):
         return self.inner.truncate(text, max_tokens)
 
 
-def retry_delay(exc: BaseException, retries_done: int, retry: RetrySpec,
-                rng: random.Random | None = None) -> float | None:
+def retry_delay(
+    exc: BaseException, retries_done: int, retry: RetrySpec, rng: random.Random | None = None
+) -> float | None:
     """Seconds before the task's next attempt, or None to give up (fail the batch).
 
     Retryable errors and whole-answer failures (BadResponseError says nothing about any row)
@@ -151,8 +160,9 @@ def retry_delay(exc: BaseException, retries_done: int, retry: RetrySpec,
 # ---- the batch --------------------------------------------------------------------------------
 
 
-def _execute(conn: psycopg.Connection, query: sql.Composable,
-             params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+def _execute(
+    conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any] | None = None
+) -> psycopg.Cursor[Any]:
     # The builders return Composable; psycopg's stubs want Composed (what they really are).
     return conn.execute(cast(sql.Composed, query), params)
 
@@ -174,7 +184,8 @@ def key_info(conn: psycopg.Connection, plan: Plan) -> KeyInfo:
         row = conn.execute(
             "SELECT a.atttypid::int, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped",
-            (q.table_ident(plan).as_string(conn), plan.table.primary_key)).fetchone()
+            (q.table_ident(plan).as_string(conn), plan.table.primary_key),
+        ).fetchone()
         if row is None:
             raise psycopg.ProgrammingError(f"no key column {plan.table.primary_key}")
         found = _keys[cache] = KeyInfo(int(row[0]), str(row[1]))
@@ -189,11 +200,13 @@ def _ensure_stage(conn: psycopg.Connection, plan: Plan, key: KeyInfo, rs: RoleSp
         _stages.add(tag)
 
 
-def _read(conn: psycopg.Connection, plan: Plan, batch: ledger.Batch, rs: RoleSpec,
-          key: KeyInfo) -> list[tuple[Any, str, str | None, str | None]]:
+def _read(
+    conn: psycopg.Connection, plan: Plan, batch: ledger.Batch, rs: RoleSpec, key: KeyInfo
+) -> list[tuple[Any, str, str | None, str | None]]:
     if batch.kind == "range":
-        query = q.read_range(plan, rs.column, lo=batch.key_lo is not None,
-                             hi=batch.key_hi is not None)
+        query = q.read_range(
+            plan, rs.column, lo=batch.key_lo is not None, hi=batch.key_hi is not None
+        )
         params: dict[str, Any] = {"lo": batch.key_lo, "hi": batch.key_hi}
     else:
         query = q.read_ids(plan, key.type, rs.column)
@@ -223,9 +236,14 @@ def run_batch(
 
     t1 = time.perf_counter()
     emb = embed_texts(
-        provider(rs), [r[2] for r in rows], overlong=rs.model.overlong,
-        forbid_zero=plan.index.metric is Metric.COSINE, normalize=rs.model.normalize,
-        concurrency=plan.backfill.concurrency, before_request=limiter(rs).acquire)
+        provider(rs),
+        [r[2] for r in rows],
+        overlong=rs.model.overlong,
+        forbid_zero=plan.index.metric is Metric.COSINE,
+        normalize=rs.model.normalize,
+        concurrency=plan.backfill.concurrency,
+        before_request=limiter(rs).acquire,
+    )
     out.embed_seconds = time.perf_counter() - t1
     out.tokens, out.requests = emb.tokens, emb.requests
 
@@ -253,7 +271,8 @@ def run_batch(
             conn.execute("SET LOCAL enable_hashjoin = off")
             conn.execute("SET LOCAL enable_mergejoin = off")
             copy_sql = sql.SQL("COPY {} (pk, text_hash, v) FROM STDIN (FORMAT BINARY)").format(
-                stage)
+                stage
+            )
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 copy.set_types([key.oid, "text", rs.vtype.value])
                 for i, vec in emb.vectors.items():
@@ -266,9 +285,16 @@ def run_batch(
         out.stale = len(emb.vectors) - len(written)
         ledger.dead_letter(conn, plan.name, rs.role, dead)
         ledger.resolve_dead_letters(conn, plan.name, rs.role, written)
-        executions = ledger.finish(conn, batch.id, total=out.total, written=out.written,
-                                   skipped=out.skipped, stale=out.stale, dead=out.dead,
-                                   tokens=out.tokens)
+        executions = ledger.finish(
+            conn,
+            batch.id,
+            total=out.total,
+            written=out.written,
+            skipped=out.skipped,
+            stale=out.stale,
+            dead=out.dead,
+            tokens=out.tokens,
+        )
     if executions > 1:
         out.status = "duplicate"
     out.seconds = time.perf_counter() - t0

@@ -39,8 +39,10 @@ def _vocabulary(size: int = 4000) -> list[str]:
     """Pronounceable pseudo-words: independent of any corpus, identical on every machine."""
     rng = random.Random(1)
     onset, vowel = "bcdfghjklmnprstvwz", "aeiou"
-    words = {"".join(rng.choice(onset) + rng.choice(vowel) for _ in range(rng.randint(1, 4)))
-             for _ in range(size)}
+    words = {
+        "".join(rng.choice(onset) + rng.choice(vowel) for _ in range(rng.randint(1, 4)))
+        for _ in range(size)
+    }
     return sorted(words)
 
 
@@ -53,8 +55,9 @@ def random_text(rng: random.Random, lo: int = 8, hi: int = 40) -> str:
     return " ".join(rng.choices(_VOCAB, k=rng.randint(lo, hi)))
 
 
-def make_documents(url: str, n: int, *, seed: int = 7, empty_every: int = 0,
-                   poison_ids: tuple[int, ...] = ()) -> dict[int, str]:
+def make_documents(
+    url: str, n: int, *, seed: int = 7, empty_every: int = 0, poison_ids: tuple[int, ...] = ()
+) -> dict[int, str]:
     """documents(id bigint pk, title, body, category, embedding vector(256)) with n rows of
     synthetic text; every `empty_every`-th body is empty or blank. Returns id -> body."""
     rng = random.Random(seed)
@@ -69,11 +72,16 @@ def make_documents(url: str, n: int, *, seed: int = 7, empty_every: int = 0,
     old = np.random.default_rng(seed).standard_normal((64, 256)).astype(np.float32)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
-                     "category text, embedding vector(256))")
-        with conn.cursor() as cur, cur.copy(
-                "COPY documents (id, title, body, category, embedding) FROM STDIN "
-                "(FORMAT BINARY)") as copy:
+        conn.execute(
+            "CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
+            "category text, embedding vector(256))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY documents (id, title, body, category, embedding) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
             copy.set_types(["int8", "text", "text", "text", "vector"])
             for i, body in bodies.items():
                 copy.write_row((i, f"doc {i}", body, f"c{i % 7}", old[i % 64]))
@@ -81,20 +89,42 @@ def make_documents(url: str, n: int, *, seed: int = 7, empty_every: int = 0,
     return bodies
 
 
-def start_workers(database_url: str, broker: str, queue: str, *, n: int = 1,
-                  concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                  ) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    database_url: str,
+    broker: str,
+    queue: str,
+    *,
+    n: int = 1,
+    concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ)
-    env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker,
-                "PYTHONPATH": str(ROOT)})
+    env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker, "PYTHONPATH": str(ROOT)})
     env.pop("MIGRATOR_REDIS_URL", None)
     env.update(extra_env or {})
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "celery", "-A", "migrator.worker.app", "worker", "-Q",
-               queue, "-c", str(concurrency), "--pool", "prefork", "--without-heartbeat",
-               "--without-gossip", "--without-mingle", "-l", "warning",
-               "-n", f"w{i}-{uuid.uuid4().hex[:6]}@%h"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "migrator.worker.app",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "warning",
+            "-n",
+            f"w{i}-{uuid.uuid4().hex[:6]}@%h",
+        ]
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True))
     return procs
 
@@ -109,8 +139,9 @@ def kill_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.contextmanager
-def workers(database_url: str, broker: str, queue: str, **kw: object
-            ) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(
+    database_url: str, broker: str, queue: str, **kw: object
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = start_workers(database_url, broker, queue, **kw)  # type: ignore[arg-type]
     try:
         yield procs
@@ -140,8 +171,11 @@ def assert_all_fresh(url: str, *, dead: set[int] = frozenset()) -> dict[str, int
     """Every eligible row holds exactly the new model's vector of its current text; blank
     rows and dead-lettered rows hold NULL. Returns counts."""
     rows = current_rows(url)
-    eligible = {i: body for i, (body, _) in rows.items()
-                if body is not None and body.strip(" \t\r\n") and i not in dead}
+    eligible = {
+        i: body
+        for i, (body, _) in rows.items()
+        if body is not None and body.strip(" \t\r\n") and i not in dead
+    }
     ids = sorted(eligible)
     expected = NEW.encode([eligible[i] for i in ids]) if ids else np.empty((0, 384))
     wrong = []
@@ -150,8 +184,11 @@ def assert_all_fresh(url: str, *, dead: set[int] = frozenset()) -> dict[str, int
         if got is None or not np.allclose(got, exp, atol=1e-5):
             wrong.append(i)
     assert not wrong, f"{len(wrong)} rows stale or NULL, e.g. {wrong[:10]}"
-    not_null_blank = [i for i, (body, v) in rows.items()
-                      if v is not None and (i in dead or not (body or "").strip(" \t\r\n"))]
+    not_null_blank = [
+        i
+        for i, (body, v) in rows.items()
+        if v is not None and (i in dead or not (body or "").strip(" \t\r\n"))
+    ]
     assert not not_null_blank, f"rows that must stay NULL hold vectors: {not_null_blank[:10]}"
     return {"rows": len(rows), "eligible": len(ids)}
 

@@ -33,7 +33,12 @@ def demo_plan(base_url: str | None = None, **overrides: object) -> Plan:
 
 
 def create_documents(
-    url: str, n: int, *, table: str = "documents", model: str = "local-hash-old", dims: int = 256,
+    url: str,
+    n: int,
+    *,
+    table: str = "documents",
+    model: str = "local-hash-old",
+    dims: int = 256,
     empty_every: int = 0,
 ) -> list[Doc]:
     """Create `table` (id bigint pk, title, body, embedding vector(dims)) with n corpus rows."""
@@ -45,12 +50,20 @@ def create_documents(
     vecs = HashEmbedder(model, dims).encode([b if b.strip() else "x" for b in bodies])
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute(sql.SQL(
-            "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, category text, "
-            "embedding vector({}))").format(sql.Identifier(table), sql.Literal(dims)))
-        with conn.cursor() as cur, cur.copy(sql.SQL(
-                "COPY {} (id, title, body, category, embedding) FROM STDIN (FORMAT BINARY)").format(
-                sql.Identifier(table))) as copy:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text, category text, "
+                "embedding vector({}))"
+            ).format(sql.Identifier(table), sql.Literal(dims))
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL(
+                    "COPY {} (id, title, body, category, embedding) FROM STDIN (FORMAT BINARY)"
+                ).format(sql.Identifier(table))
+            ) as copy,
+        ):
             copy.set_types(["int8", "text", "text", "text", "vector"])
             for i, (d, body) in enumerate(zip(docs, bodies, strict=True), start=1):
                 vec = vecs[i - 1] if body.strip() else None
@@ -62,8 +75,9 @@ def create_documents(
 def fetch_vectors(url: str, column: str, table: str = "documents") -> dict[int, np.ndarray | None]:
     with psycopg.connect(url) as conn:
         register_vector(conn)
-        rows = conn.execute(sql.SQL("SELECT id, {} FROM {}").format(
-            sql.Identifier(column), sql.Identifier(table))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT id, {} FROM {}").format(sql.Identifier(column), sql.Identifier(table))
+        ).fetchall()
     return {int(r[0]): _array(r[1]) for r in rows}
 
 

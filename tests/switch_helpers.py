@@ -53,8 +53,11 @@ def source_index(plan: Plan) -> str:
 
 
 def migrated_state(
-    settings: Settings, plan: Plan, n: int = 2000,
-    *, before_adopt: Callable[[psycopg.Connection], None] | None = None,
+    settings: Settings,
+    plan: Plan,
+    n: int = 2000,
+    *,
+    before_adopt: Callable[[psycopg.Connection], None] | None = None,
 ) -> None:
     """Bring a fresh database to VERIFIED for `plan` (documents table created here)."""
     url = settings.database_url
@@ -62,9 +65,14 @@ def migrated_state(
     src = plan.source
     create_documents(url, n, model=src.model.name, dims=src.model.dimensions)
     with contextlib.closing(connect(url)) as conn:
-        conn.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
-            sql.Identifier(source_index(plan)), q.table_ident(plan), sql.Identifier(src.column),
-            sql.SQL(plan.index.metric.opclass(src.type))))
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
+                sql.Identifier(source_index(plan)),
+                q.table_ident(plan),
+                sql.Identifier(src.column),
+                sql.SQL(plan.index.metric.opclass(src.type)),
+            )
+        )
         if before_adopt is not None:
             before_adopt(conn)
     api.adopt(settings, plan)
@@ -80,29 +88,38 @@ def fill_target(conn: psycopg.Connection, plan: Plan) -> None:
     """Embed every body with the target model and write it with COPY + UPDATE."""
     register_vector(conn)
     tgt = plan.target
-    rows = conn.execute(sql.SQL("SELECT id, {} FROM {} ORDER BY id").format(
-        q.text_expr(plan), q.table_ident(plan))).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT id, {} FROM {} ORDER BY id").format(q.text_expr(plan), q.table_ident(plan))
+    ).fetchall()
     vecs = HashEmbedder(tgt.model.name, tgt.model.dimensions).encode(
-        [r[1] if r[1] and r[1].strip() else "x" for r in rows])
+        [r[1] if r[1] and r[1].strip() else "x" for r in rows]
+    )
     with conn.transaction():
         conn.execute("CREATE TEMP TABLE fill_stage (id bigint, v vector) ON COMMIT DROP")
-        with conn.cursor() as cur, cur.copy(
-                "COPY fill_stage (id, v) FROM STDIN (FORMAT BINARY)") as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY fill_stage (id, v) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
             copy.set_types(["int8", "vector"])
             for (pk, text), vec in zip(rows, vecs, strict=True):
                 if text and text.strip():
                     copy.write_row((pk, vec))
-        conn.execute(sql.SQL("UPDATE {} AS t SET {} = s.v::{} FROM fill_stage s WHERE t.id = s.id")
-                     .format(q.table_ident(plan), sql.Identifier(tgt.column),
-                             q.column_type(tgt.type, tgt.model.dimensions)))
+        conn.execute(
+            sql.SQL("UPDATE {} AS t SET {} = s.v::{} FROM fill_stage s WHERE t.id = s.id").format(
+                q.table_ident(plan),
+                sql.Identifier(tgt.column),
+                q.column_type(tgt.type, tgt.model.dimensions),
+            )
+        )
     conn.execute(sql.SQL("ANALYZE {}").format(q.table_ident(plan)))
 
 
 def mark_verified(conn: psycopg.Connection, plan: Plan, rows: int) -> int:
     """Record a passing report (watermark = now) and set the phase to VERIFIED."""
     mark = gate.changes_watermark(conn, plan.name)
-    rid = gate.record_report(conn, plan, passed=True, report={"by": "switch_helpers"},
-                             rows=rows, watermark=mark)
+    rid = gate.record_report(
+        conn, plan, passed=True, report={"by": "switch_helpers"}, rows=rows, watermark=mark
+    )
     state.set_phase(conn, plan.name, state.State.VERIFIED)
     return rid
 
@@ -116,11 +133,17 @@ def view_catalog(url: str, plan: Plan) -> dict[str, Any]:
             "(SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) "
             " FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s", (plan.view_schema, plan.view.name),
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (plan.view_schema, plan.view.name),
         ).fetchone()
     assert row is not None, "the view does not exist"
-    return {"reloptions": row[0], "owner": row[1], "acl": row[2], "definition": row[3],
-            "column_types": row[4]}
+    return {
+        "reloptions": row[0],
+        "owner": row[1],
+        "acl": row[2],
+        "definition": row[3],
+        "column_types": row[4],
+    }
 
 
 def explain_view(url: str, plan: Plan, vector: Any, fingerprint: str, vtype: str = "vector") -> str:
@@ -129,8 +152,11 @@ def explain_view(url: str, plan: Plan, vector: Any, fingerprint: str, vtype: str
     with psycopg.connect(url) as conn:
         register_vector(conn)
         conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(plan.index.ef_search),))
-        rows = conn.execute(sql.SQL(
-            "EXPLAIN SELECT id FROM {v} WHERE embedding_model = %(fp)s "
-            "ORDER BY embedding <=> %(q)s::{vt} LIMIT 10").format(v=q.view_ident(plan), vt=vt),
-            {"fp": fingerprint, "q": vector}).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "EXPLAIN SELECT id FROM {v} WHERE embedding_model = %(fp)s "
+                "ORDER BY embedding <=> %(q)s::{vt} LIMIT 10"
+            ).format(v=q.view_ident(plan), vt=vt),
+            {"fp": fingerprint, "q": vector},
+        ).fetchall()
     return "\n".join(r[0] for r in rows)

@@ -68,14 +68,21 @@ def create_table(url: str, n: int = ROWS, empty_every: int = EMPTY_EVERY) -> Non
     vecs = HashEmbedder("local-hash-old", 256).encode([t if t.strip() else "x" for t in texts])
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
-        conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
-                     "category text, embedding vector(256))")
-        with conn.cursor() as cur, cur.copy("COPY documents (id, title, body, category, embedding) "
-                                            "FROM STDIN (FORMAT BINARY)") as copy:
+        conn.execute(
+            "CREATE TABLE documents (id bigint PRIMARY KEY, title text, body text, "
+            "category text, embedding vector(256))"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY documents (id, title, body, category, embedding) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
             copy.set_types(["int8", "text", "text", "text", "vector"])
             for i, (d, body) in enumerate(zip(docs, texts, strict=True), start=1):
-                copy.write_row((i, d.title, body, d.key.split(".")[0],
-                                vecs[i - 1] if body.strip() else None))
+                copy.write_row(
+                    (i, d.title, body, d.key.split(".")[0], vecs[i - 1] if body.strip() else None)
+                )
         conn.execute("ANALYZE documents")
 
 
@@ -92,8 +99,11 @@ def fill_target(url: str, plan: Plan, n: int = ROWS, empty_every: int = EMPTY_EV
             copy.set_types(["int8", "vector"])
             for j, i in enumerate(keep):
                 copy.write_row((i + 1, vecs[j]))
-        conn.execute(sql.SQL("UPDATE documents d SET {} = s.v FROM stage s WHERE d.id = s.id")
-                     .format(sql.Identifier(plan.target.column)))
+        conn.execute(
+            sql.SQL("UPDATE documents d SET {} = s.v FROM stage s WHERE d.id = s.id").format(
+                sql.Identifier(plan.target.column)
+            )
+        )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE documents")
 
@@ -121,8 +131,9 @@ def verify_template(pg_server: str) -> Iterator[str]:
     yield name
     _TEMPLATES.pop(pg_server, None)
     with psycopg.connect(pg_server, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def _build_template(pg_server: str) -> str:
@@ -148,12 +159,16 @@ def verify_db(pg_server: str, verify_template: str) -> Iterator[str]:
     """A fresh clone of the template for one test."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(verify_template)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(verify_template)
+            )
+        )
     yield with_database(pg_server, name)
     with psycopg.connect(pg_server, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def unit_random(n: int, dims: int, seed: int) -> np.ndarray:
@@ -165,14 +180,21 @@ def set_vectors(url: str, column: str, ids: list[int], vecs: np.ndarray) -> None
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         with conn.cursor() as cur:
-            cur.executemany(sql.SQL("UPDATE documents SET {} = %s WHERE id = %s").format(
-                sql.Identifier(column)), [(v, i) for v, i in zip(vecs, ids, strict=True)])
+            cur.executemany(
+                sql.SQL("UPDATE documents SET {} = %s WHERE id = %s").format(
+                    sql.Identifier(column)
+                ),
+                [(v, i) for v, i in zip(vecs, ids, strict=True)],
+            )
 
 
 def column_vectors(url: str, column: str) -> tuple[list[int], np.ndarray]:
     """(ids, matrix) of a column's non-NULL vectors, row by row (independent of verify_data)."""
     with psycopg.connect(url) as conn:
         register_vector(conn)
-        rows = conn.execute(sql.SQL("SELECT id, {c} FROM documents WHERE {c} IS NOT NULL "
-                                    "ORDER BY id").format(c=sql.Identifier(column))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT id, {c} FROM documents WHERE {c} IS NOT NULL ORDER BY id").format(
+                c=sql.Identifier(column)
+            )
+        ).fetchall()
     return [int(r[0]) for r in rows], np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)

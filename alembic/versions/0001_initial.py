@@ -9,8 +9,9 @@ Create Date: 2026-11-21
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql as pg
+
+from alembic import op
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -54,8 +55,12 @@ def upgrade() -> None:
     op.create_table(
         "batches",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
-        sa.Column("migration", sa.Text(),
-                  sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "migration",
+            sa.Text(),
+            sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("role", sa.Text(), nullable=False, server_default="target"),
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("key_lo", sa.Text()),
@@ -82,8 +87,12 @@ def upgrade() -> None:
     op.create_table(
         "dead_letters",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
-        sa.Column("migration", sa.Text(),
-                  sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "migration",
+            sa.Text(),
+            sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("role", sa.Text(), nullable=False, server_default="target"),
         sa.Column("pk", sa.Text(), nullable=False),
         sa.Column("text_hash", sa.Text()),
@@ -93,8 +102,9 @@ def upgrade() -> None:
         sa.Column("resolved_at", TS),
         schema=S,
     )
-    op.create_index("dead_letters_key_idx", "dead_letters", ["migration", "role", "pk"],
-                    unique=True, schema=S)
+    op.create_index(
+        "dead_letters_key_idx", "dead_letters", ["migration", "role", "pk"], unique=True, schema=S
+    )
     op.create_table(
         "changes",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
@@ -105,13 +115,22 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index("changes_migration_id_idx", "changes", ["migration", "id"], schema=S)
-    op.create_index("changes_pending_idx", "changes", ["migration", "id"], schema=S,
-                    postgresql_where=sa.text("processed_at IS NULL"))
+    op.create_index(
+        "changes_pending_idx",
+        "changes",
+        ["migration", "id"],
+        schema=S,
+        postgresql_where=sa.text("processed_at IS NULL"),
+    )
     op.create_table(
         "reports",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
-        sa.Column("migration", sa.Text(),
-                  sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "migration",
+            sa.Text(),
+            sa.ForeignKey(f"{S}.migrations.name", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
         sa.Column("passed", sa.Boolean(), nullable=False),
         sa.Column("report", pg.JSONB(), nullable=False),
@@ -136,6 +155,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("active_models", "reports", "changes", "dead_letters", "batches", "events",
-                 "migrations"):
+    for name in (
+        "active_models",
+        "reports",
+        "changes",
+        "dead_letters",
+        "batches",
+        "events",
+        "migrations",
+    ):
         op.drop_table(name, schema=S)

@@ -37,9 +37,13 @@ from migrator.worker import launch
 
 def broker_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--broker-url", envvar="CELERY_BROKER_URL", default=None, metavar="URL",
+        "--broker-url",
+        envvar="CELERY_BROKER_URL",
+        default=None,
+        metavar="URL",
         help="Celery broker, Redis or RabbitMQ (default: $CELERY_BROKER_URL, else an "
-             "embedded Redis).")(f)
+        "embedded Redis).",
+    )(f)
 
 
 @contextlib.contextmanager
@@ -48,11 +52,17 @@ def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressF
         yield None
         return
     columns = (
-        TextColumn("[bold]backfill[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(), TextColumn("ETA"),
+        TextColumn("[bold]backfill[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
-        TextColumn("retries {task.fields[retries]}  dead letters {task.fields[dead]}  "
-                   "open batches {task.fields[open]}  changes {task.fields[changes]}"),
+        TextColumn(
+            "retries {task.fields[retries]}  dead letters {task.fields[dead]}  "
+            "open batches {task.fields[open]}  changes {task.fields[changes]}"
+        ),
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("rows", total=None, rate="-", retries=0, dead=0, open=0, changes=0)
@@ -63,33 +73,62 @@ def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressF
             first.setdefault("t", p["elapsed"])
             dt = p["elapsed"] - first["t"]
             rate = (p["rows_done"] - first["done"]) / dt if dt > 0.5 else 0.0
-            bar.update(task, total=p["rows_total"], completed=p["rows_done"],
-                       rate=f"{rate:,.0f}", retries=p["retries"], dead=p["dead_letters"],
-                       open=p["open_batches"], changes=p["pending_changes"])
+            bar.update(
+                task,
+                total=p["rows_total"],
+                completed=p["rows_done"],
+                rate=f"{rate:,.0f}",
+                retries=p["retries"],
+                dead=p["dead_letters"],
+                open=p["open_batches"],
+                changes=p["pending_changes"],
+            )
 
         yield update
 
 
 @click.command("backfill")
 @plan_argument
-@click.option("--follow", is_flag=True,
-              help="Keep catching up on changed rows after the backfill completes (until "
-                   "Ctrl-C or finalize); does not hold the migration lock meanwhile.")
-@click.option("--retry-dead-letters", is_flag=True,
-              help="Replay the dead-lettered rows (after fixing their cause).")
-@click.option("--workers", "n_workers", type=int, default=None, metavar="N",
-              help="Also run N local worker processes for this run (default: 0 when a broker "
-                   "URL is set, 2 with the embedded broker).")
-@click.option("--no-wait", is_flag=True,
-              help="Expand, record and enqueue the batches, then return; `migrator status` "
-                   "and another `backfill` run follow up.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep catching up on changed rows after the backfill completes (until "
+    "Ctrl-C or finalize); does not hold the migration lock meanwhile.",
+)
+@click.option(
+    "--retry-dead-letters",
+    is_flag=True,
+    help="Replay the dead-lettered rows (after fixing their cause).",
+)
+@click.option(
+    "--workers",
+    "n_workers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Also run N local worker processes for this run (default: 0 when a broker "
+    "URL is set, 2 with the embedded broker).",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Expand, record and enqueue the batches, then return; `migrator status` "
+    "and another `backfill` run follow up.",
+)
 @database_option
 @broker_option
 @json_option
 @handle_errors
-def backfill_cmd(plan_path: str, follow: bool, retry_dead_letters: bool, n_workers: int | None,
-                 no_wait: bool, database_url: str | None, broker_url: str | None,
-                 as_json: bool) -> None:
+def backfill_cmd(
+    plan_path: str,
+    follow: bool,
+    retry_dead_letters: bool,
+    n_workers: int | None,
+    no_wait: bool,
+    database_url: str | None,
+    broker_url: str | None,
+    as_json: bool,
+) -> None:
     """Add the new column and fill it through the migration's versioned Celery queue.
 
     \b
@@ -99,15 +138,21 @@ def backfill_cmd(plan_path: str, follow: bool, retry_dead_letters: bool, n_worke
     """
     plan = read_plan(plan_path)
     settings = settings_from(database_url, broker_url)
-    n = n_workers if n_workers is not None else (
-        0 if settings.broker_url or no_wait else 2)
+    n = n_workers if n_workers is not None else (0 if settings.broker_url or no_wait else 2)
     console = make_console(stderr=True)
     procs = launch.start_workers(settings, plan.queue, n) if n > 0 else []
     try:
         with progress_bar(console, enabled=not as_json and not no_wait) as on_progress:
-            summary = backfill.run(settings, plan, backfill.Options(
-                follow=follow, retry_dead_letters=retry_dead_letters, wait=not no_wait,
-                on_progress=on_progress))
+            summary = backfill.run(
+                settings,
+                plan,
+                backfill.Options(
+                    follow=follow,
+                    retry_dead_letters=retry_dead_letters,
+                    wait=not no_wait,
+                    on_progress=on_progress,
+                ),
+            )
     finally:
         launch.stop_workers(procs)
     if as_json:
@@ -118,21 +163,37 @@ def backfill_cmd(plan_path: str, follow: bool, retry_dead_letters: bool, n_worke
         f"backfill {state}: {summary['rows_done']:,}/{summary['rows_eligible']:,} rows have "
         f"{plan.target.column}; {summary['rows_written_this_run']:,} written this run in "
         f"{summary['seconds']} s ({summary['rows_per_second'] or 0:,} rows/s); dead letters "
-        f"{summary['dead_letters']}; queue {summary['queue']}; phase {summary['phase']}")
+        f"{summary['dead_letters']}; queue {summary['queue']}; phase {summary['phase']}"
+    )
 
 
 @click.command("worker")
 @plan_argument
-@click.option("--concurrency", "-c", type=int, default=None,
-              help="Worker processes (prefork) or threads (default: CPU count).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
-              show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=None,
+    help="Worker processes (prefork) or threads (default: CPU count).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @database_option
 @broker_option
 @handle_errors
-def worker_cmd(plan_path: str, concurrency: int | None, pool: str, loglevel: str,
-               database_url: str | None, broker_url: str | None) -> None:
+def worker_cmd(
+    plan_path: str,
+    concurrency: int | None,
+    pool: str,
+    loglevel: str,
+    database_url: str | None,
+    broker_url: str | None,
+) -> None:
     """Run a Celery worker for PLAN's queue (a thin wrapper over `celery worker`).
 
     Equivalent to `celery -A migrator.worker.app worker -Q <queue>` with DATABASE_URL and
@@ -140,8 +201,9 @@ def worker_cmd(plan_path: str, concurrency: int | None, pool: str, loglevel: str
     """
     plan = read_plan(plan_path)
     settings = settings_from(database_url, broker_url)
-    cmd = launch.worker_command(plan.queue, concurrency=concurrency or (os.cpu_count() or 1),
-                                pool=pool, loglevel=loglevel)
+    cmd = launch.worker_command(
+        plan.queue, concurrency=concurrency or (os.cpu_count() or 1), pool=pool, loglevel=loglevel
+    )
     os.execvpe(cmd[0], cmd, launch.worker_env(settings))
 
 

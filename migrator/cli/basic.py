@@ -23,8 +23,11 @@ from migrator.steps import Facts
 
 @click.command("plan")
 @plan_argument
-@click.option("--offline", is_flag=True,
-              help="Do not connect: validate and print every statement (the CI dry run).")
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not connect: validate and print every statement (the CI dry run).",
+)
 @database_option
 @json_option
 @handle_errors
@@ -38,10 +41,7 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
     Exit 6 if the live checks find errors.
     """
     plan = read_plan(plan_path)
-    if offline:
-        report = api.plan_offline(plan)
-    else:
-        report = api.plan_live(plan, settings_from(database_url))
+    report = api.plan_offline(plan) if offline else api.plan_live(plan, settings_from(database_url))
     data = report.as_dict()
     if as_json:
         emit_json(data)
@@ -56,8 +56,13 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
 @plan_argument
 @database_option
 @json_option
-@click.option("--events", "events_limit", default=20, show_default=True,
-              help="How many recent events to show.")
+@click.option(
+    "--events",
+    "events_limit",
+    default=20,
+    show_default=True,
+    help="How many recent events to show.",
+)
 @handle_errors
 def status_cmd(plan_path: str, database_url: str | None, as_json: bool, events_limit: int) -> None:
     """Show the migration's phase, progress, dead letters and event log."""
@@ -85,8 +90,10 @@ def adopt_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, "attempts": res.attempts, "hold_ms": round(res.hold_ms, 2)})
     else:
-        click.echo(f"view {plan.view_schema}.{plan.view.name} serves {plan.source.column} "
-                   f"({plan.source.model.fingerprint()})")
+        click.echo(
+            f"view {plan.view_schema}.{plan.view.name} serves {plan.source.column} "
+            f"({plan.source.model.fingerprint()})"
+        )
 
 
 @click.group("db")
@@ -113,12 +120,19 @@ def db_stop_cmd() -> None:
 
 @click.command("runbook")
 @plan_argument
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write the Markdown here instead of standard output.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the Markdown here instead of standard output.",
+)
 @click.option("--offline", is_flag=True, help="Do not connect (no duration or cost estimate).")
 @database_option
 @handle_errors
-def runbook_cmd(plan_path: str, output: str | None, offline: bool, database_url: str | None) -> None:
+def runbook_cmd(
+    plan_path: str, output: str | None, offline: bool, database_url: str | None
+) -> None:
     """Write a Markdown runbook for PLAN: each step's command, what it changes, expected
     duration, what to watch, how to check it worked and how to roll back from there."""
     plan = read_plan(plan_path)

@@ -25,7 +25,10 @@ def make_console(stderr: bool = False) -> Console:
 
 def database_option(f: F) -> F:
     return click.option(
-        "--database-url", envvar="DATABASE_URL", default=None, metavar="URL",
+        "--database-url",
+        envvar="DATABASE_URL",
+        default=None,
+        metavar="URL",
         help="PostgreSQL with pgvector (default: $DATABASE_URL, else the embedded one).",
     )(f)
 
@@ -63,8 +66,15 @@ def handle_errors(f: F) -> F:
                 raise
             as_json = kwargs.get("as_json")
             if as_json:
-                emit_json({"ok": False, "error": type(exc).__name__, "message": exc.message,
-                           "hint": exc.hint, "exit_code": exc.exit_code})
+                emit_json(
+                    {
+                        "ok": False,
+                        "error": type(exc).__name__,
+                        "message": exc.message,
+                        "hint": exc.hint,
+                        "exit_code": exc.exit_code,
+                    }
+                )
             click.echo(f"error: {exc.one_line()}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:

@@ -25,10 +25,14 @@ def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, **res.as_dict()})
         return
-    click.echo(f"{res.command}: the view now serves {res.column} ({res.fingerprint}); phase "
-               f"{res.phase_before} -> {res.phase_after}")
-    click.echo(f"  lock wait {res.lock_wait_ms:.1f} ms, lock held {res.hold_ms:.1f} ms, "
-               f"{res.attempts} attempt(s), total {res.total_ms:.1f} ms")
+    click.echo(
+        f"{res.command}: the view now serves {res.column} ({res.fingerprint}); phase "
+        f"{res.phase_before} -> {res.phase_after}"
+    )
+    click.echo(
+        f"  lock wait {res.lock_wait_ms:.1f} ms, lock held {res.hold_ms:.1f} ms, "
+        f"{res.attempts} attempt(s), total {res.total_ms:.1f} ms"
+    )
     if res.view_matches_snapshot is False:
         click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
 
@@ -66,8 +70,9 @@ def rollback_cmd(plan_path: str, database_url: str | None, as_json: bool) -> Non
 @database_option
 @json_option
 @handle_errors
-def finalize_cmd(plan_path: str, yes: bool, force: bool, database_url: str | None,
-                 as_json: bool) -> None:
+def finalize_cmd(
+    plan_path: str, yes: bool, force: bool, database_url: str | None, as_json: bool
+) -> None:
     """Drop the old column, its indexes and migrator's trigger. IRREVERSIBLE.
 
     Allowed after the plan's cutover.rollback_window_hours (or with --force).
@@ -76,7 +81,9 @@ def finalize_cmd(plan_path: str, yes: bool, force: bool, database_url: str | Non
     if not yes and not as_json:
         yes = click.confirm(
             f"finalize drops {plan.table.schema_}.{plan.table.name}.{plan.source.column} and its "
-            "indexes; rollback will no longer be possible. Continue?", default=False)
+            "indexes; rollback will no longer be possible. Continue?",
+            default=False,
+        )
         if not yes:
             click.echo("nothing was changed")
             return
@@ -85,8 +92,10 @@ def finalize_cmd(plan_path: str, yes: bool, force: bool, database_url: str | Non
         emit_json({"ok": True, **res.as_dict()})
     else:
         idx = ", ".join(res.dropped_indexes) or "none"
-        click.echo(f"finalized: dropped {res.dropped_column} (indexes: {idx}) and the change "
-                   f"capture in {res.total_ms:.0f} ms")
+        click.echo(
+            f"finalized: dropped {res.dropped_column} (indexes: {idx}) and the change "
+            f"capture in {res.total_ms:.0f} ms"
+        )
 
 
 @click.command("serve-search")
@@ -96,8 +105,9 @@ def finalize_cmd(plan_path: str, yes: bool, force: bool, database_url: str | Non
 @click.option("--pool-size", default=8, show_default=True, type=click.IntRange(1, 100))
 @database_option
 @handle_errors
-def serve_search_cmd(view: str, host: str, port: int, pool_size: int,
-                     database_url: str | None) -> None:
+def serve_search_cmd(
+    view: str, host: str, port: int, pool_size: int, database_url: str | None
+) -> None:
     """Serve GET /search?q=...&k=..., /healthz and /metrics over a migrator view."""
     from migrator.search_service import serve
 
@@ -110,16 +120,33 @@ def serve_search_cmd(view: str, host: str, port: int, pool_size: int,
 @click.command("drill")
 @plan_argument
 @click.option("--qps", type=click.FloatRange(min=0.1), required=True, help="Total searches/s.")
-@click.option("--duration", type=click.FloatRange(min=1), default=60, show_default=True,
-              help="Seconds of load.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds of load.",
+)
 @click.option("--processes", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--run", "run_phases", default="", metavar="STEPS",
-              help="Run these steps itself, evenly spaced, e.g. cutover,rollback,cutover.")
+@click.option(
+    "--run",
+    "run_phases",
+    default="",
+    metavar="STEPS",
+    help="Run these steps itself, evenly spaced, e.g. cutover,rollback,cutover.",
+)
 @database_option
 @json_option
 @handle_errors
-def drill_cmd(plan_path: str, qps: float, duration: float, processes: int, run_phases: str,
-              database_url: str | None, as_json: bool) -> None:
+def drill_cmd(
+    plan_path: str,
+    qps: float,
+    duration: float,
+    processes: int,
+    run_phases: str,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
     """Search the plan's view at a fixed rate while the phases run; report per phase.
 
     Counts failed queries and rows from another model than the query's, and gives latency
@@ -129,8 +156,10 @@ def drill_cmd(plan_path: str, qps: float, duration: float, processes: int, run_p
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
-    calls = {"cutover": lambda: switch.cutover(settings, plan),
-             "rollback": lambda: switch.rollback(settings, plan)}
+    calls = {
+        "cutover": lambda: switch.cutover(settings, plan),
+        "rollback": lambda: switch.rollback(settings, plan),
+    }
     names = [s.strip() for s in run_phases.split(",") if s.strip()]
     bad = [n for n in names if n not in calls]
     if bad:
@@ -140,9 +169,16 @@ def drill_cmd(plan_path: str, qps: float, duration: float, processes: int, run_p
     def on_action(name: str, outcome: object) -> None:
         console.print(f"{name}: {outcome}")
 
-    report = run_drill(resolve_url(settings), plan, qps=qps, duration=duration,
-                       processes=processes, environ=dict(settings.environ),
-                       actions=[(n, calls[n]) for n in names], on_action=on_action)
+    report = run_drill(
+        resolve_url(settings),
+        plan,
+        qps=qps,
+        duration=duration,
+        processes=processes,
+        environ=dict(settings.environ),
+        actions=[(n, calls[n]) for n in names],
+        on_action=on_action,
+    )
     data = report.as_dict()
     if as_json:
         emit_json(data)
@@ -155,15 +191,37 @@ def drill_cmd(plan_path: str, qps: float, duration: float, processes: int, run_p
 def _print_drill(data: dict[str, Any]) -> None:
     from rich.table import Table
 
-    t = Table("phase", "from s", "queries", "failed", "cross-model", "empty", "hit rate",
-              "retries", "p50 ms", "p95 ms", "p99 ms", title=(
-                  f"drill: {data['queries']} queries in {data['seconds']} s "
-                  f"({data['qps_achieved']}/s, {data['processes']} processes)"))
+    t = Table(
+        "phase",
+        "from s",
+        "queries",
+        "failed",
+        "cross-model",
+        "empty",
+        "hit rate",
+        "retries",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        title=(
+            f"drill: {data['queries']} queries in {data['seconds']} s "
+            f"({data['qps_achieved']}/s, {data['processes']} processes)"
+        ),
+    )
     for p in data["phases"]:
-        t.add_row(p["phase"], str(p["started_s"]), str(p["queries"]), str(p["failed"]),
-                  str(p["cross_model_rows"]), str(p["empty"]), str(p["hit_rate"]),
-                  str(p["model_switch_retries"]), str(p["p50_ms"]), str(p["p95_ms"]),
-                  str(p["p99_ms"]))
+        t.add_row(
+            p["phase"],
+            str(p["started_s"]),
+            str(p["queries"]),
+            str(p["failed"]),
+            str(p["cross_model_rows"]),
+            str(p["empty"]),
+            str(p["hit_rate"]),
+            str(p["model_switch_retries"]),
+            str(p["p50_ms"]),
+            str(p["p95_ms"]),
+            str(p["p99_ms"]),
+        )
     make_console().print(t)
     for err in data["errors"]:
         click.echo(f"  error: {err}", err=True)

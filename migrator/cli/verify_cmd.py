@@ -42,6 +42,7 @@ def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
         yield line_stage, line_index
         return
     with console.status("verify: starting") as status:
+
         def on_stage(name: str) -> None:
             status.update(f"verify: {name}")
 
@@ -58,18 +59,43 @@ def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
 @plan_argument
 @database_option
 @json_option
-@click.option("--report-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Also write the report to PATH (.md, .html or .json): statistics only.")
-@click.option("--skip-index", is_flag=True,
-              help="Do not build the index (its recall is still measured: a missing one fails).")
-@click.option("--sample", type=click.IntRange(1, 100_000), default=None,
-              help="Rows sampled for freshness, parity and index recall (default: the plan's).")
+@click.option(
+    "--report-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Also write the report to PATH (.md, .html or .json): statistics only.",
+)
+@click.option(
+    "--skip-index",
+    is_flag=True,
+    help="Do not build the index (its recall is still measured: a missing one fails).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Rows sampled for freshness, parity and index recall (default: the plan's).",
+)
 @click.option("--seed", type=int, default=None, help="Sampling seed (default: the plan's).")
-@click.option("--query-mode", type=click.Choice(QUERY_MODES), default="span", show_default=True,
-              help="span: 8-15 consecutive words of each sampled row; text: the whole text.")
+@click.option(
+    "--query-mode",
+    type=click.Choice(QUERY_MODES),
+    default="span",
+    show_default=True,
+    help="span: 8-15 consecutive words of each sampled row; text: the whole text.",
+)
 @handle_errors
-def verify_cmd(plan_path: str, database_url: str | None, as_json: bool, report_file: str | None,
-               skip_index: bool, sample: int | None, seed: int | None, query_mode: str) -> None:
+def verify_cmd(
+    plan_path: str,
+    database_url: str | None,
+    as_json: bool,
+    report_file: str | None,
+    skip_index: bool,
+    sample: int | None,
+    seed: int | None,
+    query_mode: str,
+) -> None:
     """Build the new index, then check coverage, vector health, freshness, index recall and
     model parity (and labelled queries when the plan names them); store the report.
 
@@ -78,18 +104,34 @@ def verify_cmd(plan_path: str, database_url: str | None, as_json: bool, report_f
     cutover refuses unless the latest report passed and is still current).
     """
     plan = read_plan(plan_path)
-    options = VerifyOptions(build_index=not skip_index, sample=sample, seed=seed,
-                            query_mode=query_mode, plan_dir=Path(plan_path).resolve().parent)
+    options = VerifyOptions(
+        build_index=not skip_index,
+        sample=sample,
+        seed=seed,
+        query_mode=query_mode,
+        plan_dir=Path(plan_path).resolve().parent,
+    )
     failure: VerifyFailed | None = None
     with progress_display(make_console(stderr=True)) as (on_stage, on_index):
         try:
-            outcome = verify(settings_from(database_url), plan, options, on_stage=on_stage,
-                             on_index_progress=on_index)
+            outcome = verify(
+                settings_from(database_url),
+                plan,
+                options,
+                on_stage=on_stage,
+                on_index_progress=on_index,
+            )
         except VerifyFailed as exc:
             failure, outcome = exc, exc.outcome
     if as_json:
-        emit_json({"ok": outcome.report.passed, "report_id": outcome.report_id,
-                   "phase": outcome.phase, **outcome.report.as_dict()})
+        emit_json(
+            {
+                "ok": outcome.report.passed,
+                "report_id": outcome.report_id,
+                "phase": outcome.phase,
+                **outcome.report.as_dict(),
+            }
+        )
     else:
         render_table(make_console(), outcome.report)
     if report_file:

@@ -162,7 +162,10 @@ class OpenAIProvider(Provider):
             if not text or not text.strip():
                 raise ValueError(f"input {i} is empty: empty texts must never be sent")
         body: dict[str, Any] = {
-            "input": list(texts), "model": self.spec.name, "encoding_format": self.encoding}
+            "input": list(texts),
+            "model": self.spec.name,
+            "encoding_format": self.encoding,
+        }
         if self.spec.send_dimensions:
             body["dimensions"] = self.dimensions
         try:
@@ -171,8 +174,11 @@ class OpenAIProvider(Provider):
             # transform (~20% of a worker's CPU at 256 inputs) and, parsed, builds a model per
             # float (~0.45 s per 256 x 256 answer). Auth, timeout and error mapping are the same.
             raw = self.client.post(
-                "/embeddings", cast_to=httpx.Response, body=body,
-                options={"security": {"bearer_auth": True}})
+                "/embeddings",
+                cast_to=httpx.Response,
+                body=body,
+                options={"security": {"bearer_auth": True}},
+            )
             payload = _loads(raw.content)
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
@@ -185,8 +191,9 @@ class OpenAIProvider(Provider):
         matrix = check_response_shape(pairs, expected=len(texts), dimensions=self.dimensions)
         usage = payload.get("usage")
         used = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        self._local.usage = used if isinstance(used, int) and not isinstance(used, bool) \
-            and used >= 0 else None
+        self._local.usage = (
+            used if isinstance(used, int) and not isinstance(used, bool) and used >= 0 else None
+        )
         return matrix
 
     def last_usage(self) -> int | None:

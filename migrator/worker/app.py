@@ -37,7 +37,8 @@ def make_app(url: str) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options=(
-            {"visibility_timeout": VISIBILITY_TIMEOUT_S} if is_redis(url) else {}),
+            {"visibility_timeout": VISIBILITY_TIMEOUT_S} if is_redis(url) else {}
+        ),
     )
     return app
 

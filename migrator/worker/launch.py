@@ -18,11 +18,33 @@ from migrator.config import Settings
 from migrator.db import resolve_url
 
 
-def worker_command(queue: str, *, concurrency: int = 2, pool: str = "prefork",
-                   loglevel: str = "warning", hostname: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "celery", "-A", "migrator.worker.app", "worker", "-Q", queue,
-           "-c", str(concurrency), "--pool", pool, "--without-heartbeat", "--without-gossip",
-           "--without-mingle", "-l", loglevel]
+def worker_command(
+    queue: str,
+    *,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    loglevel: str = "warning",
+    hostname: str | None = None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "migrator.worker.app",
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        loglevel,
+    ]
     if hostname:
         cmd += ["-n", hostname]
     return cmd
@@ -39,17 +61,35 @@ def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> di
     return env
 
 
-def start_workers(settings: Settings, queue: str, n: int, *, concurrency: int = 1,
-                  pool: str = "prefork", log: IO[bytes] | None = None,
-                  ) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    settings: Settings,
+    queue: str,
+    n: int,
+    *,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    log: IO[bytes] | None = None,
+) -> list[subprocess.Popen[bytes]]:
     """Start n worker processes; their output goes to `log` when given (else the terminal)."""
     env = worker_env(settings)
     procs = []
     for i in range(n):
-        cmd = worker_command(queue, concurrency=concurrency, pool=pool,
-                             hostname=f"migrator-local-{os.getpid()}-{i}@%h")
-        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=log, start_new_session=True))
+        cmd = worker_command(
+            queue,
+            concurrency=concurrency,
+            pool=pool,
+            hostname=f"migrator-local-{os.getpid()}-{i}@%h",
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
     return procs
 
 

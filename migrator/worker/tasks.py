@@ -63,8 +63,11 @@ class Runtime:
         cached = self.plans.get(name)
         if cached is not None and time.monotonic() - cached[0] < PLAN_TTL_S:
             return cached[1]
-        row = self.connection().execute(
-            "SELECT plan FROM migrator.migrations WHERE name = %s", (name,)).fetchone()
+        row = (
+            self.connection()
+            .execute("SELECT plan FROM migrator.migrations WHERE name = %s", (name,))
+            .fetchone()
+        )
         if row is None:
             raise LookupError(f"migration {name!r} is not registered in this database")
         plan = parse_plan(row[0], path=f"migrator.migrations[{name}]")
@@ -76,8 +79,9 @@ class Runtime:
         found = self.providers.get(key)
         if found is None or found.fingerprint != rs.model.fingerprint():
             inner = provider_for(rs.model, self.settings.environ)
-            found = work.RetryingProvider(inner, self.limiter(plan, rs), plan.backfill.retry,
-                                          self.stats)
+            found = work.RetryingProvider(
+                inner, self.limiter(plan, rs), plan.backfill.retry, self.stats
+            )
             self.providers[key] = found
         return found
 
@@ -90,11 +94,15 @@ class Runtime:
             try:
                 url = limiter_redis_url(self.settings, start_embedded=limited)
             except Exception as exc:  # no Redis at hand: per-process pauses only
-                log.warning("no Redis for the shared rate budget (%s): limits are per process",
-                            exc)
+                log.warning("no Redis for the shared rate budget (%s): limits are per process", exc)
                 url = None
-            found = make_limiter(url, plan.name, rs.role, rpm=bf.requests_per_minute,
-                                 tpm=bf.tokens_per_minute) if url else NoLimiter()
+            found = (
+                make_limiter(
+                    url, plan.name, rs.role, rpm=bf.requests_per_minute, tpm=bf.tokens_per_minute
+                )
+                if url
+                else NoLimiter()
+            )
             self.limiters[key] = found
         return found
 
@@ -113,15 +121,27 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
-          ignore_result=True, max_retries=None)
+@app.task(
+    bind=True,
+    name=TASK_NAME,
+    acks_late=True,
+    reject_on_worker_lost=True,  # type: ignore[untyped-decorator]
+    ignore_result=True,
+    max_retries=None,
+)
 def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
     rt = runtime()
     try:
         plan = rt.plan(migration)
         conn = rt.connection()
-        out = work.run_batch(conn, plan, batch_id, provider=lambda rs: rt.provider(plan, rs),
-                             limiter=lambda rs: rt.limiter(plan, rs), worker=_worker_id())
+        out = work.run_batch(
+            conn,
+            plan,
+            batch_id,
+            provider=lambda rs: rt.provider(plan, rs),
+            limiter=lambda rs: rt.limiter(plan, rs),
+            worker=_worker_id(),
+        )
     except Retry:
         raise
     except Exception as exc:
@@ -132,8 +152,9 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
     return {"batch": batch_id, "status": out.status, "written": out.written}
 
 
-def _failed(task: Task, rt: Runtime, migration: str, batch_id: int,
-            exc: BaseException) -> dict[str, Any]:
+def _failed(
+    task: Task, rt: Runtime, migration: str, batch_id: int, exc: BaseException
+) -> dict[str, Any]:
     # A time limit can interrupt a query mid-protocol: that connection is unusable too.
     if isinstance(exc, psycopg.OperationalError | SoftTimeLimitExceeded):
         rt.drop_connection()

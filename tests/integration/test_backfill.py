@@ -48,7 +48,8 @@ def _settings(settings: Settings, broker: str) -> Settings:
 
 
 def test_20k_rows_every_row_fresh_and_status_agrees(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     n = int(os.environ.get("MIGRATOR_TEST_BACKFILL_ROWS", "20000"))
     make_documents(database_url, n, empty_every=97)
     plan = unique_plan(server.url)
@@ -57,8 +58,10 @@ def test_20k_rows_every_row_fresh_and_status_agrees(
         t0 = time.monotonic()
         summary = backfill.run(st, plan, backfill.Options(poll_seconds=0.3))
         seconds = time.monotonic() - t0
-    print(f"\nbackfill of {n} rows: {seconds:.1f} s, {summary['rows_written'] / seconds:.0f} rows/s"
-          f" (summary {summary['rows_per_second']} rows/s)")
+    print(
+        f"\nbackfill of {n} rows: {seconds:.1f} s, {summary['rows_written'] / seconds:.0f} rows/s"
+        f" (summary {summary['rows_per_second']} rows/s)"
+    )
     counts = assert_all_fresh(database_url)
     assert summary["complete"] and summary["phase"] == "backfilled"
     assert summary["rows_pending"] == 0 and summary["dead_letters"] == 0
@@ -74,8 +77,9 @@ def test_20k_rows_every_row_fresh_and_status_agrees(
     # Rerunning is harmless: nothing left to do, nothing rewritten.
     again = backfill.run(st, plan, backfill.Options(poll_seconds=0.2))
     assert again["complete"] and again["rows_written_this_run"] == 0
-    out = CliRunner().invoke(cli, ["status", "--json", "--database-url", database_url,
-                                   _plan_file(plan, st)])
+    out = CliRunner().invoke(
+        cli, ["status", "--json", "--database-url", database_url, _plan_file(plan, st)]
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["progress"]["rows_done"] == counts["eligible"]
 
@@ -89,8 +93,9 @@ def _plan_file(plan: object, st: Settings) -> str:
     return str(path)
 
 
-def test_phase_is_not_moved_backwards(database_url: str, settings: Settings,
-                                      server: ServerHandle) -> None:
+def test_phase_is_not_moved_backwards(
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 300)
     plan = unique_plan(server.url, backfill__batch_size=100)
     st = _settings(settings, REDIS)
@@ -103,12 +108,14 @@ def test_phase_is_not_moved_backwards(database_url: str, settings: Settings,
 
 
 def test_concurrent_inserts_updates_deletes_during_backfill(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     n = 4000
     make_documents(database_url, n, empty_every=50)
     server.set_controls(latency_ms=20)  # long enough for the writer to race the workers
-    plan = unique_plan(server.url, backfill__batch_size=200,
-                       target__model__max_inputs_per_request=50)
+    plan = unique_plan(
+        server.url, backfill__batch_size=200, target__model__max_inputs_per_request=50
+    )
     st = _settings(settings, REDIS)
     rng = random.Random(3)
     stop = threading.Event()
@@ -117,26 +124,35 @@ def test_concurrent_inserts_updates_deletes_during_backfill(
     def writer() -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
             # Start once change capture is there: the trigger must see every write below.
-            while not stop.is_set() and conn.execute(
-                    "SELECT 1 FROM pg_trigger WHERE tgname = %s",
-                    (plan.trigger_name,)).fetchone() is None:
+            while (
+                not stop.is_set()
+                and conn.execute(
+                    "SELECT 1 FROM pg_trigger WHERE tgname = %s", (plan.trigger_name,)
+                ).fetchone()
+                is None
+            ):
                 time.sleep(0.05)
             next_id = n + 1
             while not stop.is_set():
                 op = rng.random()
                 pk = rng.randint(1, n)
                 if op < 0.3:
-                    conn.execute("INSERT INTO documents (id, title, body) VALUES (%s, 't', %s)",
-                                 (next_id, random_text(rng)))
+                    conn.execute(
+                        "INSERT INTO documents (id, title, body) VALUES (%s, 't', %s)",
+                        (next_id, random_text(rng)),
+                    )
                     log["inserted"].add(next_id)
                     next_id += 1
                 elif op < 0.6:
-                    conn.execute("UPDATE documents SET body = %s WHERE id = %s",
-                                 (random_text(rng), pk))
+                    conn.execute(
+                        "UPDATE documents SET body = %s WHERE id = %s", (random_text(rng), pk)
+                    )
                     log["text"].add(pk)
                 elif op < 0.85:
-                    conn.execute("UPDATE documents SET category = 'x', title = title || '!' "
-                                 "WHERE id = %s", (pk,))
+                    conn.execute(
+                        "UPDATE documents SET category = 'x', title = title || '!' WHERE id = %s",
+                        (pk,),
+                    )
                     log["other"].add(pk)
                 else:
                     conn.execute("DELETE FROM documents WHERE id = %s", (pk,))
@@ -147,8 +163,9 @@ def test_concurrent_inserts_updates_deletes_during_backfill(
     with workers(database_url, REDIS, plan.queue, n=1, concurrency=2):
         thread.start()
         result: dict[str, object] = {}
-        runner = threading.Thread(target=lambda: result.update(
-            backfill.run(st, plan, backfill.Options(poll_seconds=0.3))))
+        runner = threading.Thread(
+            target=lambda: result.update(backfill.run(st, plan, backfill.Options(poll_seconds=0.3)))
+        )
         runner.start()
         time.sleep(3.0)
         stop.set()
@@ -169,16 +186,18 @@ def test_concurrent_inserts_updates_deletes_during_backfill(
     before = current_rows(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET category = 'y', title = 'z' WHERE id <= 200")
-        changes = conn.execute("SELECT count(*) FROM migrator.changes WHERE migration = %s "
-                               "AND processed_at IS NULL", (plan.name,)).fetchone()
+        changes = conn.execute(
+            "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
+            (plan.name,),
+        ).fetchone()
     assert changes == (0,)
     after = current_rows(database_url)
-    assert all(
-        (before[i][1] is None) == (after[i][1] is None) for i in before if i <= 200)
+    assert all((before[i][1] is None) == (after[i][1] is None) for i in before if i <= 200)
 
 
 def test_poison_row_is_dead_lettered_alone_and_replayed_after_a_fix(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 1200, poison_ids=(777,))
     server.set_controls(poison_marker=POISON)
     plan = unique_plan(server.url, backfill__batch_size=300)
@@ -193,9 +212,19 @@ def test_poison_row_is_dead_lettered_alone_and_replayed_after_a_fix(
         assert status["progress"]["dead_letters"] == 1
         # The provider is fixed; the replay fills the row and resolves the dead letter.
         server.set_controls(poison_marker=None)
-        out = CliRunner().invoke(cli, ["backfill", "--retry-dead-letters", "--json",
-                                       "--database-url", database_url, "--broker-url", REDIS,
-                                       _plan_file(plan, st)])
+        out = CliRunner().invoke(
+            cli,
+            [
+                "backfill",
+                "--retry-dead-letters",
+                "--json",
+                "--database-url",
+                database_url,
+                "--broker-url",
+                REDIS,
+                _plan_file(plan, st),
+            ],
+        )
         assert out.exit_code == 0, out.output
     assert_all_fresh(database_url)
     assert api.status(st, plan)["dead_letters"] == []

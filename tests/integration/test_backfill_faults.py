@@ -65,27 +65,50 @@ def _plan_file(plan: Plan, home: Path) -> str:
 def _done_batches(url: str, name: str) -> int:
     with psycopg.connect(url) as conn:
         try:
-            row = conn.execute("SELECT count(*) FROM migrator.batches WHERE migration = %s "
-                               "AND status = 'done'", (name,)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM migrator.batches WHERE migration = %s AND status = 'done'",
+                (name,),
+            ).fetchone()
         except psycopg.errors.UndefinedTable:  # the producer has not created the schema yet
             return 0
     return int(row[0]) if row else 0
 
 
 def test_sigkill_worker_mid_batch_and_producer_then_rerun(
-        database_url: str, settings: Settings, server: ServerHandle, tmp_path: Path) -> None:
+    database_url: str, settings: Settings, server: ServerHandle, tmp_path: Path
+) -> None:
     make_documents(database_url, 3000)
     server.set_controls(latency_ms=150)  # batches take ~1 s: kills land mid-batch
-    plan = unique_plan(server.url, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=20,
-                       backfill__stall_after_seconds=10)
+    plan = unique_plan(
+        server.url,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=20,
+        backfill__stall_after_seconds=10,
+    )
     st = _settings(settings, REDIS)
-    env = {**os.environ, "DATABASE_URL": database_url, "CELERY_BROKER_URL": REDIS,
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": REDIS,
+        "PYTHONPATH": str(ROOT),
+    }
     producer = subprocess.Popen(
-        [sys.executable, "-c", "from migrator.cli import main; main()", "backfill", "--json",
-         "--workers", "0", _plan_file(plan, tmp_path)], env=env, cwd=ROOT,
-        stdout=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from migrator.cli import main; main()",
+            "backfill",
+            "--json",
+            "--workers",
+            "0",
+            _plan_file(plan, tmp_path),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     procs = start_workers(database_url, REDIS, plan.queue, n=1, concurrency=2)
     try:
         assert wait_for(lambda: _done_batches(database_url, plan.name) >= 3, 60)
@@ -99,8 +122,10 @@ def test_sigkill_worker_mid_batch_and_producer_then_rerun(
         producer.wait(10)
         procs[0].wait(10)
         with psycopg.connect(database_url) as conn:
-            running = conn.execute("SELECT count(*) FROM migrator.batches WHERE migration = %s "
-                                   "AND status = 'running'", (plan.name,)).fetchone()
+            running = conn.execute(
+                "SELECT count(*) FROM migrator.batches WHERE migration = %s AND status = 'running'",
+                (plan.name,),
+            ).fetchone()
         done_at_kill = _done_batches(database_url, plan.name)
         assert done_at_kill < 30, "the kill came too late to test anything"
         # A new worker and a rerun of the same command: nothing lost, nothing doubled.
@@ -125,13 +150,18 @@ def with_kill(p: subprocess.Popen[bytes]) -> None:
 
 
 def test_shared_budget_holds_under_a_provider_quota(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 2000)
     # The server admits 600 requests a minute; the plan's budget is 90% of it, shared by two
     # worker processes (four requests in flight each).
     server.set_controls(rpm=600)
-    plan = unique_plan(server.url, backfill__batch_size=100, backfill__requests_per_minute=540,
-                       target__model__max_inputs_per_request=20)
+    plan = unique_plan(
+        server.url,
+        backfill__batch_size=100,
+        backfill__requests_per_minute=540,
+        target__model__max_inputs_per_request=20,
+    )
     st = _settings(settings, REDIS)
     with workers(database_url, REDIS, plan.queue, n=2, concurrency=1):
         t0 = time.monotonic()
@@ -148,13 +178,15 @@ def test_shared_budget_holds_under_a_provider_quota(
 
 
 def test_retry_after_pauses_every_worker(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 2000)
     # No budget in the plan: the server's quota (20 requests per 2 s) is found by 429s, and
     # each Retry-After pauses both workers through the shared pause in Redis.
     server.set_controls(rpm=20, quota_window_seconds=2.0)
-    plan = unique_plan(server.url, backfill__batch_size=100,
-                       target__model__max_inputs_per_request=20)
+    plan = unique_plan(
+        server.url, backfill__batch_size=100, target__model__max_inputs_per_request=20
+    )
     st = _settings(settings, REDIS)
     with workers(database_url, REDIS, plan.queue, n=2, concurrency=1):
         out = backfill.run(st, plan, backfill.Options(poll_seconds=0.3))
@@ -168,26 +200,36 @@ def test_retry_after_pauses_every_worker(
 
 
 def test_four_requests_in_flight_give_3x_the_throughput(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 1500)
     server.set_controls(latency_ms=100)
     st = _settings(settings, REDIS)
     rates = {}
     for conc in (1, 4):
-        plan = unique_plan(server.url, backfill__batch_size=750, backfill__concurrency=conc,
-                           target__column=f"embedding_c{conc}", view__name=f"docs_c{conc}",
-                           target__model__max_inputs_per_request=25)
+        plan = unique_plan(
+            server.url,
+            backfill__batch_size=750,
+            backfill__concurrency=conc,
+            target__column=f"embedding_c{conc}",
+            view__name=f"docs_c{conc}",
+            target__model__max_inputs_per_request=25,
+        )
         with workers(database_url, REDIS, plan.queue, n=1, concurrency=1):
             out = backfill.run(st, plan, backfill.Options(poll_seconds=0.1))
         assert out["complete"]
         with psycopg.connect(database_url) as conn:
             row = conn.execute(
                 "SELECT sum(rows_written), extract(epoch FROM max(finished_at) - min(claimed_at)) "
-                "FROM migrator.batches WHERE migration = %s", (plan.name,)).fetchone()
+                "FROM migrator.batches WHERE migration = %s",
+                (plan.name,),
+            ).fetchone()
         assert row is not None
         rates[conc] = float(row[0]) / float(row[1])
-    print(f"\nrows/s with 100 ms latency: 1-way {rates[1]:.0f}, 4-way {rates[4]:.0f} "
-          f"({rates[4] / rates[1]:.2f}x)")
+    print(
+        f"\nrows/s with 100 ms latency: 1-way {rates[1]:.0f}, 4-way {rates[4]:.0f} "
+        f"({rates[4] / rates[1]:.2f}x)"
+    )
     assert rates[4] >= 3 * rates[1]
 
 
@@ -202,19 +244,32 @@ def test_rabbitmq_broker(database_url: str, settings: Settings, server: ServerHa
 
 
 def test_embedded_broker_with_zero_configuration(
-        database_url: str, settings: Settings, server: ServerHandle, tmp_path: Path) -> None:
+    database_url: str, settings: Settings, server: ServerHandle, tmp_path: Path
+) -> None:
     make_documents(database_url, 1500)
     plan = unique_plan(server.url, backfill__batch_size=250)
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CELERY_BROKER_URL", "MIGRATOR_REDIS_URL")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "MIGRATOR_REDIS_URL")
+    }
     env.update(DATABASE_URL=database_url, MIGRATOR_HOME=str(home), PYTHONPATH=str(ROOT))
     try:
         # No broker configured: `backfill` starts the embedded Redis and two local workers.
         res = subprocess.run(
-            [sys.executable, "-c", "from migrator.cli import main; main()", "backfill",
-             "--json", _plan_file(plan, tmp_path)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+            [
+                sys.executable,
+                "-c",
+                "from migrator.cli import main; main()",
+                "backfill",
+                "--json",
+                _plan_file(plan, tmp_path),
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert (home / "redis.sock").exists()
     finally:

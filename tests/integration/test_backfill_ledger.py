@@ -39,29 +39,37 @@ def _settings(settings: Settings) -> Settings:
 
 
 def _run(conn: psycopg.Connection, plan: object, batch_id: int) -> work.BatchOutcome:
-    return work.run_batch(conn, plan, batch_id,  # type: ignore[arg-type]
-                          provider=lambda rs: provider_for(rs.model, {}),
-                          limiter=lambda rs: NoLimiter())
+    return work.run_batch(
+        conn,
+        plan,
+        batch_id,  # type: ignore[arg-type]
+        provider=lambda rs: provider_for(rs.model, {}),
+        limiter=lambda rs: NoLimiter(),
+    )
 
 
-def test_ranges_follow_key_order_and_resume(database_url: str, settings: Settings,
-                                            server: ServerHandle) -> None:
+def test_ranges_follow_key_order_and_resume(
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 1050)
     plan = unique_plan(server.url, backfill__batch_size=100)
     st = _settings(settings)
     # Enqueue only: nothing consumes the queue in this test.
     backfill.run(st, plan, backfill.Options(wait=False))
     with connect(database_url) as conn:
-        rows = conn.execute("SELECT key_lo, key_hi FROM migrator.batches WHERE migration = %s "
-                            "ORDER BY id", (plan.name,)).fetchall()
+        rows = conn.execute(
+            "SELECT key_lo, key_hi FROM migrator.batches WHERE migration = %s ORDER BY id",
+            (plan.name,),
+        ).fetchall()
         assert rows[0] == (None, "100") and rows[1] == ("100", "200")
         assert rows[-1] == ("1000", None) and len(rows) == 11  # the last range is open above
         # A rerun creates no second set of ranges.
         assert list(ledger.create_range_batches(conn, plan)) == []
         # Every batch's rows: exactly batch_size (keys compared as numbers, not text).
         total = 0
-        for b in conn.execute("SELECT id FROM migrator.batches WHERE migration = %s",
-                              (plan.name,)).fetchall():
+        for b in conn.execute(
+            "SELECT id FROM migrator.batches WHERE migration = %s", (plan.name,)
+        ).fetchall():
             out = _run(conn, plan, int(b[0]))
             assert out.status == "done" and out.total <= 100
             total += out.total
@@ -70,13 +78,15 @@ def test_ranges_follow_key_order_and_resume(database_url: str, settings: Setting
 
 
 def test_duplicate_execution_writes_nothing_and_is_counted(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 300)
     plan = unique_plan(server.url, backfill__batch_size=300)
     backfill.run(_settings(settings), plan, backfill.Options(wait=False))
     with connect(database_url) as conn:
-        (bid,) = conn.execute("SELECT id FROM migrator.batches WHERE migration = %s "
-                              "ORDER BY id LIMIT 1", (plan.name,)).fetchone()  # type: ignore[misc]
+        (bid,) = conn.execute(
+            "SELECT id FROM migrator.batches WHERE migration = %s ORDER BY id LIMIT 1", (plan.name,)
+        ).fetchone()  # type: ignore[misc]
         first = _run(conn, plan, bid)
         assert first.written == 300
         # A redelivered message of a finished batch does nothing at all.
@@ -90,13 +100,15 @@ def test_duplicate_execution_writes_nothing_and_is_counted(
 
 
 def test_stale_text_is_not_overwritten_and_changes_become_batches(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 200)
     plan = unique_plan(server.url, backfill__batch_size=200)
     backfill.run(_settings(settings), plan, backfill.Options(wait=False))
     with connect(database_url) as conn:
-        (bid,) = conn.execute("SELECT id FROM migrator.batches WHERE migration = %s "
-                              "ORDER BY id LIMIT 1", (plan.name,)).fetchone()  # type: ignore[misc]
+        (bid,) = conn.execute(
+            "SELECT id FROM migrator.batches WHERE migration = %s ORDER BY id LIMIT 1", (plan.name,)
+        ).fetchone()  # type: ignore[misc]
 
         class ChangingProvider:
             """Changes row 5's text while its batch is being embedded."""
@@ -113,8 +125,13 @@ def test_stale_text_is_not_overwritten_and_changes_become_batches(
                     other.execute("DELETE FROM documents WHERE id = 6")
                 return self.inner.embed(texts)
 
-        out = work.run_batch(conn, plan, bid, provider=lambda rs: ChangingProvider(),  # type: ignore[arg-type,return-value]
-                             limiter=lambda rs: NoLimiter())
+        out = work.run_batch(
+            conn,
+            plan,
+            bid,
+            provider=lambda rs: ChangingProvider(),  # type: ignore[arg-type,return-value]
+            limiter=lambda rs: NoLimiter(),
+        )
         assert out.stale == 2 and out.written == 198
         v = conn.execute("SELECT embedding_v2 IS NULL FROM documents WHERE id = 5").fetchone()
         assert v == (True,)
@@ -126,7 +143,8 @@ def test_stale_text_is_not_overwritten_and_changes_become_batches(
 
 
 def test_lost_messages_are_found_from_the_database(
-        database_url: str, settings: Settings, server: ServerHandle) -> None:
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
     make_documents(database_url, 600)
     plan = unique_plan(server.url, backfill__batch_size=100)
     st = _settings(settings)

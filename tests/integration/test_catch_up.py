@@ -39,10 +39,12 @@ def test_catch_up_pass_re_embeds_changed_rows(database_url: str, settings: Setti
             rng = random.Random(3)
             with psycopg.connect(database_url, autocommit=True) as conn:
                 for pk in rng.sample(range(1, 401), 25):
-                    conn.execute("UPDATE documents SET body = %s WHERE id = %s",
-                                 (random_text(rng), pk))
+                    conn.execute(
+                        "UPDATE documents SET body = %s WHERE id = %s", (random_text(rng), pk)
+                    )
                 stale = conn.execute(
-                    "SELECT count(*) FROM documents WHERE embedding_v2 IS NULL").fetchone()
+                    "SELECT count(*) FROM documents WHERE embedding_v2 IS NULL"
+                ).fetchone()
             assert stale == (25,)  # the trigger cleared exactly the changed rows
 
             first = catch_up_once(plan.name, env)

@@ -17,7 +17,6 @@ from migrator.cli import cli
 from migrator.config import Settings
 from migrator.db import alembic_config, connect, ensure_schema
 from migrator.errors import ConcurrentRunError, PhaseError, PlanError, PreflightError
-from migrator.plan import parse_plan
 from tests.helpers import ROOT, create_documents, demo_plan
 
 pytestmark = pytest.mark.integration
@@ -28,14 +27,16 @@ def _catalog(url: str) -> list[tuple[object, ...]]:
         return conn.execute(
             "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
             "ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', "
-            "'pg_toast') ORDER BY 1, 2").fetchall()
+            "'pg_toast') ORDER BY 1, 2"
+        ).fetchall()
 
 
 def test_schema_upgrade_is_idempotent_and_has_no_drift(database_url: str) -> None:
     ensure_schema(database_url)
     ensure_schema(database_url)
-    from alembic import command
     from sqlalchemy import create_engine
+
+    from alembic import command
 
     cfg = alembic_config(database_url)
     engine = create_engine(cfg.get_main_option("sqlalchemy.url").replace("%%", "%"))  # type: ignore[attr-defined]
@@ -47,8 +48,13 @@ def test_schema_upgrade_is_idempotent_and_has_no_drift(database_url: str) -> Non
 
 def test_alembic_cli_with_shipped_ini(database_url: str) -> None:
     env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"),
-                          "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     with psycopg.connect(database_url) as conn:
         v = conn.execute("SELECT version_num FROM migrator.alembic_version").fetchone()
@@ -66,7 +72,14 @@ def test_live_plan_reports_rows_tokens_cost_time(database_url: str, settings: Se
     assert est["rows"] == 500 and est["tokens"] > 500 and est["cost_usd"] == 0.0
     assert est["seconds"] > 0
     assert [p["phase"] for p in data["phases"]] == [
-        "adopt", "expand", "backfill", "index", "cutover", "rollback", "finalize"]
+        "adopt",
+        "expand",
+        "backfill",
+        "index",
+        "cutover",
+        "rollback",
+        "finalize",
+    ]
     # Read-only: the live plan created nothing.
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass('migrator.migrations')").fetchone() == (None,)
@@ -85,12 +98,15 @@ def test_live_plan_finds_mismatches(database_url: str, settings: Settings) -> No
 def test_cli_plan_live_json_and_exit_codes(database_url: str, settings: Settings) -> None:
     create_documents(database_url, 50)
     runner = CliRunner()
-    res = runner.invoke(cli, ["plan", str(ROOT / "plans/local-demo.yaml"), "--json",
-                              "--database-url", database_url])
+    res = runner.invoke(
+        cli, ["plan", str(ROOT / "plans/local-demo.yaml"), "--json", "--database-url", database_url]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["live"]["rows"] == 50
-    res = runner.invoke(cli, ["plan", str(ROOT / "plans/openai-3small-to-3large.yaml"),
-                              "--database-url", database_url])
+    res = runner.invoke(
+        cli,
+        ["plan", str(ROOT / "plans/openai-3small-to-3large.yaml"), "--database-url", database_url],
+    )
     assert res.exit_code == PreflightError.exit_code
     assert "table public.articles does not exist" in res.output
 
@@ -122,8 +138,12 @@ def test_bad_plans_leave_the_database_untouched(
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(data))
     for cmd in (["plan"], ["plan", "--offline"], ["adopt"], ["status"]):
-        res = CliRunner().invoke(cli, [*cmd, str(f), "--database-url", database_url]
-                                 if cmd != ["plan", "--offline"] else [*cmd, str(f)])
+        res = CliRunner().invoke(
+            cli,
+            [*cmd, str(f), "--database-url", database_url]
+            if cmd != ["plan", "--offline"]
+            else [*cmd, str(f)],
+        )
         assert res.exit_code == PlanError.exit_code, res.output
         assert "Traceback" not in res.output
     assert _catalog(database_url) == before
@@ -134,14 +154,20 @@ def test_adopt_creates_view_and_guards_phases(database_url: str, settings: Setti
     plan = demo_plan()
     api.adopt(settings, plan)
     with psycopg.connect(database_url) as conn:
-        cols = conn.execute("SELECT column_name FROM information_schema.columns WHERE "
-                            "table_name = 'documents_search' ORDER BY ordinal_position").fetchall()
+        cols = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE "
+            "table_name = 'documents_search' ORDER BY ordinal_position"
+        ).fetchall()
         assert [c[0] for c in cols] == ["id", "title", "body", "embedding", "embedding_model"]
-        active = conn.execute("SELECT column_name, fingerprint FROM migrator.active_models").fetchone()
+        active = conn.execute(
+            "SELECT column_name, fingerprint FROM migrator.active_models"
+        ).fetchone()
         assert active == ("embedding", plan.source.model.fingerprint())
-    with pytest.raises(PhaseError, match="cannot cutover: the migration is planned"):
-        with api.migration_context(settings, plan, "cutover"):
-            pass
+    with (
+        pytest.raises(PhaseError, match="cannot cutover: the migration is planned"),
+        api.migration_context(settings, plan, "cutover"),
+    ):
+        pass
     st = api.status(settings, plan)
     assert st["phase"] == "planned"
     assert [e["result"] for e in st["events"]] == ["ok", "refused"]
@@ -176,9 +202,11 @@ def test_two_operators_exactly_one_proceeds(database_url: str, settings: Setting
     t = threading.Thread(target=first)
     t.start()
     assert inside.wait(10)
-    with pytest.raises(ConcurrentRunError, match="another migrator process"):
-        with api.migration_context(settings, plan, "backfill"):
-            pass
+    with (
+        pytest.raises(ConcurrentRunError, match="another migrator process"),
+        api.migration_context(settings, plan, "backfill"),
+    ):
+        pass
     release.set()
     t.join()
     assert not errors
@@ -209,12 +237,15 @@ def test_executor_retries_lock_timeouts_then_succeeds(database_url: str) -> None
         if attempt == 3:
             blocker.rollback()
 
-    res = Executor(conn).run(expand(plan).forward, LockPolicy(lock_timeout_ms=50, attempts=20),
-                             on_retry=release_later)
+    res = Executor(conn).run(
+        expand(plan).forward, LockPolicy(lock_timeout_ms=50, attempts=20), on_retry=release_later
+    )
     assert retries[:3] == [1, 2, 3]
     assert res.attempts == 4
-    cols = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = "
-                        "'documents' AND column_name = 'embedding_v2'").fetchone()
+    cols = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = "
+        "'documents' AND column_name = 'embedding_v2'"
+    ).fetchone()
     assert cols == (1,)
     blocker.close()
     conn.close()
@@ -232,13 +263,14 @@ def test_executor_gives_up_cleanly(database_url: str) -> None:
     conn = connect(database_url)
     with pytest.raises(LockTimeoutError, match="after 3 attempts"):
         Executor(conn, sleep=lambda s: None).run(
-            expand(demo_plan()).forward, LockPolicy(lock_timeout_ms=20, attempts=3))
+            expand(demo_plan()).forward, LockPolicy(lock_timeout_ms=20, attempts=3)
+        )
     blocker.close()
     # All or nothing: neither the column nor the function exists.
-    assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE "
-                        "column_name = 'embedding_v2'").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'migrator_demo%'"
-                        ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'embedding_v2'"
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_proc WHERE proname LIKE 'migrator_demo%'"
+    ).fetchone() == (0,)
     conn.close()
-
-

@@ -62,15 +62,24 @@ def test_worker_metrics_expose_documented_names(database_url: str, settings: Set
         env.pop("MIGRATOR_REDIS_URL", None)
         st = load_settings(env)
         port = free_port()
-        with workers(database_url, REDIS, plan.queue, n=1, concurrency=2,
-                     extra_env={"MIGRATOR_METRICS_PORT": str(port)}):
+        with workers(
+            database_url,
+            REDIS,
+            plan.queue,
+            n=1,
+            concurrency=2,
+            extra_env={"MIGRATOR_METRICS_PORT": str(port)},
+        ):
             backfill.run(st, plan, backfill.Options(poll_seconds=0.2))
             text = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         server.stop()
     exposed = names(text)
-    expected = documented("migrator_") - documented("migrator_search_") - {
-        n for n in documented("migrator_") if n in EXPORTER_NAMES}
+    expected = (
+        documented("migrator_")
+        - documented("migrator_search_")
+        - {n for n in documented("migrator_") if n in EXPORTER_NAMES}
+    )
     base = {re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in exposed}
     missing = {n for n in expected if re.sub(r"_(total)$", "", n) not in base}
     assert not missing, f"documented but not exposed by the worker: {missing}"
@@ -79,8 +88,13 @@ def test_worker_metrics_expose_documented_names(database_url: str, settings: Set
 
 
 EXPORTER_NAMES = {
-    "migrator_exporter_up", "migrator_phase", "migrator_batches", "migrator_dead_letters",
-    "migrator_pending_changes", "migrator_rows_written", "migrator_queue_depth",
+    "migrator_exporter_up",
+    "migrator_phase",
+    "migrator_batches",
+    "migrator_dead_letters",
+    "migrator_pending_changes",
+    "migrator_rows_written",
+    "migrator_queue_depth",
     "migrator_index_build_progress",
 }
 
@@ -103,11 +117,12 @@ def test_search_service_metrics_documented() -> None:
     from migrator.search_service import Metrics
 
     m = Metrics.create()
-    exposed = {re.sub(r"_(total|created|bucket|sum|count)$", "", s.name)
-               for fam in m.registry.collect() for s in fam.samples}
+    exposed = {
+        re.sub(r"_(total|created|bucket|sum|count)$", "", s.name)
+        for fam in m.registry.collect()
+        for s in fam.samples
+    }
     exposed |= {fam.name for fam in m.registry.collect()}
     for name in documented("migrator_search_"):
         assert re.sub(r"_total$", "", name) in exposed, name
     assert documented("migrator_search_"), "docs/operations.md lists no search metrics"
-
-

@@ -40,10 +40,24 @@ def embeddings_url() -> Iterator[str]:
 def serve_search(database_url: str, view: str) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "migrator", "serve-search", "--view", view, "--port", str(port),
-         "--database-url", database_url, "--pool-size", "2"],
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "serve-search",
+            "--view",
+            view,
+            "--port",
+            str(port),
+            "--database-url",
+            database_url,
+            "--pool-size",
+            "2",
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -68,13 +82,16 @@ def _uses_index(url: str, plan: Plan, model_name: str, dims: int, fp: str) -> st
 
 
 def test_searches_never_fail_nor_mix_models_through_cutover_rollback_cutover(
-    settings: Settings, database_url: str, embeddings_url: str,
+    settings: Settings,
+    database_url: str,
+    embeddings_url: str,
 ) -> None:
     plan = switch_plan(embeddings_url)  # 256-dim old model -> 384-dim new model, over HTTP
     migrated_state(settings, plan, 2000)
     src, tgt = plan.source.model, plan.target.model
     assert "documents_embedding_hnsw_idx" in _uses_index(
-        database_url, plan, src.name, src.dimensions, src.fingerprint())
+        database_url, plan, src.name, src.dimensions, src.fingerprint()
+    )
 
     with serve_search(database_url, "public.documents_search") as base:
         drill = Drill(database_url, plan, qps=60, processes=3)
@@ -94,8 +111,11 @@ def test_searches_never_fail_nor_mix_models_through_cutover_rollback_cutover(
             time.sleep(2.0)
             http_search("verified")
             switches = []
-            for action, phase in ((switch.cutover, "cut_over"), (switch.rollback, "rolled_back"),
-                                  (switch.cutover, "cut_over")):
+            for action, phase in (
+                (switch.cutover, "cut_over"),
+                (switch.rollback, "rolled_back"),
+                (switch.cutover, "cut_over"),
+            ):
                 switches.append(action(settings, plan))
                 time.sleep(2.5)
                 http_search(phase)
@@ -107,27 +127,36 @@ def test_searches_never_fail_nor_mix_models_through_cutover_rollback_cutover(
     assert data["failed"] == 0, data["errors"]
     assert data["cross_model_rows"] == 0 and data["empty"] == 0
     assert data["qps_achieved"] >= 50, data
-    assert [p["phase"] for p in data["phases"]] == ["verified", "cut_over", "rolled_back",
-                                                    "cut_over"]
+    assert [p["phase"] for p in data["phases"]] == [
+        "verified",
+        "cut_over",
+        "rolled_back",
+        "cut_over",
+    ]
     for p in data["phases"]:
         # Queries drawn from a row find that row: a query embedded with one model and compared
         # with the other model's vectors would find it by chance only.
         assert p["queries"] >= 50 and p["hit_rate"] >= 0.8, p
     assert all(s.attempts == 1 and s.hold_ms < 100 for s in switches), switches
 
-    expected = {"verified": src.fingerprint(), "cut_over": tgt.fingerprint(),
-                "rolled_back": src.fingerprint()}
+    expected = {
+        "verified": src.fingerprint(),
+        "cut_over": tgt.fingerprint(),
+        "rolled_back": src.fingerprint(),
+    }
     assert all(model == expected[phase] and n == 5 for phase, model, n in served), served
     assert "migrator_search_searches_total 20.0" in metrics
     assert "migrator_search_failed_total 0.0" in metrics
     assert "migrator_search_mixed_rows_total 0.0" in metrics
     assert "migrator_search_model_switch_retries_total" in metrics
     assert "documents_embedding_v2_hnsw_idx" in _uses_index(
-        database_url, plan, tgt.name, tgt.dimensions, tgt.fingerprint())
+        database_url, plan, tgt.name, tgt.dimensions, tgt.fingerprint()
+    )
 
 
 def test_same_dimensions_wrong_model_query_gets_zero_rows_then_retries(
-    settings: Settings, database_url: str,
+    settings: Settings,
+    database_url: str,
 ) -> None:
     """256 -> 256 dims: a stale query vector WOULD compare; the fingerprint guard stops it."""
     plan = switch_plan(target__model__dimensions=256, target__model__name="local-hash-new")
@@ -158,19 +187,32 @@ def test_guarded_query_and_phase_buckets_are_pure() -> None:
     from migrator.plan import ModelSpec, VectorType
     from migrator.search import ActiveModel
 
-    model = ActiveModel("public", "documents_search", "m", "embedding_v2", "fp",
-                        ModelSpec(name="x", dimensions=3), VectorType.HALFVEC, 3,
-                        columns=("id", "title"))
+    model = ActiveModel(
+        "public",
+        "documents_search",
+        "m",
+        "embedding_v2",
+        "fp",
+        ModelSpec(name="x", dimensions=3),
+        VectorType.HALFVEC,
+        3,
+        columns=("id", "title"),
+    )
     from migrator.search import guarded_query
 
     assert guarded_query(model).as_string(None) == (
         'SELECT "id", "title", "embedding_model" AS _model, "embedding" <=> %(q)s::halfvec '
         'AS _distance FROM "public"."documents_search" WHERE "embedding_model" = %(fp)s '
-        'ORDER BY "embedding" <=> %(q)s::halfvec LIMIT %(k)s')
+        'ORDER BY "embedding" <=> %(q)s::halfvec LIMIT %(k)s'
+    )
     t0 = 1000.0
     timeline = [(t0 - 5, "verified"), (t0 + 2, "cut_over")]
-    recs = [(t0 + 1, 5.0, True, 0, 10, True, 0, ""), (t0 + 3, 7.0, True, 0, 10, False, 1, ""),
-            (t0 + 4, 9.0, False, 0, 0, False, 0, "boom"), (t0 + 4.5, 1.0, True, 2, 10, True, 0, "")]
+    recs = [
+        (t0 + 1, 5.0, True, 0, 10, True, 0, ""),
+        (t0 + 3, 7.0, True, 0, 10, False, 1, ""),
+        (t0 + 4, 9.0, False, 0, 0, False, 0, "boom"),
+        (t0 + 4.5, 1.0, True, 2, 10, True, 0, ""),
+    ]
     rep = build_report(recs, timeline, t0, t0 + 5, 1.0, 1)
     d = rep.as_dict()
     assert [p["phase"] for p in d["phases"]] == ["verified", "cut_over"]

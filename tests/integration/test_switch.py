@@ -46,30 +46,37 @@ def _phase(url: str, plan: Plan) -> str:
     return m.phase.value
 
 
-def _secured_view(plan: Plan, owner: str, reader: str,
-                  option: str = "security_barrier"):  # type: ignore[no-untyped-def]
+def _secured_view(plan: Plan, owner: str, reader: str, option: str = "security_barrier"):  # type: ignore[no-untyped-def]
     """The service's view as it existed before migrator: options, another owner, a grant.
 
     Note: PostgreSQL does not flatten a security_barrier view into the query, so ORDER BY
     through it cannot use the HNSW index (checked with EXPLAIN); security_invoker keeps it.
     """
+
     def make(conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(owner)))
         conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
         conn.execute(sql.SQL("GRANT SELECT ON documents TO {}").format(sql.Identifier(owner)))
-        conn.execute(sql.SQL(
-            "CREATE VIEW documents_search WITH ({} = true) AS SELECT id, title, "
-            "body, embedding::vector AS embedding, {}::text AS embedding_model FROM documents"
-        ).format(sql.Identifier(option), sql.Literal(plan.source.model.fingerprint())))
-        conn.execute(sql.SQL("ALTER VIEW documents_search OWNER TO {}").format(
-            sql.Identifier(owner)))
-        conn.execute(sql.SQL("GRANT SELECT ON documents_search TO {}").format(
-            sql.Identifier(reader)))
+        conn.execute(
+            sql.SQL(
+                "CREATE VIEW documents_search WITH ({} = true) AS SELECT id, title, "
+                "body, embedding::vector AS embedding, {}::text AS embedding_model FROM documents"
+            ).format(sql.Identifier(option), sql.Literal(plan.source.model.fingerprint()))
+        )
+        conn.execute(
+            sql.SQL("ALTER VIEW documents_search OWNER TO {}").format(sql.Identifier(owner))
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON documents_search TO {}").format(sql.Identifier(reader))
+        )
+
     return make
 
 
 def test_rollback_restores_the_view_exactly_and_finalize_is_guarded(
-    settings: Settings, database_url: str, tmp_path: Path,
+    settings: Settings,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     plan = switch_plan(cutover__rollback_window_hours=24)
     tag = uuid.uuid4().hex[:8]
@@ -90,7 +97,8 @@ def test_rollback_restores_the_view_exactly_and_finalize_is_guarded(
     after_cut = view_catalog(database_url, plan)
     assert after_cut["definition"] != before["definition"]
     assert {k: after_cut[k] for k in ("reloptions", "owner", "acl", "column_types")} == {
-        k: before[k] for k in ("reloptions", "owner", "acl", "column_types")}
+        k: before[k] for k in ("reloptions", "owner", "acl", "column_types")
+    }
     assert _registry(database_url) == (plan.target.column, plan.target.model.fingerprint())
 
     back = switch.rollback(settings, plan)
@@ -116,17 +124,24 @@ def test_rollback_restores_the_view_exactly_and_finalize_is_guarded(
     res = switch.finalize(settings, plan, yes=True, force=True)
     assert res.dropped_indexes == (source_index(plan),)
     with psycopg.connect(database_url) as conn:
-        cols = [r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'documents'::regclass "
-            "AND attnum > 0 AND NOT attisdropped").fetchall()]
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'documents'::regclass "
+                "AND attnum > 0 AND NOT attisdropped"
+            ).fetchall()
+        ]
         assert plan.source.column not in cols and plan.target.column in cols
-        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = "
-                            "'documents'::regclass AND NOT tgisinternal").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = "
+            "'documents'::regclass AND NOT tgisinternal"
+        ).fetchone() == (0,)
         assert conn.execute("SELECT to_regclass(%s)", (source_index(plan),)).fetchone() == (None,)
     assert _phase(database_url, plan) == "finalized"
     final = view_catalog(database_url, plan)
     assert {k: final[k] for k in ("reloptions", "owner", "acl")} == {
-        k: before[k] for k in ("reloptions", "owner", "acl")}
+        k: before[k] for k in ("reloptions", "owner", "acl")
+    }
     with SearchClient(database_url, view="documents_search") as client:
         hits = client.search("Return the number of bytes written", 5)
     assert hits.hits and hits.fingerprint == plan.target.model.fingerprint() and not hits.mixed
@@ -141,7 +156,8 @@ def test_rollback_restores_the_view_exactly_and_finalize_is_guarded(
 
 
 def test_cutover_needs_a_current_passing_verification(
-    settings: Settings, database_url: str,
+    settings: Settings,
+    database_url: str,
 ) -> None:
     plan = switch_plan()
     migrated_state(settings, plan, 1500)
@@ -159,8 +175,15 @@ def test_cutover_needs_a_current_passing_verification(
     with contextlib.closing(connect(database_url)) as conn:
         state.set_phase(conn, plan.name, state.State.VERIFIED)
         from migrator import gate
-        gate.record_report(conn, plan, passed=False, report={}, rows=1500,
-                           watermark=gate.changes_watermark(conn, plan.name))
+
+        gate.record_report(
+            conn,
+            plan,
+            passed=False,
+            report={},
+            rows=1500,
+            watermark=gate.changes_watermark(conn, plan.name),
+        )
     refused("latest verification .* failed")
 
     with contextlib.closing(connect(database_url)) as conn:
@@ -179,14 +202,16 @@ def test_cutover_needs_a_current_passing_verification(
 
 
 def test_halfvec_target_changes_the_view_type_and_keeps_owner_and_grants(
-    settings: Settings, database_url: str,
+    settings: Settings,
+    database_url: str,
 ) -> None:
     """vector(256) -> halfvec(384): the view is dropped and re-created in one transaction."""
     plan = switch_plan(target__type="halfvec")
     tag = uuid.uuid4().hex[:8]
     owner, reader = f"hv_owner_{tag}", f"hv_reader_{tag}"
-    migrated_state(settings, plan, 1500,
-                   before_adopt=_secured_view(plan, owner, reader, "security_invoker"))
+    migrated_state(
+        settings, plan, 1500, before_adopt=_secured_view(plan, owner, reader, "security_invoker")
+    )
     before = view_catalog(database_url, plan)
     assert before["reloptions"] == ["security_invoker=true"]
     query = "Return the number of bytes written"
@@ -197,10 +222,12 @@ def test_halfvec_target_changes_the_view_type_and_keeps_owner_and_grants(
         cut = view_catalog(database_url, plan)
         assert cut["column_types"][3] == "halfvec"
         assert {k: cut[k] for k in ("reloptions", "owner", "acl")} == {
-            k: before[k] for k in ("reloptions", "owner", "acl")}
+            k: before[k] for k in ("reloptions", "owner", "acl")
+        }
         vec = HashEmbedder(plan.target.model.name, 384).encode([query])[0]
         assert "documents_embedding_v2_hnsw_idx" in explain_view(
-            database_url, plan, vec, plan.target.model.fingerprint(), "halfvec")
+            database_url, plan, vec, plan.target.model.fingerprint(), "halfvec"
+        )
         # The client's cached model is stale (ttl 60 s): it must notice and retry, not fail.
         second = client.search(query, 5)
         assert second.hits and second.fingerprint == plan.target.model.fingerprint()

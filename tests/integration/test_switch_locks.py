@@ -35,7 +35,8 @@ def _wait_for_lock_waiter(url: str, timeout: float = 10.0) -> None:
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migrator' "
-                "AND wait_event_type = 'Lock'").fetchone()
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()
             if row and row[0]:
                 return
             time.sleep(0.02)
@@ -43,7 +44,8 @@ def _wait_for_lock_waiter(url: str, timeout: float = 10.0) -> None:
 
 
 def test_long_transaction_delays_the_switch_not_the_searches(
-    settings: Settings, database_url: str,
+    settings: Settings,
+    database_url: str,
 ) -> None:
     plan = switch_plan()  # cutover: lock_timeout 200 ms, 50 attempts
     migrated_state(settings, plan, 1500)
@@ -108,7 +110,9 @@ def test_long_transaction_delays_the_switch_not_the_searches(
 
 
 def test_two_cutover_processes_at_once_exactly_one_acts(
-    settings: Settings, database_url: str, tmp_path: Path,
+    settings: Settings,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     plan = switch_plan()
     migrated_state(settings, plan, 1000)
@@ -116,13 +120,18 @@ def test_two_cutover_processes_at_once_exactly_one_acts(
     cmd = [sys.executable, "-m", "migrator", "cutover", "--database-url", database_url, path]
     if not (Path(__file__).resolve().parents[2] / "migrator" / "__main__.py").exists():
         cmd = [str(Path(sys.executable).with_name("migrator")), *cmd[3:]]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes[0] == 0 and codes[1] in (7, 8), outs  # 7: already cut over, 8: lock held
     assert _phase(database_url, plan.name) == "cut_over"
     with contextlib.closing(connect(database_url)) as conn:
-        oks = [e for e in state.events(conn, plan.name, 50)
-               if e["command"] == "cutover" and e["result"] == "ok"]
+        oks = [
+            e
+            for e in state.events(conn, plan.name, 50)
+            if e["command"] == "cutover" and e["result"] == "ok"
+        ]
     assert len(oks) == 1

@@ -87,16 +87,29 @@ def test_verify_passes_and_its_figures_are_right(verify_db: str, tmp_path: Path)
     cov = dict(rep.check("coverage").details)
     texts = bodies()
     empty = sum(1 for t in texts if not t.strip())
-    assert cov == {**cov, "rows": ROWS, "eligible": ROWS - empty, "done": ROWS - empty,
-                   "pending": 0, "empty_text": empty, "dead_letters": 0}
+    assert cov == {
+        **cov,
+        "rows": ROWS,
+        "eligible": ROWS - empty,
+        "done": ROWS - empty,
+        "pending": 0,
+        "empty_text": empty,
+        "dead_letters": 0,
+    }
     assert rep.check("coverage").figure == 1.0
     assert rep.check("health").figure == 0.0 and rep.check("freshness").figure == 0.0
 
     # Parity, recomputed: same seeded sample, queries embedded here, full-argsort cosine search.
     k, seed = plan.verify.k, plan.verify.seed
     with contextlib.closing(connect(verify_db)) as conn:
-        rows = sample_rows(conn, plan, plan.verify.sample_size, seed, "parity",
-                           require=(plan.source.column, plan.target.column))
+        rows = sample_rows(
+            conn,
+            plan,
+            plan.verify.sample_size,
+            seed,
+            "parity",
+            require=(plan.source.column, plan.target.column),
+        )
     rng = random.Random(seed)
     queries = [derive_query(t, rng) for _, t in rows]
     own = [int(pk) for pk, _ in rows]
@@ -122,13 +135,23 @@ def test_verify_passes_and_its_figures_are_right(verify_db: str, tmp_path: Path)
     with psycopg.connect(verify_db) as conn:
         register_vector(conn)
         conn.execute("SET hnsw.ef_search = 40")
-        plan_text = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN SELECT id FROM documents ORDER BY embedding_v2 <=> %s LIMIT 10",
-            (q_new[0],)).fetchall())
+        plan_text = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT id FROM documents ORDER BY embedding_v2 <=> %s LIMIT 10",
+                (q_new[0],),
+            ).fetchall()
+        )
         assert "Index Scan using documents_embedding_v2_hnsw_idx" in plan_text
-        ann = [[r[0] for r in conn.execute(
-            "SELECT id FROM documents ORDER BY embedding_v2 <=> %s LIMIT 10", (q,)).fetchall()]
-            for q in q_new]
+        ann = [
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM documents ORDER BY embedding_v2 <=> %s LIMIT 10", (q,)
+                ).fetchall()
+            ]
+            for q in q_new
+        ]
     index_recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(ann, new_top, strict=True)])
     assert rep.check("index").figure == pytest.approx(index_recall, abs=0.005)
     assert rep.check("index").figure >= plan.verify.min_index_recall
@@ -146,8 +169,11 @@ def test_verify_passes_and_its_figures_are_right(verify_db: str, tmp_path: Path)
     assert again.index is not None and again.index.action == "exists"
     assert again.report.check("parity").details == rep.check("parity").details  # reproducible
     with contextlib.closing(connect(verify_db)) as conn:
-        conn.execute("INSERT INTO migrator.changes (migration, pk) SELECT %s, g::text "
-                     "FROM generate_series(1, 300) g", (plan.name,))
+        conn.execute(
+            "INSERT INTO migrator.changes (migration, pk) SELECT %s, g::text "
+            "FROM generate_series(1, 300) g",
+            (plan.name,),
+        )
         with pytest.raises(PhaseError, match="stale"):
             gate.require_current_pass(conn, plan)
 
@@ -170,8 +196,10 @@ def test_wrong_vectors_fail_freshness_and_health_exit_9(verify_db: str, tmp_path
     plan_file = write_plan(plan, tmp_path / "plan.yaml")
     report_md = tmp_path / "report.md"
     res = CliRunner().invoke(
-        cli, ["verify", str(plan_file), "--json", "--skip-index", "--report-file", str(report_md)],
-        env={"DATABASE_URL": verify_db, "MIGRATOR_HOME": str(tmp_path / "home")})
+        cli,
+        ["verify", str(plan_file), "--json", "--skip-index", "--report-file", str(report_md)],
+        env={"DATABASE_URL": verify_db, "MIGRATOR_HOME": str(tmp_path / "home")},
+    )
     assert res.exit_code == 9, res.output
     data = json.loads(res.stdout)
     checks = {c["key"]: c for c in data["checks"]}
@@ -223,8 +251,9 @@ def test_through_the_openai_client_and_local_server(verify_db: str, tmp_path: Pa
     assert rep.check("freshness").detail("compared") == 100
     # The server serves the same deterministic models: same recall as embedding in-process.
     with contextlib.closing(connect(verify_db)) as conn:
-        rows = sample_rows(conn, plan, 100, plan.verify.seed, "parity",
-                           require=("embedding", "embedding_v2"))
+        rows = sample_rows(
+            conn, plan, 100, plan.verify.seed, "parity", require=("embedding", "embedding_v2")
+        )
     rng = random.Random(plan.verify.seed)
     queries = [derive_query(t, rng) for _, t in rows]
     new_ids, new_m = column_vectors(verify_db, "embedding_v2")

@@ -42,8 +42,14 @@ def test_cancelled_build_is_detected_dropped_and_rebuilt(verify_db: str, tmp_pat
 
         def build() -> None:
             try:
-                ensure_index(Executor(build_conn), verify_db, plan, LockPolicy(),
-                             on_progress=seen.append, poll_interval=0.05)
+                ensure_index(
+                    Executor(build_conn),
+                    verify_db,
+                    plan,
+                    LockPolicy(),
+                    on_progress=seen.append,
+                    poll_interval=0.05,
+                )
             except BaseException as exc:  # handed to the test thread
                 errors.append(exc)
 
@@ -73,8 +79,9 @@ def test_cancelled_build_is_detected_dropped_and_rebuilt(verify_db: str, tmp_pat
     assert err.value.outcome.report.check("index").detail("state") == "invalid"
 
     phases: list[str] = []
-    out = verify(settings, plan, VerifyOptions(sample=50),
-                 on_index_progress=lambda p: phases.append(p.phase))
+    out = verify(
+        settings, plan, VerifyOptions(sample=50), on_index_progress=lambda p: phases.append(p.phase)
+    )
     assert out.index is not None and out.index.action == "rebuilt"
     assert out.index.invalid_dropped == 1
     assert out.report.passed and phases

@@ -41,9 +41,10 @@ def test_halfvec_with_hnsw(database_url: str, tmp_path: Path) -> None:
     assert rep.check("health").detail("norm_tolerance") == 0.01
     assert rep.check("coverage").detail("done") == ROWS - 5
     with contextlib.closing(connect(database_url)) as conn:
-        kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                            "WHERE attrelid = 'documents'::regclass AND attname = 'embedding_v2'"
-                            ).fetchone()
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'documents'::regclass AND attname = 'embedding_v2'"
+        ).fetchone()
     assert kind == ("halfvec(384)",)
 
 

@@ -10,6 +10,8 @@ from migrator.worker.app import app
 # kombu sweeps for expired messages every interval * throttle seconds (100 s by default).
 app.conf.broker_transport_options = {
     "visibility_timeout": float(os.environ.get("MIGRATOR_TEST_VISIBILITY_TIMEOUT", "2")),
-    "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    "unacked_restore_interval": 1,
+    "unacked_restore_throttle": 1,
+}
 
 __all__ = ["app"]

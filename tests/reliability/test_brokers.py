@@ -39,8 +39,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 def _done(url: str, name: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM migrator.batches WHERE migration = %s "
-                           "AND status = 'done'", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM migrator.batches WHERE migration = %s AND status = 'done'",
+            (name,),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -73,23 +75,36 @@ class CompletionWatch:
     def _watch(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.wait(0.05):
-                row = conn.execute("SELECT phase FROM migrator.migrations WHERE name = %s",
-                                   (self.name,)).fetchone()
+                row = conn.execute(
+                    "SELECT phase FROM migrator.migrations WHERE name = %s", (self.name,)
+                ).fetchone()
                 if row and row[0] == "backfilled":
                     count = conn.execute(
                         "SELECT count(*) FROM documents WHERE embedding_v2 IS NULL AND "
-                        "btrim(body, E' \\t\\r\\n') <> ''").fetchone()
+                        "btrim(body, E' \\t\\r\\n') <> ''"
+                    ).fetchone()
                     self.missing_at_complete = int(count[0]) if count else None
                     return
 
 
-def _restart_mid_run(database_url: str, settings: Settings, server: ServerHandle,
-                     proxy: FaultProxy, broker: PrivateRedis, *, crash: bool
-                     ) -> dict[str, Any]:
+def _restart_mid_run(
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+    *,
+    crash: bool,
+) -> dict[str, Any]:
     n = 3000
     make_documents(database_url, n)
-    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=100)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=100,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     proxy.policy = lambda req: Action(delay=0.05)
@@ -99,8 +114,11 @@ def _restart_mid_run(database_url: str, settings: Settings, server: ServerHandle
         with search_load(database_url, plan, qps=20) as load:
             writer = Writer(database_url, n).start()
             watch = CompletionWatch(database_url, plan.name).start()
-            runner = threading.Thread(target=lambda: result.update(backfill.run(
-                st, plan, backfill.Options(poll_seconds=0.3, stall_after=2.0))))
+            runner = threading.Thread(
+                target=lambda: result.update(
+                    backfill.run(st, plan, backfill.Options(poll_seconds=0.3, stall_after=2.0))
+                )
+            )
             runner.start()
             assert wait_for(lambda: _done(database_url, plan.name) >= 5, 60)
             log = writer.stop()  # writes before the restart; the watch needs a still table
@@ -124,15 +142,19 @@ def _restart_mid_run(database_url: str, settings: Settings, server: ServerHandle
 
 @pytest.mark.slow
 def test_redis_restart_with_persistence_loses_nothing(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     out = _restart_mid_run(database_url, settings, server, proxy, broker, crash=False)
     assert out["queued_before"] > 0 and out["queued_after"] > 0  # the messages survived
 
 
 def test_redis_restart_without_persistence_is_caught_by_the_ledger(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        tmp_path: Path) -> None:
+    database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy, tmp_path: Path
+) -> None:
     with private_redis(tmp_path / "redis", persistent=False) as broker:
         out = _restart_mid_run(database_url, settings, server, proxy, broker, crash=True)
     # Every queued message was lost; the stall check found the batches again.
@@ -141,12 +163,21 @@ def test_redis_restart_without_persistence_is_caught_by_the_ledger(
 
 @pytest.mark.slow
 def test_429_storm_with_retry_after_and_a_broker_blip(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 2000
     make_documents(database_url, n)
-    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=50)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=50,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     storm = {"until": 0.0, "n": 0}
@@ -167,8 +198,11 @@ def test_429_storm_with_retry_after_and_a_broker_blip(
     result: dict[str, Any] = {}
     try:
         with search_load(database_url, plan, qps=20) as load:
-            runner = threading.Thread(target=lambda: result.update(backfill.run(
-                st, plan, backfill.Options(poll_seconds=0.3, stall_after=2.0))))
+            runner = threading.Thread(
+                target=lambda: result.update(
+                    backfill.run(st, plan, backfill.Options(poll_seconds=0.3, stall_after=2.0))
+                )
+            )
             runner.start()
             assert wait_for(lambda: _done(database_url, plan.name) >= 3, 60)
             storm["until"] = time.monotonic() + 12.0
@@ -196,14 +230,23 @@ def test_429_storm_with_retry_after_and_a_broker_blip(
 
 @pytest.mark.slow
 def test_retry_after_over_two_minutes_is_honoured(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     """Retry-After: 150. The shared pause holds every worker for 150 s (a task waits at most
     120 s in place, then goes back to the queue), and no batch fails meanwhile."""
     make_documents(database_url, 600)
-    plan = faulty_plan(server, proxy, backfill__batch_size=200, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=100,
-                       backfill__stall_after_seconds=600)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=200,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=100,
+        backfill__stall_after_seconds=600,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     hit: list[float] = []
@@ -235,15 +278,24 @@ RABBIT = os.environ.get("MIGRATOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("MIGRATOR_TEST_RABBITMQ_RESTART") != "1", reason=(
-    "restarts the RabbitMQ node with `rabbitmqctl stop_app/start_app`: on a shared machine "
-    "that breaks everyone else's runs; set MIGRATOR_TEST_RABBITMQ_RESTART=1 on a private node"))
+@pytest.mark.skipif(
+    os.environ.get("MIGRATOR_TEST_RABBITMQ_RESTART") != "1",
+    reason=(
+        "restarts the RabbitMQ node with `rabbitmqctl stop_app/start_app`: on a shared machine "
+        "that breaks everyone else's runs; set MIGRATOR_TEST_RABBITMQ_RESTART=1 on a private node"
+    ),
+)
 def test_rabbitmq_restart_mid_run(
-        database_url: str, settings: Settings, server: ServerHandle,
-        proxy: FaultProxy) -> None:
+    database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy
+) -> None:
     make_documents(database_url, 3000)
-    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=100)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=100,
+    )
     st = settings_for(settings, RABBIT)
     api.adopt(st, plan)
     proxy.policy = lambda req: Action(delay=0.05)
@@ -251,8 +303,11 @@ def test_rabbitmq_restart_mid_run(
     result: dict[str, Any] = {}
     try:
         with search_load(database_url, plan, qps=20) as load:
-            runner = threading.Thread(target=lambda: result.update(backfill.run(
-                st, plan, backfill.Options(poll_seconds=0.3, stall_after=5.0))))
+            runner = threading.Thread(
+                target=lambda: result.update(
+                    backfill.run(st, plan, backfill.Options(poll_seconds=0.3, stall_after=5.0))
+                )
+            )
             runner.start()
             assert wait_for(lambda: _done(database_url, plan.name) >= 5, 60)
             subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)

@@ -45,7 +45,8 @@ def _max_latency_ms(load: dict[str, Any]) -> float:
 
 
 def test_ddl_behind_a_long_transaction_keeps_searches_flowing(
-        database_url: str, settings: Settings, broker: PrivateRedis) -> None:
+    database_url: str, settings: Settings, broker: PrivateRedis
+) -> None:
     n = 2000
     plan = switch_plan(ddl__lock_timeout_ms=LOCK_MS, ddl__attempts=200)
     settings = settings_for(settings, broker.url)  # batches are queued, nobody consumes them
@@ -58,8 +59,11 @@ def test_ddl_behind_a_long_transaction_keeps_searches_flowing(
         time.sleep(1.0)
         blocker.execute("UPDATE documents SET title = title WHERE id = 1")
         # ADD COLUMN + trigger need ACCESS EXCLUSIVE: they wait behind the blocker.
-        expand = threading.Thread(target=lambda: outcome.update(
-            expand=backfill.run(settings, plan, backfill.Options(wait=False))))
+        expand = threading.Thread(
+            target=lambda: outcome.update(
+                expand=backfill.run(settings, plan, backfill.Options(wait=False))
+            )
+        )
         expand.start()
         time.sleep(2.5)
         assert expand.is_alive(), "the DDL did not wait for the long transaction"
@@ -69,8 +73,13 @@ def test_ddl_behind_a_long_transaction_keeps_searches_flowing(
             fill_target(conn, plan)
             # CREATE INDEX CONCURRENTLY waits for the blocker's snapshot, blocking nobody.
             blocker.execute("UPDATE documents SET title = title WHERE id = 1")
-            build = threading.Thread(target=lambda: outcome.update(index=ensure_index(
-                Executor(conn), database_url, plan, LockPolicy(LOCK_MS, 0, 200))))
+            build = threading.Thread(
+                target=lambda: outcome.update(
+                    index=ensure_index(
+                        Executor(conn), database_url, plan, LockPolicy(LOCK_MS, 0, 200)
+                    )
+                )
+            )
             build.start()
             time.sleep(2.0)
             assert build.is_alive(), "the index build did not wait for the long transaction"
@@ -87,14 +96,17 @@ def test_ddl_behind_a_long_transaction_keeps_searches_flowing(
 
 
 def test_cancelled_index_build_refuses_cutover_until_rebuilt(
-        settings: Settings, database_url: str) -> None:
+    settings: Settings, database_url: str
+) -> None:
     plan = switch_plan()
     migrated_state(settings, plan, 3000)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP INDEX "{plan.index_name}"')
     errors: list[BaseException] = []
-    with search_load(database_url, plan, qps=20) as load, \
-            contextlib.closing(connect(database_url)) as build_conn:
+    with (
+        search_load(database_url, plan, qps=20) as load,
+        contextlib.closing(connect(database_url)) as build_conn,
+    ):
         pid = build_conn.info.backend_pid
 
         def build() -> None:
@@ -106,9 +118,16 @@ def test_cancelled_index_build_refuses_cutover_until_rebuilt(
         thread = threading.Thread(target=build)
         thread.start()
         with psycopg.connect(database_url, autocommit=True) as conn:
-            assert wait_for(lambda: conn.execute(
-                "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s",
-                (pid,)).fetchone() == (1,), 30, 0.01)
+            assert wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s", (pid,)
+                    ).fetchone()
+                    == (1,)
+                ),
+                30,
+                0.01,
+            )
             conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
         thread.join(30)
         assert errors and isinstance(errors[0], DatabaseError)
@@ -138,13 +157,23 @@ def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
 
 @pytest.mark.slow
 def test_database_restart_mid_backfill(
-        private_pg: PrivatePostgres, settings: Settings, server: ServerHandle,
-        proxy: FaultProxy, broker: PrivateRedis, tmp_path: Path) -> None:
+    private_pg: PrivatePostgres,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+    tmp_path: Path,
+) -> None:
     url = private_pg.url
     n = 3000
     make_documents(url, n)
-    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=100)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=100,
+    )
     env = {**settings.environ, "DATABASE_URL": url, "MIGRATOR_HOME": str(tmp_path / "home")}
     st = settings_for(load_settings(env), broker.url)
     api.adopt(st, plan)
@@ -153,8 +182,9 @@ def test_database_restart_mid_backfill(
 
     def produce() -> None:
         try:
-            first["out"] = backfill.run(st, plan, backfill.Options(poll_seconds=0.3,
-                                                                   stall_after=3.0))
+            first["out"] = backfill.run(
+                st, plan, backfill.Options(poll_seconds=0.3, stall_after=3.0)
+            )
         except BaseException as exc:
             first["error"] = exc
 
@@ -185,7 +215,9 @@ def test_database_restart_mid_backfill(
 
 def _done(url: str, name: str) -> int:
     with contextlib.suppress(psycopg.Error), psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM migrator.batches WHERE migration = %s "
-                           "AND status = 'done'", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM migrator.batches WHERE migration = %s AND status = 'done'",
+            (name,),
+        ).fetchone()
         return int(row[0]) if row else 0
     return 0

@@ -30,13 +30,36 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 BASE = demo_plan().model_dump(mode="json", by_alias=True)
 INJECTIONS = [
-    "x; DROP TABLE documents; --", "documents\"; DROP TABLE documents; --", "a' OR '1'='1",
-    "$$; DROP TABLE documents; $$", "docs\\", "docs\x00", "Robert'); DROP TABLE students;--",
-    "pg_sleep(10)", "e\u0301", "документы", "docs search", "1docs", "", " ", "-docs",
+    "x; DROP TABLE documents; --",
+    'documents"; DROP TABLE documents; --',
+    "a' OR '1'='1",
+    "$$; DROP TABLE documents; $$",
+    "docs\\",
+    "docs\x00",
+    "Robert'); DROP TABLE students;--",
+    "pg_sleep(10)",
+    "e\u0301",
+    "документы",
+    "docs search",
+    "1docs",
+    "",
+    " ",
+    "-docs",
 ]
-IDENT_PATHS = ["table.name", "table.schema", "table.primary_key", "text.column",
-               "source.column", "target.column", "view.name", "view.schema", "index.name",
-               "view.embedding_alias", "view.model_alias", "target.model.api_key_env"]
+IDENT_PATHS = [
+    "table.name",
+    "table.schema",
+    "table.primary_key",
+    "text.column",
+    "source.column",
+    "target.column",
+    "view.name",
+    "view.schema",
+    "index.name",
+    "view.embedding_alias",
+    "view.model_alias",
+    "target.model.api_key_env",
+]
 
 
 def _leaf_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -73,7 +96,8 @@ def _catalog(url: str) -> list[tuple[Any, ...]]:
             " 'pg_toast') UNION ALL SELECT 'trigger', tgname, 't' FROM pg_trigger WHERE NOT "
             "tgisinternal UNION ALL SELECT 'proc', proname, 'f' FROM pg_proc p JOIN "
             "pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' "
-            "ORDER BY 1, 2").fetchall()
+            "ORDER BY 1, 2"
+        ).fetchall()
     return [tuple(r) for r in rows]
 
 
@@ -101,29 +125,51 @@ def test_63_bytes_is_the_limit() -> None:
     assert "64 bytes" in (_one_line_refusal(_with("view.name", "é" * 32)) or "")
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    ("target.model.dimensions", "many"), ("target.model.dimensions", [384]),
-    ("target.model.dimensions", None), ("target.model.dimensions", 1.5),
-    ("backfill.batch_size", "all"), ("backfill.batch_size", 10**12), ("name", 123),
-    ("version", "1"), ("table", "documents"), ("text", None), ("view.columns", "id, body"),
-    ("cutover.lock_timeout_ms", -1), ("verify.min_recall_ratio", float("nan")),
-    ("index.maintenance_work_mem", "1GB; SET work_mem = '1TB'"),
-    ("backfill.queue", "q\nDEL *"), ("index.metric", "cosine; DROP"),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("target.model.dimensions", "many"),
+        ("target.model.dimensions", [384]),
+        ("target.model.dimensions", None),
+        ("target.model.dimensions", 1.5),
+        ("backfill.batch_size", "all"),
+        ("backfill.batch_size", 10**12),
+        ("name", 123),
+        ("version", "1"),
+        ("table", "documents"),
+        ("text", None),
+        ("view.columns", "id, body"),
+        ("cutover.lock_timeout_ms", -1),
+        ("verify.min_recall_ratio", float("nan")),
+        ("index.maintenance_work_mem", "1GB; SET work_mem = '1TB'"),
+        ("backfill.queue", "q\nDEL *"),
+        ("index.metric", "cosine; DROP"),
+    ],
+)
 def test_wrong_types_are_refused_in_one_line(path: str, value: Any) -> None:
     assert _one_line_refusal(_with(path, value)) is not None
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**40), max_value=2**40),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(INJECTIONS),
-    st.text(max_size=80), st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=60,
-                                  max_size=70))
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=3)),
-    max_leaves=6)
-_mutation = st.tuples(st.sampled_from([*PATHS, ("surprise",), ("table", "extra")]),
-                      st.one_of(_values, st.just("<delete>")))
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(INJECTIONS),
+    st.text(max_size=80),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=60, max_size=70),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_mutation = st.tuples(
+    st.sampled_from([*PATHS, ("surprise",), ("table", "extra")]),
+    st.one_of(_values, st.just("<delete>")),
+)
 
 
 def _mutate(mutations: list[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
@@ -153,8 +199,9 @@ def test_fuzzed_plan_files_never_touch_the_database(database_url: str, tmp_path:
     before = _catalog(database_url)
     seen = {"refused": 0, "valid": 0}
 
-    @settings(max_examples=40, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(st.lists(_mutation, min_size=1, max_size=3))
     def run(mutations: list[Any]) -> None:
         data = _mutate(mutations)
@@ -165,8 +212,10 @@ def test_fuzzed_plan_files_never_touch_the_database(database_url: str, tmp_path:
             return
         refused = _one_line_refusal(data) is not None
         args = ["adopt"] if refused else ["plan", "--offline"]
-        res = CliRunner().invoke(cli, [*args, str(path), "--database-url", database_url]
-                                 if refused else [*args, str(path)])
+        res = CliRunner().invoke(
+            cli,
+            [*args, str(path), "--database-url", database_url] if refused else [*args, str(path)],
+        )
         assert "Traceback" not in res.output, res.output
         assert res.exception is None or isinstance(res.exception, SystemExit), res.output
         assert res.exit_code == (PlanError.exit_code if refused else 0), res.output
@@ -179,12 +228,16 @@ def test_fuzzed_plan_files_never_touch_the_database(database_url: str, tmp_path:
 
 
 def test_hostile_free_text_reaches_sql_only_as_literals(
-        settings: Settings, database_url: str) -> None:
+    settings: Settings, database_url: str
+) -> None:
     """Model names are free text and end up in the view as a literal: quotes, dollar quotes,
     backslashes and semicolons must stay data. The whole switch runs with them."""
-    evil = "evil'); DROP TABLE documents; -- $$ \\ \"x\" ; SELECT pg_sleep(5);"
-    plan = switch_plan(target__model__name=f"local-hash-new {evil}",
-                       description=f"{evil} \u202e", name="hostile-free-text")
+    evil = 'evil\'); DROP TABLE documents; -- $$ \\ "x" ; SELECT pg_sleep(5);'
+    plan = switch_plan(
+        target__model__name=f"local-hash-new {evil}",
+        description=f"{evil} \u202e",
+        name="hostile-free-text",
+    )
     migrated_state(settings, plan, 300)
     switch.cutover(settings, plan)
     with psycopg.connect(database_url) as conn:

@@ -43,26 +43,40 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 def _batches(url: str, name: str) -> list[tuple[str, str | None, int]]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT status, error, rows_written FROM migrator.batches "
-                            "WHERE migration = %s ORDER BY id", (name,)).fetchall()
+        rows = conn.execute(
+            "SELECT status, error, rows_written FROM migrator.batches "
+            "WHERE migration = %s ORDER BY id",
+            (name,),
+        ).fetchall()
     return [(str(a), b, int(c)) for a, b, c in rows]
 
 
 def _dead(url: str, name: str) -> dict[int, str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT pk, reason FROM migrator.dead_letters WHERE migration = %s "
-                            "AND resolved_at IS NULL", (name,)).fetchall()
+        rows = conn.execute(
+            "SELECT pk, reason FROM migrator.dead_letters WHERE migration = %s "
+            "AND resolved_at IS NULL",
+            (name,),
+        ).fetchall()
     return {int(pk): str(reason) for pk, reason in rows}
 
 
 def test_5xx_timeouts_and_connection_resets(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 2000
     make_documents(database_url, n)
-    plan = faulty_plan(server, proxy, backfill__batch_size=100,
-                       target__model__max_inputs_per_request=25,
-                       target__model__request_timeout_seconds=1.0)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        target__model__max_inputs_per_request=25,
+        target__model__request_timeout_seconds=1.0,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     rng = random.Random(5)
@@ -85,8 +99,11 @@ def test_5xx_timeouts_and_connection_resets(
         with search_load(database_url, plan, qps=20) as load:
             writer = Writer(database_url, n).start()
             result: dict[str, Any] = {}
-            runner = threading.Thread(target=lambda: result.update(backfill.run(
-                st, plan, backfill.Options(poll_seconds=0.3, stall_after=5.0))))
+            runner = threading.Thread(
+                target=lambda: result.update(
+                    backfill.run(st, plan, backfill.Options(poll_seconds=0.3, stall_after=5.0))
+                )
+            )
             runner.start()
             time.sleep(5.0)
             log = writer.stop()  # the backfill cannot end while rows keep changing
@@ -123,22 +140,39 @@ def _mutation(mode: str) -> Any:
         elif mode == "shuffle":
             data.reverse()  # indices still right: the client must map by index
         return answer
+
     return mutate
 
 
-@pytest.mark.parametrize("mode", [
-    pytest.param("dim-const", marks=pytest.mark.slow), "dim-varying",
-    pytest.param("count", marks=pytest.mark.slow),
-    pytest.param("duplicate-index", marks=pytest.mark.slow), "shuffle"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("dim-const", marks=pytest.mark.slow),
+        "dim-varying",
+        pytest.param("count", marks=pytest.mark.slow),
+        pytest.param("duplicate-index", marks=pytest.mark.slow),
+        "shuffle",
+    ],
+)
 def test_wrong_answers_write_nothing_and_record_why(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis, mode: str) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+    mode: str,
+) -> None:
     n = 800
     poisoned = (150, 420)
     make_documents(database_url, n, poison_ids=poisoned)
-    plan = faulty_plan(server, proxy, backfill__batch_size=200, backfill__concurrency=1,
-                       backfill__retry__max_attempts=2,
-                       target__model__max_inputs_per_request=50)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=200,
+        backfill__concurrency=1,
+        backfill__retry__max_attempts=2,
+        target__model__max_inputs_per_request=50,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     proxy.policy = lambda req: Action(mutate=_mutation(mode))
@@ -154,8 +188,12 @@ def test_wrong_answers_write_nothing_and_record_why(
                 batches = _batches(database_url, plan.name)
                 failed = [b for b in batches if b[0] == "failed"]
                 assert failed and all(b[2] == 0 for b in failed)
-                reason = {"dim-const": "dimensions", "dim-varying": "dimensions",
-                          "count": "vectors for", "duplicate-index": "two vectors"}[mode]
+                reason = {
+                    "dim-const": "dimensions",
+                    "dim-varying": "dimensions",
+                    "count": "vectors for",
+                    "duplicate-index": "two vectors",
+                }[mode]
                 assert all(reason in (b[1] or "") for b in failed), failed
                 rows = current_rows(database_url)
                 written = {i for i, (_, v) in rows.items() if v is not None}
@@ -178,8 +216,12 @@ def test_wrong_answers_write_nothing_and_record_why(
 
 
 def test_nan_inf_and_zero_vectors_are_dead_lettered_alone(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 1000
     bodies = make_documents(database_url, n)
     bad = {77: float("nan"), 345: float("inf"), 346: float("-inf"), 901: "zero"}
@@ -194,8 +236,9 @@ def test_nan_inf_and_zero_vectors_are_dead_lettered_alone(
                 item["embedding"][3] = value
         return answer
 
-    plan = faulty_plan(server, proxy, backfill__batch_size=250,
-                       target__model__max_inputs_per_request=50)
+    plan = faulty_plan(
+        server, proxy, backfill__batch_size=250, target__model__max_inputs_per_request=50
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     proxy.policy = lambda req: Action(mutate=mutate)
@@ -207,15 +250,23 @@ def test_nan_inf_and_zero_vectors_are_dead_lettered_alone(
         kill_workers(procs)
     assert out["complete"] and out["dead_letters"] == 4
     dead = _dead(database_url, plan.name)
-    assert dead == {77: "bad vector: nan", 345: "bad vector: inf", 346: "bad vector: inf",
-                    901: "bad vector: zero vector"}
+    assert dead == {
+        77: "bad vector: nan",
+        345: "bad vector: inf",
+        346: "bad vector: inf",
+        901: "bad vector: zero vector",
+    }
     assert_all_fresh(database_url, dead=set(bad))
     assert_searches_clean(load, min_queries=5)
 
 
 def test_blank_null_overlong_texts_and_request_limits(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 1500
     make_documents(database_url, n, empty_every=40)
     long_text = " ".join(["overlong"] * 3000)
@@ -226,11 +277,15 @@ def test_blank_null_overlong_texts_and_request_limits(
         conn.execute("UPDATE documents SET body = %s WHERE id = 71", ("\u00a0\u2003\u00a0",))
     # The server enforces the limits: any request over them would be refused (and counted).
     server.set_controls(max_inputs=16, max_tokens_per_input=1000)
-    plan = faulty_plan(server, proxy, backfill__batch_size=300,
-                       target__model__max_inputs_per_request=16,
-                       target__model__max_tokens_per_request=3000,
-                       target__model__max_tokens_per_input=1000,
-                       target__model__overlong="dead_letter")
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=300,
+        target__model__max_inputs_per_request=16,
+        target__model__max_tokens_per_request=3000,
+        target__model__max_tokens_per_input=1000,
+        target__model__overlong="dead_letter",
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     sizes: list[tuple[int, int]] = []

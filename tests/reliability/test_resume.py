@@ -50,19 +50,24 @@ def _pending(url: str, name: str) -> tuple[int, int]:
         row = conn.execute(
             "SELECT (SELECT count(*) FROM migrator.changes WHERE migration = %(m)s AND "
             "processed_at IS NULL), (SELECT count(*) FROM migrator.batches WHERE migration = "
-            "%(m)s AND status IN ('pending', 'running'))", {"m": name}).fetchone()
+            "%(m)s AND status IN ('pending', 'running'))",
+            {"m": name},
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
 
 @pytest.mark.slow
 def test_every_row_fresh_through_a_cutover_under_writes(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 3000
     make_documents(database_url, n)
-    plan = faulty_plan(server, proxy, backfill__batch_size=200,
-                       verify__max_stale_fraction=0.5)
+    plan = faulty_plan(server, proxy, backfill__batch_size=200, verify__max_stale_fraction=0.5)
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     procs = start_workers(database_url, broker.url, plan.queue, n=1, concurrency=2)
@@ -72,9 +77,15 @@ def test_every_row_fresh_through_a_cutover_under_writes(
         with search_load(database_url, plan, qps=20) as load:
             writer = Writer(database_url, n).start()
             # --follow keeps catching up (both columns after the cutover) without the lock.
-            follower = threading.Thread(target=lambda: follow.update(backfill.run(
-                st, plan, backfill.Options(follow=True, poll_seconds=0.3,
-                                           should_stop=stop.is_set))))
+            follower = threading.Thread(
+                target=lambda: follow.update(
+                    backfill.run(
+                        st,
+                        plan,
+                        backfill.Options(follow=True, poll_seconds=0.3, should_stop=stop.is_set),
+                    )
+                )
+            )
             follower.start()
             # Writes never stop, so the backfill never looks complete: switch once the
             # initial ranges are done, with the catch-up still running.
@@ -109,23 +120,30 @@ def test_every_row_fresh_through_a_cutover_under_writes(
 
 def _ranges_done(url: str, name: str) -> bool:
     with contextlib.suppress(psycopg.Error), psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM "
-                           "migrator.batches WHERE migration = %s AND kind = 'range'",
-                           (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM "
+            "migrator.batches WHERE migration = %s AND kind = 'range'",
+            (name,),
+        ).fetchone()
         return bool(row and row[0] and row[0] == row[1])
     return False
 
 
 def _phase(url: str, plan: Plan) -> str:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT phase FROM migrator.migrations WHERE name = %s",
-                           (plan.name,)).fetchone()
+        row = conn.execute(
+            "SELECT phase FROM migrator.migrations WHERE name = %s", (plan.name,)
+        ).fetchone()
     return str(row[0]) if row else "none"
 
 
 STEPS = ("backfill", "verify", "cutover", "rollback", "cutover")
-AFTER = {"backfill": "backfilled", "verify": "verified", "cutover": "cut_over",
-         "rollback": "rolled_back"}
+AFTER = {
+    "backfill": "backfilled",
+    "verify": "verified",
+    "cutover": "cut_over",
+    "rollback": "rolled_back",
+}
 
 
 def _cmd(step: str, path: str) -> list[str]:
@@ -136,19 +154,28 @@ def _cmd(step: str, path: str) -> list[str]:
 def _end_state(url: str, plan: Plan) -> dict[str, Any]:
     with psycopg.connect(url) as conn:
         invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
-        registry = conn.execute("SELECT column_name, fingerprint FROM migrator.active_models"
-                                ).fetchall()
-        open_batches = conn.execute("SELECT count(*) FROM migrator.batches WHERE status "
-                                    "<> 'done'").fetchone()
-        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                             ).fetchone()
-        cols = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = "
-                            "'documents'::regclass AND attnum > 0 AND NOT attisdropped "
-                            "ORDER BY attnum").fetchall()
+        registry = conn.execute(
+            "SELECT column_name, fingerprint FROM migrator.active_models"
+        ).fetchall()
+        open_batches = conn.execute(
+            "SELECT count(*) FROM migrator.batches WHERE status <> 'done'"
+        ).fetchone()
+        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+        cols = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = "
+            "'documents'::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum"
+        ).fetchall()
     cat = view_catalog(url, plan)
-    return {"phase": _phase(url, plan), "invalid_indexes": invalid, "registry": registry,
-            "open_batches": open_batches, "advisory_locks": locks, "columns": cols,
-            "view": {k: cat[k] for k in ("definition", "column_types", "reloptions")}}
+    return {
+        "phase": _phase(url, plan),
+        "invalid_indexes": invalid,
+        "registry": registry,
+        "open_batches": open_batches,
+        "advisory_locks": locks,
+        "columns": cols,
+        "view": {k: cat[k] for k in ("definition", "column_types", "reloptions")},
+    }
 
 
 @contextlib.contextmanager
@@ -162,46 +189,72 @@ def _fresh_db(pg_server: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn, \
-                contextlib.suppress(psycopg.Error):
+        with (
+            psycopg.connect(pg_server, autocommit=True) as conn,
+            contextlib.suppress(psycopg.Error),
+        ):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.slow
 def test_orchestrator_killed_inside_each_step_then_rerun_converges(
-        pg_server: str, settings: Settings, server: ServerHandle, broker: PrivateRedis,
-        tmp_path: Path) -> None:
-    plan = unique_plan(server.url, backfill__batch_size=100, verify__sample_size=100,
-                       cutover__rollback_window_hours=24)
+    pg_server: str, settings: Settings, server: ServerHandle, broker: PrivateRedis, tmp_path: Path
+) -> None:
+    plan = unique_plan(
+        server.url,
+        backfill__batch_size=100,
+        verify__sample_size=100,
+        cutover__rollback_window_hours=24,
+    )
     path = plan_file(plan, tmp_path)
     ends: dict[str, dict[str, Any]] = {}
     for kill_at in (None, *range(len(STEPS))):
         with _fresh_db(pg_server) as url:
             create_documents(url, 1500)
-            env = {**os.environ, "DATABASE_URL": url, "CELERY_BROKER_URL": broker.url,
-                   "MIGRATOR_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+            env = {
+                **os.environ,
+                "DATABASE_URL": url,
+                "CELERY_BROKER_URL": broker.url,
+                "MIGRATOR_HOME": str(tmp_path / "home"),
+                "PYTHONPATH": str(ROOT),
+            }
             env.pop("MIGRATOR_REDIS_URL", None)
             procs = start_workers(url, broker.url, plan.queue, n=1, concurrency=2)
             killed = []
             try:
                 for i, step in enumerate(STEPS):
                     if i == kill_at:
-                        p = subprocess.Popen(_cmd(step, path), env=env, cwd=ROOT,
-                                             stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, start_new_session=True)
+                        p = subprocess.Popen(
+                            _cmd(step, path),
+                            env=env,
+                            cwd=ROOT,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                        )
                         time.sleep(1.5 + 0.3 * i)  # inside the step (imports take ~1 s)
                         if p.poll() is None:
                             os.killpg(p.pid, signal.SIGKILL)
                             killed.append(step)
                         p.wait(10)
                     # The rerun (or the normal run) of this step must succeed.
-                    res = subprocess.run(_cmd(step, path), env=env, cwd=ROOT,
-                                         capture_output=True, text=True, timeout=180)
+                    res = subprocess.run(
+                        _cmd(step, path),
+                        env=env,
+                        cwd=ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=180,
+                    )
                     # Exit 7 is right when the killed step had committed before the kill:
                     # the phase says it is done and the rerun refuses to do it twice.
                     done = res.returncode == 7 and i == kill_at and _phase(url, plan) == AFTER[step]
-                    assert res.returncode == 0 or done, (kill_at, step, res.stdout[-2000:],
-                                                         res.stderr[-2000:])
+                    assert res.returncode == 0 or done, (
+                        kill_at,
+                        step,
+                        res.stdout[-2000:],
+                        res.stderr[-2000:],
+                    )
             finally:
                 kill_workers(procs)
             st = load_settings({**env})

@@ -45,20 +45,31 @@ def _batches(url: str, name: str) -> list[tuple[int, str, int, int, int]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT id, status, attempts, executions, rows_written FROM migrator.batches "
-            "WHERE migration = %s ORDER BY id", (name,)).fetchall()
+            "WHERE migration = %s ORDER BY id",
+            (name,),
+        ).fetchall()
     return [(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
 
 
 @pytest.mark.slow
 def test_child_killed_after_embedding_then_whole_worker_killed(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     n = 3000
     make_documents(database_url, n)
     # One request per batch, one pool process per worker: the kill after the 4th answer hits
     # the process that holds those vectors and has not written them yet.
-    plan = faulty_plan(server, proxy, backfill__batch_size=100, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=100)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=100,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=100,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     w0 = start_workers(database_url, broker.url, plan.queue, n=1, concurrency=1)
@@ -83,12 +94,16 @@ def test_child_killed_after_embedding_then_whole_worker_killed(
     try:
         with search_load(database_url, plan, qps=20) as load:
             writer = Writer(database_url, n).start()
-            runner = threading.Thread(target=lambda: result.update(backfill.run(
-                st, plan, backfill.Options(poll_seconds=0.3, stall_after=3.0))))
+            runner = threading.Thread(
+                target=lambda: result.update(
+                    backfill.run(st, plan, backfill.Options(poll_seconds=0.3, stall_after=3.0))
+                )
+            )
             runner.start()
             assert wait_for(lambda: "child" in killed, 30), "the child was never killed"
-            assert wait_for(lambda: sum(b[1] == "done" for b in _batches(
-                database_url, plan.name)) >= 8, 60)
+            assert wait_for(
+                lambda: sum(b[1] == "done" for b in _batches(database_url, plan.name)) >= 8, 60
+            )
             # Now the whole first worker (master and pool) dies; a second one takes over.
             kill_workers(w0)
             done_at_kill = sum(b[1] == "done" for b in _batches(database_url, plan.name))
@@ -117,29 +132,46 @@ def test_child_killed_after_embedding_then_whole_worker_killed(
 
 @pytest.mark.slow
 def test_batch_outliving_the_visibility_timeout_runs_twice_harmlessly(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     """Redis redelivers an unacked message after the visibility timeout even while the task
     runs: a second worker runs the same batch. Vectors stay right, the duplicate is counted."""
     n = 600
     make_documents(database_url, n)
     # Two batches of 300 rows (and an empty open-ended one), three single-process workers:
     # a redelivered message finds an idle worker while the first execution still runs.
-    plan = faulty_plan(server, proxy, backfill__batch_size=300, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=300)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=300,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=300,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     proxy.policy = lambda req: Action(delay=6.0)  # every batch outlives the 2 s timeout
     env = {"MIGRATOR_TEST_VISIBILITY_TIMEOUT": "2"}
-    procs = start_workers(database_url, broker.url, plan.queue, n=3, concurrency=1,
-                          extra_env=env, app=SHORT_VISIBILITY_APP)
+    procs = start_workers(
+        database_url,
+        broker.url,
+        plan.queue,
+        n=3,
+        concurrency=1,
+        extra_env=env,
+        app=SHORT_VISIBILITY_APP,
+    )
     try:
         with search_load(database_url, plan, qps=10) as load:
             out = backfill.run(st, plan, backfill.Options(poll_seconds=0.3))
             # Completion came from the database; a duplicate may still be running: wait until
             # every execution that claimed a batch has finished it.
-            assert wait_for(lambda: all(b[2] == b[3] for b in _batches(
-                database_url, plan.name)), 40), _batches(database_url, plan.name)
+            assert wait_for(
+                lambda: all(b[2] == b[3] for b in _batches(database_url, plan.name)), 40
+            ), _batches(database_url, plan.name)
     finally:
         kill_workers(procs)
     assert out["complete"]
@@ -157,19 +189,29 @@ def test_batch_outliving_the_visibility_timeout_runs_twice_harmlessly(
 
 
 def test_batch_past_its_time_limit_is_retried_not_failed(
-        database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy,
-        broker: PrivateRedis) -> None:
+    database_url: str,
+    settings: Settings,
+    server: ServerHandle,
+    proxy: FaultProxy,
+    broker: PrivateRedis,
+) -> None:
     """A batch slowed past its soft time limit (a long pause, a hung request) is slow, not
     broken: it must be retried, never failed for good."""
     make_documents(database_url, 400)
-    plan = faulty_plan(server, proxy, backfill__batch_size=200, backfill__concurrency=1,
-                       target__model__max_inputs_per_request=200)
+    plan = faulty_plan(
+        server,
+        proxy,
+        backfill__batch_size=200,
+        backfill__concurrency=1,
+        target__model__max_inputs_per_request=200,
+    )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
     # stall_after 3 s gives tasks a 5 s time limit (4.5 s soft); the first answer is a 429
     # asking for a 6 s pause, which the task waits out in place.
-    proxy.policy = lambda req: Action(status=429, headers={"retry-after": "6"}) \
-        if req.n == 1 else None
+    proxy.policy = lambda req: (
+        Action(status=429, headers={"retry-after": "6"}) if req.n == 1 else None
+    )
     procs = start_workers(database_url, broker.url, plan.queue, n=1, concurrency=2)
     try:
         with search_load(database_url, plan, qps=10) as load:

@@ -71,8 +71,15 @@ def test_every_variable_is_documented() -> None:
 def test_runbook_is_complete_and_its_commands_exist(path: Path) -> None:
     plan = load_plan(path)
     text = render_runbook(plan, f"plans/{path.name}")
-    for heading in ("Dry run", "Adopt the view", "Backfill", "Verify", "Cutover", "Rollback",
-                    "Finalize"):
+    for heading in (
+        "Dry run",
+        "Adopt the view",
+        "Backfill",
+        "Verify",
+        "Cutover",
+        "Rollback",
+        "Finalize",
+    ):
         assert heading in text
     assert text.count("**How to roll back from here:**") == 7
     assert text.count("**Expected duration:**") == 7

@@ -18,8 +18,11 @@ def test_plan_reference_is_current() -> None:
 
 
 def test_every_plan_key_has_a_description() -> None:
-    missing = [line for line in plan_reference.render().splitlines()
-               if line.startswith("| `") and line.rstrip().endswith("|  |")]
+    missing = [
+        line
+        for line in plan_reference.render().splitlines()
+        if line.startswith("| `") and line.rstrip().endswith("|  |")
+    ]
     assert not missing, missing
 
 

@@ -45,7 +45,8 @@ def test_recall_mrr_ndcg_hand_computed() -> None:
     n2 = 1.0 / (1 + 1 / math.log2(3))
     assert ndcg_at_k(RANKED, RELEVANT, 3) == pytest.approx((n1 + n2 + 0) / 3)
     assert ndcg_at_k(RANKED, RELEVANT, 4) == pytest.approx(
-        (n1 + (1 + 1 / math.log2(5)) / (1 + 1 / math.log2(3)) + 0) / 3)
+        (n1 + (1 + 1 / math.log2(5)) / (1 + 1 / math.log2(3)) + 0) / 3
+    )
 
 
 def test_queries_without_relevant_ids_are_skipped_by_recall_and_ndcg() -> None:
@@ -87,9 +88,12 @@ def test_exact_topk_matches_a_naive_full_sort(metric: Metric) -> None:
         naive = []
         for j in range(len(m)):
             a, b = q[i].astype(np.float64), m[j].astype(np.float64)
-            d = {Metric.COSINE: 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b),
-                 Metric.L2: np.linalg.norm(a - b), Metric.INNER_PRODUCT: -(a @ b),
-                 Metric.L1: np.abs(a - b).sum()}[metric]
+            d = {
+                Metric.COSINE: 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b),
+                Metric.L2: np.linalg.norm(a - b),
+                Metric.INNER_PRODUCT: -(a @ b),
+                Metric.L1: np.abs(a - b).sum(),
+            }[metric]
             naive.append((d, j))
         naive.sort()
         assert idx[i].tolist() == [j for _, j in naive[:10]]
@@ -110,9 +114,12 @@ def test_zero_vectors_rank_last_for_cosine() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 30), min_size=0, max_size=10, unique=True),
-                min_size=1, max_size=8),
-       st.integers(1, 10))
+@given(
+    st.lists(
+        st.lists(st.integers(0, 30), min_size=0, max_size=10, unique=True), min_size=1, max_size=8
+    ),
+    st.integers(1, 10),
+)
 def test_metrics_are_within_bounds_and_ordered(ranked: list[list[int]], k: int) -> None:
     relevant = [set(r[:1]) or {99} for r in ranked]
     for fn in (recall_at_k, mrr_at_k, ndcg_at_k):

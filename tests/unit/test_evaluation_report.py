@@ -28,14 +28,32 @@ from migrator.verify_checks import load_labelled
 def sample_report(fail: bool = False) -> Report:
     checks = (
         gate("coverage", "coverage", 1.0, 1.0, ">=", "100 of 100 rows", {"done": 100}),
-        gate("health", "vector health", 3.0 if fail else 0.0, 0.0, "<=", "bad | <rows>",
-             {"zero": 3 if fail else 0}),
+        gate(
+            "health",
+            "vector health",
+            3.0 if fail else 0.0,
+            0.0,
+            "<=",
+            "bad | <rows>",
+            {"zero": 3 if fail else 0},
+        ),
         Check("labelled", "labelled queries", None, None, "", Status.SKIP, "none"),
     )
-    return Report(migration="demo", plan_hash="ab" * 32, table="public.docs", source="old@256:x",
-                  target="new@384:y", created_at="2026-11-21T00:00:00+00:00", k=10, sample=100,
-                  seed=42, checks=checks, index_build=(("action", "exists"),), seconds=1.5,
-                  timings=(("coverage", 0.1),))
+    return Report(
+        migration="demo",
+        plan_hash="ab" * 32,
+        table="public.docs",
+        source="old@256:x",
+        target="new@384:y",
+        created_at="2026-11-21T00:00:00+00:00",
+        k=10,
+        sample=100,
+        seed=42,
+        checks=checks,
+        index_build=(("action", "exists"),),
+        seconds=1.5,
+        timings=(("coverage", 0.1),),
+    )
 
 
 def test_gate_verdicts() -> None:
@@ -80,8 +98,9 @@ def test_markdown_escapes_and_html_is_self_contained(tmp_path: Path) -> None:
 
 def test_labelled_queries_file(tmp_path: Path) -> None:
     p = tmp_path / "q.jsonl"
-    p.write_text('{"query": "open a socket", "relevant": [3, "7"]}\n\n'
-                 '{"query": "x", "relevant": []}\n')
+    p.write_text(
+        '{"query": "open a socket", "relevant": [3, "7"]}\n\n{"query": "x", "relevant": []}\n'
+    )
     assert load_labelled(p) == [("open a socket", ["3", "7"]), ("x", [])]
     p.write_text('{"query": "", "relevant": [1]}\n')
     with pytest.raises(ConfigError, match=r"q.jsonl:1: expected"):

@@ -45,10 +45,15 @@ def test_golden(path: Path) -> None:
 
 
 def test_live_facts_change_the_view_and_finalize() -> None:
-    facts = Facts(view_options=(("security_barrier", "true"),), view_owner="app",
-                  view_grants=(("reader", "SELECT"),), source_indexes=("docs_old_idx",), live=True)
+    facts = Facts(
+        view_options=(("security_barrier", "true"),),
+        view_owner="app",
+        view_grants=(("reader", "SELECT"),),
+        source_indexes=("docs_old_idx",),
+        live=True,
+    )
     text = render(ROOT / "plans" / "ollama-halfvec.yaml", facts)
-    assert 'WITH ("security_barrier" = \'true\')' in text
+    assert "WITH (\"security_barrier\" = 'true')" in text
     assert 'ALTER VIEW "public"."kb_search" OWNER TO "app"' in text
     assert 'GRANT SELECT ON "public"."kb_search" TO "reader"' in text
     assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."docs_old_idx"' in text

@@ -106,7 +106,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "field", "message"), BAD, ids=[b[0] + ":" + str(b[1])[:20] for b in BAD])
+@pytest.mark.parametrize(
+    ("path", "value", "field", "message"), BAD, ids=[b[0] + ":" + str(b[1])[:20] for b in BAD]
+)
 def test_bad_plans_give_one_line_errors(path: str, value: Any, field: str, message: str) -> None:
     with pytest.raises(PlanError) as err:
         parse_plan(with_change(path, value), path="plans/x.yaml")

@@ -69,8 +69,12 @@ def test_openai_provider_reports_the_servers_count_per_thread() -> None:
 
     spec = ModelSpec(name="m", dimensions=2, base_url="http://h/v1")
     p = OpenAIProvider(spec, api_key="k", base_url="http://h/v1")
-    p._client = openai.OpenAI(api_key="k", base_url="http://h/v1", max_retries=0,
-                              http_client=httpx.Client(transport=httpx.MockTransport(answer)))
+    p._client = openai.OpenAI(
+        api_key="k",
+        base_url="http://h/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+    )
     assert p.last_usage() is None
     p.embed(["x", "y", "z"])
     assert p.last_usage() == 21
