@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pgvector.psycopg import register_vector
 
 from migrator.embedding.local import HashEmbedder
 from migrator.plan import Plan
+from migrator.worker.launch import worker_command
 from tests.helpers import demo_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,34 +97,24 @@ def start_workers(
     n: int = 1,
     concurrency: int = 2,
     extra_env: dict[str, str] | None = None,
+    app: str = "migrator.worker.app",
+    loglevel: str = "warning",
+    tag: str = "w",
 ) -> list[subprocess.Popen[bytes]]:
+    """Real worker processes (the command `migrator worker` runs) on `queue`."""
     env = dict(os.environ)
     env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker, "PYTHONPATH": str(ROOT)})
     env.pop("MIGRATOR_REDIS_URL", None)
     env.update(extra_env or {})
     procs = []
     for i in range(n):
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "migrator.worker.app",
-            "worker",
-            "-Q",
+        cmd = worker_command(
             queue,
-            "-c",
-            str(concurrency),
-            "--pool",
-            "prefork",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "warning",
-            "-n",
-            f"w{i}-{uuid.uuid4().hex[:6]}@%h",
-        ]
+            concurrency=concurrency,
+            loglevel=loglevel,
+            hostname=f"{tag}{i}-{uuid.uuid4().hex[:6]}@%h",
+            app=app,
+        )
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True))
     return procs
 

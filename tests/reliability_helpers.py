@@ -18,10 +18,8 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from migrator.config import Settings, load_settings
 from migrator.drill import Drill, DrillReport
 from migrator.embedding.server import ServerHandle
 from migrator.plan import Plan
+from tests import backfill_helpers
 from tests.backfill_helpers import random_text, unique_plan
 
 REDIS_SERVER = "redis-server"
@@ -61,36 +60,18 @@ def start_workers(
     extra_env: dict[str, str] | None = None,
     app: str = "migrator.worker.app",
 ) -> list[subprocess.Popen[bytes]]:
-    """Like tests.backfill_helpers.start_workers, with the Celery app module to load."""
-    env = dict(os.environ)
-    env.update({"DATABASE_URL": database_url, "CELERY_BROKER_URL": broker, "PYTHONPATH": str(ROOT)})
-    env.pop("MIGRATOR_REDIS_URL", None)
-    env.update(extra_env or {})
-    procs = []
-    for i in range(n):
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            app,
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            str(concurrency),
-            "--pool",
-            "prefork",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "error",
-            "-n",
-            f"rel{i}-{uuid.uuid4().hex[:6]}@%h",
-        ]
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True))
-    return procs
+    """tests.backfill_helpers.start_workers with quieter logs and the Celery app to load."""
+    return backfill_helpers.start_workers(
+        database_url,
+        broker,
+        queue,
+        n=n,
+        concurrency=concurrency,
+        extra_env=extra_env,
+        app=app,
+        loglevel="error",
+        tag="rel",
+    )
 
 
 # ---- a private Redis ---------------------------------------------------------------------------

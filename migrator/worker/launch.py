@@ -25,13 +25,14 @@ def worker_command(
     pool: str = "prefork",
     loglevel: str = "warning",
     hostname: str | None = None,
+    app: str = "migrator.worker.app",
 ) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "migrator.worker.app",
+        app,
         "worker",
         "-Q",
         queue,
