@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from migrator import gate, state
+from migrator import gate, state, verify_labelled
 from migrator import verify_checks as checks
 from migrator import verify_data as data
 from migrator.api import Context, migration_context
@@ -215,12 +215,12 @@ def _labelled(
         return checks.skipped("labelled", "labelled queries", "no labelled_queries in the plan")
     t0 = time.perf_counter()
     path = resolve_labelled(name, opts.plan_dir)
-    items = checks.load_labelled(path)
+    items = verify_labelled.load_labelled(path)
     q_old, f_old = data.embed_all(old_p, plan.source.model, [q for q, _ in items])
     q_new, f_new = data.embed_all(new_p, plan.target.model, [q for q, _ in items])
     keep = [i for i in range(len(items)) if i not in set(f_old) | set(f_new)]
     k = plan.verify.k
-    return checks.labelled(
+    return verify_labelled.labelled(
         plan,
         [items[i][1] for i in keep],
         checks.topk(source, q_old[keep], k, plan).ids,

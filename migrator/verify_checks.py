@@ -1,5 +1,5 @@
 """The gates of `verify`, one function each: coverage, vector health, freshness, index recall,
-model parity and labelled evaluation. Each returns a `report.Check` with its figure, the plan's
+model parity (labelled evaluation is in verify_labelled). Each returns a `report.Check` with its figure, the plan's
 threshold and the verdict.
 
 Read-only on the database. Exact search is numpy over vectors read once (verify_data), which
@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,18 +19,14 @@ import psycopg
 from psycopg import sql
 
 from migrator import sql as q
-from migrator.errors import ConfigError
 from migrator.evaluation import (
     F32,
     ann_recall_with_ties,
     distances,
     exact_topk,
     hit_rate_at_k,
-    mrr_at_k,
-    ndcg_at_k,
     overlap_at_k,
     ratio,
-    recall_at_k,
     rowwise_cosine,
     vector_health,
 )
@@ -343,63 +338,6 @@ def parity(
         ">=",
         summary,
         details,
-        seconds,
-    )
-
-
-def load_labelled(path: Path) -> list[tuple[str, list[str]]]:
-    """JSONL lines {"query": "...", "relevant": [ids...]}; ids compared as text."""
-    out: list[tuple[str, list[str]]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"labelled queries {path}: {exc.strerror or exc}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            query, relevant = obj["query"], obj["relevant"]
-            if not isinstance(query, str) or not query.strip() or not isinstance(relevant, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f'labelled queries {path}:{n}: expected {{"query": "text", "relevant": [ids...]}}'
-            ) from None
-        out.append((query, [str(x) for x in relevant]))
-    return out
-
-
-def labelled(
-    plan: Plan,
-    relevant: Sequence[Sequence[str]],
-    old_top: Sequence[Sequence[str]],
-    new_top: Sequence[Sequence[str]],
-    k: int,
-    seconds: float,
-) -> Check:
-    """recall@k, MRR and nDCG@k of both models on the team's labelled queries; the gate
-    compares recall@k new/old against min_recall_ratio."""
-    metrics = ((f"recall@{k}", recall_at_k), ("mrr", mrr_at_k), (f"ndcg@{k}", ndcg_at_k))
-    m = {
-        f"{name}_{which}": fn(top, relevant, k)
-        for which, top in (("old", old_top), ("new", new_top))
-        for name, fn in metrics
-    }
-    r = ratio(m[f"recall@{k}_new"], m[f"recall@{k}_old"])
-    figure = r if r is not None else (1.0 if m[f"recall@{k}_new"] >= m[f"recall@{k}_old"] else 0.0)
-    summary = (
-        f"recall@{k} old {m[f'recall@{k}_old']:.3f}, new {m[f'recall@{k}_new']:.3f}; "
-        f"nDCG@{k} old {m[f'ndcg@{k}_old']:.3f}, new {m[f'ndcg@{k}_new']:.3f}"
-    )
-    return gate(
-        "labelled",
-        "labelled queries",
-        figure,
-        plan.verify.min_recall_ratio,
-        ">=",
-        summary,
-        {"queries": len(relevant), **m, "ratio": r},
         seconds,
     )
 

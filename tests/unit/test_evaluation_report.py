@@ -22,7 +22,7 @@ from migrator.report import (
     write_report_file,
 )
 from migrator.verify import resolve_labelled
-from migrator.verify_checks import load_labelled
+from migrator.verify_labelled import load_labelled
 
 
 def sample_report(fail: bool = False) -> Report:
