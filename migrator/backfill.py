@@ -25,7 +25,7 @@ from migrator.db import connect
 from migrator.errors import BrokerError, ConcurrentRunError, DatabaseError, ProviderError
 from migrator.plan import Plan
 from migrator.state import State
-from migrator.worker.app import TASK_NAME, make_app
+from migrator.worker.celery_config import TASK_NAME, make_app
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]

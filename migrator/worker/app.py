@@ -1,50 +1,34 @@
-"""The Celery app: configuration only (at-least-once delivery, one task at a time per process).
+"""The Celery app the workers start (`celery -A migrator.worker.app worker`).
 
-The entry point workers start (`celery -A migrator.worker.app worker`), so it is the documented
-exception to "no environment reads at import": the broker comes from CELERY_BROKER_URL, else
-the embedded Redis under MIGRATOR_HOME. The producer builds its own app with `make_app(url)`.
+The documented exception to "no environment reads at import": the broker comes from
+CELERY_BROKER_URL, else the embedded Redis under MIGRATOR_HOME. Importing starts nothing: the
+embedded Redis is started by the worker (or beat) process itself, on Celery's init signals.
+The producer builds its own app with `celery_config.make_app(url)`.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
-from migrator.broker import broker_url, is_redis
+from celery import signals
+
 from migrator.config import load_settings
+from migrator.embedded import embedded_redis_socket_url, embedded_redis_url
+from migrator.worker.celery_config import TASK_NAME, VISIBILITY_TIMEOUT_S, make_app
 
-TASK_NAME = "migrator.embed_batch"
-# Redis redelivers an unacked message after this long even while it runs: keep it far above
-# any task's time limit (which stays below the plan's stall_after_seconds).
-VISIBILITY_TIMEOUT_S = 4 * 3600
-
-
-def make_app(url: str) -> Celery:
-    app = Celery("migrator", broker=url, include=["migrator.worker.tasks"])
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        task_default_queue="migrator.default",
-        # Defaults for tasks sent without limits; the producer sends each batch with limits
-        # derived from the plan's stall_after_seconds.
-        task_soft_time_limit=540,
-        task_time_limit=570,
-        worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options=(
-            {"visibility_timeout": VISIBILITY_TIMEOUT_S} if is_redis(url) else {}
-        ),
-    )
-    return app
-
+__all__ = ["TASK_NAME", "VISIBILITY_TIMEOUT_S", "app", "make_app"]
 
 _settings = load_settings()
-app = make_app(broker_url(_settings))
+app = make_app(_settings.broker_url or embedded_redis_socket_url(_settings.home))
+
+
+@signals.celeryd_init.connect  # type: ignore[untyped-decorator]
+@signals.beat_init.connect  # type: ignore[untyped-decorator]
+def _start_embedded_broker(**_: Any) -> None:
+    """With no CELERY_BROKER_URL, this process is the one that needs the embedded Redis."""
+    if _settings.broker_url is None:
+        embedded_redis_url(_settings.home)
+
 
 # Worker metrics endpoint (MIGRATOR_METRICS_PORT): connects to Celery signals on import.
 import migrator.worker.monitoring  # noqa: E402, F401
