@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from migrator import inspect as insp
-from migrator import state
+from migrator import ledger, state
 from migrator.config import Settings
 from migrator.db import connect, ensure_schema, resolve_url
 from migrator.embedded import stop_embedded_database, stop_embedded_redis
@@ -209,7 +209,7 @@ class Context:
         return self.migration
 
     def facts(self) -> Facts:
-        return live_facts(self.conn, self.plan)
+        return insp.live_facts(self.conn, self.plan)
 
 
 @contextlib.contextmanager
@@ -246,17 +246,8 @@ def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[
         conn.close()
 
 
-def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
-    facts, _ = insp.view_facts(conn, plan.view_schema, plan.view.name)
-    srcidx = tuple(
-        n for n, _ in insp.index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
-    )
-    pk_type = insp.column_types(conn, plan.table.schema_, plan.table.name).get(
-        plan.table.primary_key, "bigint"
-    )
-    return Facts(
-        facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type, live=True
-    )
+# Re-exported for callers of the API.
+live_facts = insp.live_facts
 
 
 def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
@@ -341,27 +332,17 @@ def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
         (plan.name,),
     ).fetchall()
     batches = {r[0]: int(r[1]) for r in rows}
-    dead = conn.execute(
-        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
-        (plan.name,),
-    ).fetchone()
-    pending_changes = conn.execute(
-        "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
-        (plan.name,),
-    ).fetchone()
-    from migrator.ledger import row_counts
-
     counts: dict[str, int] = {}
     with contextlib.suppress(psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
-        counts = row_counts(conn, plan, plan.target.column)  # the table's word, not the ledger's
+        counts = ledger.row_counts(conn, plan, plan.target.column)  # the table's, not the ledger's
     return {
         **counts,
         "batches": batches,
         "batches_total": sum(batches.values()),
         "rows_written": sum(int(r[2]) for r in rows),
         "duplicate_executions": sum(int(r[4]) for r in rows),
-        "dead_letters": int(dead[0]) if dead else 0,
-        "pending_changes": int(pending_changes[0]) if pending_changes else 0,
+        "dead_letters": ledger.dead_letter_count(conn, plan.name),
+        "pending_changes": ledger.pending_changes(conn, plan.name),
     }
 
 

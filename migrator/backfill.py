@@ -247,7 +247,7 @@ def _summary(
         "rows_written": s["rows_written"],
         "rows_written_this_run": written,
         "retries": s["retries"],
-        "dead_letters": len(ledger.dead_letters(conn, plan.name, limit=100_000)),
+        "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "duplicate_executions": int(dup[0]) if dup else 0,
         "pending_changes": ledger.pending_changes(conn, plan.name),
         "seconds": round(seconds, 2),

@@ -100,6 +100,24 @@ def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts,
     return facts, str(row[2]) if row[3] == "v" else f"<not a view: relkind {row[3]}>"
 
 
+def _with_table_facts(
+    conn: psycopg.Connection, plan: Plan, view: Facts, cols: dict[str, str]
+) -> Facts:
+    """The view's facts completed with the table's: indexes of the old column, key type."""
+    srcidx = tuple(
+        n for n, _ in index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
+    )
+    pk_type = cols.get(plan.table.primary_key, "bigint")
+    return Facts(view.view_options, view.view_owner, view.view_grants, srcidx, pk_type, live=True)
+
+
+def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
+    """What the phase statements depend on in the live database (see steps.Facts)."""
+    view, _ = view_facts(conn, plan.view_schema, plan.view.name)
+    cols = column_types(conn, plan.table.schema_, plan.table.name)
+    return _with_table_facts(conn, plan, view, cols)
+
+
 def index_on(
     conn: psycopg.Connection, schema: str, table: str, column: str
 ) -> list[tuple[str, bool]]:
@@ -176,11 +194,7 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     _inspect_index(conn, plan, ins)
     facts, viewdef = view_facts(conn, plan.view_schema, plan.view.name)
     ins.view_definition = viewdef
-    srcidx = tuple(n for n, _ in index_on(conn, schema, table, plan.source.column))
-    pk_type = cols.get(plan.table.primary_key, "bigint")
-    ins.facts = Facts(
-        facts.view_options, facts.view_owner, facts.view_grants, srcidx, pk_type, live=True
-    )
+    ins.facts = _with_table_facts(conn, plan, facts, cols)
     if any(
         k == "security_barrier" and v.lower() in ("true", "on", "1") for k, v in facts.view_options
     ):

@@ -375,6 +375,14 @@ def row_counts(conn: psycopg.Connection, plan: Plan, column: str) -> dict[str, i
     }
 
 
+def dead_letter_count(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
+        (name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def dead_letters(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT pk, role, reason, attempts FROM migrator.dead_letters WHERE migration = %s "
