@@ -72,16 +72,36 @@ def exact_topk(
     rows = _unit(matrix) if cosine else matrix  # once, not once per chunk
     for lo in range(0, nq, step):
         d = distances(queries[lo : lo + step], rows, metric, unit_rows=cosine)
-        if kk < n:
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.tile(np.arange(n), (len(d), 1))
+        part = _k_smallest(d, kk)
         pd = np.take_along_axis(d, part, axis=1)
         # lexsort: by distance, then by row position for a deterministic order among ties.
         order = np.lexsort((part, pd), axis=1)
         idx[lo : lo + step] = np.take_along_axis(part, order, axis=1)
         dist[lo : lo + step] = np.take_along_axis(pd, order, axis=1)
     return idx, dist
+
+
+def _k_smallest(d: F32, k: int) -> I64:
+    """Positions of the k smallest values of each row, ties at the k-th value going to the
+    lowest positions (argpartition alone picks an arbitrary subset of the tied rows)."""
+    n = d.shape[1]
+    if k >= n:
+        return np.tile(np.arange(n, dtype=np.int64), (len(d), 1))
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1 : k]
+    within = d <= kth
+    counts = within.sum(axis=1)
+    out = np.empty((len(d), k), dtype=np.int64)
+    exact = counts == k
+    if exact.any():
+        # np.nonzero walks row-major, so each row's k positions come out together, ascending.
+        out[exact] = np.nonzero(within[exact])[1].reshape(-1, k)
+    for i in np.flatnonzero(~exact):
+        # More than k rows at most as far as the k-th: every strictly nearer row, then the
+        # tied rows by position.
+        cand = np.flatnonzero(within[i])
+        order = np.lexsort((cand, d[i, cand]))
+        out[i] = cand[order[:k]]
+    return out
 
 
 # ---- retrieval metrics: `retrieved[i]` is query i's ranked list, best first --------------------

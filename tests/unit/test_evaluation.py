@@ -107,6 +107,40 @@ def test_exact_topk_ties_and_small_matrices() -> None:
     np.testing.assert_allclose(dist[0], [0, 0, 1], atol=1e-6)
 
 
+def test_exact_topk_breaks_ties_at_the_kth_place_by_row_position() -> None:
+    # Real ties: a corpus where many documents share one text (duplicates are common in real
+    # tables: boilerplate, empty templates), embedded by the local model. The k-th place is
+    # shared by far more rows than fit; the lowest row positions must win, every time, as a
+    # stable sort of every distance would decide.
+    from migrator.embedding.local import HashEmbedder
+
+    model = HashEmbedder("ties", 64)
+    texts = []
+    for i in range(400):
+        texts.append("shared boilerplate text about refunds" if i % 3 == 0 else f"doc {i} {i % 7}")
+    m = model.encode(texts)
+    q = model.encode(["boilerplate about refunds", "doc 5 5", "refunds"])
+    for metric in (Metric.COSINE, Metric.L2, Metric.INNER_PRODUCT):
+        idx, dist = exact_topk(q, m, 10, metric, chunk_floats=800)
+        full = distances(q, m, metric)
+        for i in range(len(q)):
+            stable = np.argsort(full[i], kind="stable")[:10]
+            assert idx[i].tolist() == stable.tolist(), metric
+            np.testing.assert_array_equal(dist[i], full[i][stable])
+    # The boilerplate query ties >100 rows at distance ~0: rows 0, 3, 6, ... come first.
+    idx, _ = exact_topk(q[:1], m, 10, Metric.COSINE)
+    assert idx[0].tolist() == list(range(0, 30, 3))
+
+
+def test_exact_topk_with_fewer_finite_distances_than_k() -> None:
+    # Cosine against zero vectors is undefined (+inf): they fill the tail by row position.
+    m = np.zeros((50, 4), dtype=np.float32)
+    m[[7, 30]] = [1, 0, 0, 0]
+    idx, dist = exact_topk(np.array([[1, 0, 0, 0]], dtype=np.float32), m, 5, Metric.COSINE)
+    assert idx[0].tolist() == [7, 30, 0, 1, 2]
+    assert np.isinf(dist[0][2:]).all()
+
+
 def test_zero_vectors_rank_last_for_cosine() -> None:
     m = np.array([[0, 0], [1, 1]], dtype=np.float32)
     d = distances(np.array([[1, 0]], dtype=np.float32), m, Metric.COSINE)
