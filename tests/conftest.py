@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,31 @@ import pytest
 from migrator.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+_PRIVATE_BASETEMP = "_migrator_private_basetemp"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each run a temporary folder of its own unless --basetemp names one.
+
+    pytest's default (/tmp/pytest-of-USER/pytest-N) is shared by every run of one user, and each
+    run prunes the older numbered folders: a second run at the same time removed the data
+    folder of the first run's embedded PostgreSQL (59 errors). A private folder cannot be
+    pruned by anyone else; it is removed when the run ends.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    path = tempfile.mkdtemp(prefix="migrator-tests-")
+    # The embedded PostgreSQL runs as its own system user when tests run as root: it must be
+    # able to reach its data folder below this one.
+    os.chmod(path, 0o755)
+    config.option.basetemp = path
+    setattr(config, _PRIVATE_BASETEMP, path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = getattr(config, _PRIVATE_BASETEMP, None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -30,3 +30,13 @@ def test_exit_codes_documented() -> None:
     text = (ROOT / "docs" / "exit-codes.md").read_text()
     for code in EXIT_CODES:
         assert f"| {code} |" in text, f"exit code {code} missing from docs/exit-codes.md"
+
+
+def test_each_test_run_has_a_private_temporary_folder(tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    # Two runs at once shared /tmp/pytest-of-USER and one pruned the other's embedded database.
+    import getpass
+    import tempfile
+
+    base = tmp_path_factory.getbasetemp().resolve()
+    shared = (Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}").resolve()
+    assert shared not in base.parents and base != shared
