@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import psycopg
+from pgvector import HalfVector
 from psycopg import sql
 
 from migrator import ledger
@@ -273,10 +274,12 @@ def run_batch(
             copy_sql = sql.SQL("COPY {} (pk, text_hash, v) FROM STDIN (FORMAT BINARY)").format(
                 stage
             )
+            # pgvector-python dumps halfvec only from HalfVector objects (0.5 refuses arrays).
+            wrap = HalfVector if rs.vtype is VectorType.HALFVEC else _as_is
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 copy.set_types([key.oid, "text", rs.vtype.value])
                 for i, vec in emb.vectors.items():
-                    copy.write_row((rows[i][0], rows[i][3], vec))
+                    copy.write_row((rows[i][0], rows[i][3], wrap(vec)))
             cas = q.cas_update(plan, rs.column, key.type, rs.vtype, rs.model.dimensions)
             written = [str(r[0]) for r in _execute(conn, cas).fetchall()]
         else:
@@ -299,6 +302,10 @@ def run_batch(
         out.status = "duplicate"
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _as_is(vec: Any) -> Any:
+    return vec
 
 
 def give_up(conn: psycopg.Connection, batch_id: int, exc: BaseException) -> None:
