@@ -147,7 +147,8 @@ class EmbeddingsApp:
         if wait is not None:
             return _rate_limited(wait, controls)
         if controls.latency_ms:
-            await asyncio.sleep(controls.latency_ms / 1000.0)
+            with self.state.serving():
+                await asyncio.sleep(controls.latency_ms / 1000.0)
         if self.state.roll_error():
             return _error(500, "injected server error", "server_error")
         marker = controls.poison_marker

@@ -6,11 +6,13 @@ Owns the mutable, lock-protected state shared by the server's requests and its t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
@@ -77,6 +79,11 @@ class Counters:
     rate_limited: int = 0
     server_errors: int = 0
     rejected: int = 0
+    # The longest run of 429s between two admitted requests: clients that honour Retry-After
+    # (and share the pause) send at most one doomed request per request slot into each run.
+    max_rate_limited_run: int = 0
+    # Most admitted requests being served at once (during the injected latency).
+    max_in_flight: int = 0
 
 
 class ServerState:
@@ -88,6 +95,8 @@ class ServerState:
         self.counters = Counters()
         self._window: deque[tuple[float, int]] = deque()  # (time, tokens) of admitted requests
         self._window_tokens = 0
+        self._limited_run = 0
+        self._in_flight = 0
         self._rng = random.Random(self.controls.seed)
 
     def set_controls(self, **changes: Any) -> Controls:
@@ -103,6 +112,7 @@ class ServerState:
     def reset_counters(self) -> None:
         with self._lock:
             self.counters = Counters()
+            self._limited_run = 0
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -135,7 +145,11 @@ class ServerState:
                 wait = max(wait, self._tokens_free_at(tokens, c.tpm, window) - now)
             if wait > 0:
                 self.counters.rate_limited += 1
+                self._limited_run += 1
+                runs = max(self.counters.max_rate_limited_run, self._limited_run)
+                self.counters.max_rate_limited_run = runs
                 return wait
+            self._limited_run = 0
             self._window.append((now, tokens))
             self._window_tokens += tokens
             return None
@@ -150,6 +164,18 @@ class ServerState:
             if excess <= 0:
                 return at + window
         return math.inf
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a request as in flight while the block runs."""
+        with self._lock:
+            self._in_flight += 1
+            self.counters.max_in_flight = max(self.counters.max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def roll_error(self) -> bool:
         with self._lock:

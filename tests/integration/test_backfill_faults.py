@@ -194,12 +194,16 @@ def test_retry_after_pauses_every_worker(
     print(f"\nretry-after run: {counters}")
     assert out["complete"]
     assert_all_fresh(database_url)
-    admitted = counters["requests"] - counters["rate_limited"]
-    # Without the shared pause the workers would retry into the quota hundreds of times.
-    assert counters["rate_limited"] <= admitted / 2
+    # Invariant, whatever the machine's speed: a 429 pauses the request slot that got it until
+    # the quota has room again, so between two admitted requests each of the 8 slots (2 workers x
+    # 4 requests in flight) sends at most one doomed request. A ratio of 429s to admitted requests
+    # depended on scheduling and failed under load (63 > 54 at load average 8).
+    slots = 2 * plan.backfill.concurrency
+    assert counters["rate_limited"] > 0, "the quota was never reached: the test proved nothing"
+    assert counters["max_rate_limited_run"] <= slots, counters
 
 
-def test_four_requests_in_flight_give_3x_the_throughput(
+def test_a_task_keeps_concurrency_requests_in_flight(
     database_url: str, settings: Settings, server: ServerHandle
 ) -> None:
     # One batch of 60 requests: the fixed cost of a batch (claim, write, commit) is paid once,
@@ -208,7 +212,9 @@ def test_four_requests_in_flight_give_3x_the_throughput(
     server.set_controls(latency_ms=100)
     st = _settings(settings, REDIS)
     rates = {}
+    in_flight = {}
     for conc in (1, 4):
+        server.state.reset_counters()
         plan = unique_plan(
             server.url,
             backfill__batch_size=1500,
@@ -228,11 +234,14 @@ def test_four_requests_in_flight_give_3x_the_throughput(
             ).fetchone()
         assert row is not None
         rates[conc] = float(row[0]) / float(row[1])
+        in_flight[conc] = server.state.snapshot()["counters"]["max_in_flight"]
     print(
         f"\nrows/s with 100 ms latency: 1-way {rates[1]:.0f}, 4-way {rates[4]:.0f} "
-        f"({rates[4] / rates[1]:.2f}x)"
+        f"({rates[4] / rates[1]:.2f}x); most requests in flight {in_flight}"
     )
-    assert rates[4] >= 3 * rates[1]
+    # The mechanism, not a speed: the server saw exactly `concurrency` requests at once. (The
+    # throughput ratio, 3.4x here, is a benchmark figure: a loaded machine changes it.)
+    assert in_flight == {1: 1, 4: 4}
 
 
 def test_rabbitmq_broker(database_url: str, settings: Settings, server: ServerHandle) -> None:
