@@ -62,7 +62,9 @@ class WorkerArgs:
     seed: int
 
 
-def _worker(args: WorkerArgs, start: Any, stop: Any, ready: Any, out: Any) -> None:
+def _worker(
+    args: WorkerArgs, start: Any, stop: Any, ready: Any, out: Any, done: Any = None
+) -> None:
     """One load process: warm up, wait for the common start, search at `rate` until stopped."""
     records: list[Record] = []
     rng = random.Random(args.seed)
@@ -82,6 +84,9 @@ def _worker(args: WorkerArgs, start: Any, stop: Any, ready: Any, out: Any) -> No
             next_at = max(next_at + interval, time.monotonic() - interval)
             text, expect = args.queries[rng.randrange(len(args.queries))]
             records.append(_one(client, args, text, expect))
+            if done is not None:
+                with done.get_lock():
+                    done.value += 1
     out.put(records)
 
 
@@ -247,6 +252,7 @@ class Drill:
         self._procs: list[Any] = []
         self._out: Any = None
         self._stop: Any = None
+        self._done: Any = self._ctx.Value("q", 0)
         self._poller = PhasePoller(conninfo, plan.name)
         self._t0 = 0.0
 
@@ -276,7 +282,7 @@ class Drill:
             )
             p = self._ctx.Process(
                 target=_worker,
-                args=(args, start, self._stop, ready, self._out),
+                args=(args, start, self._stop, ready, self._out, self._done),
                 daemon=True,
                 name=f"drill-{i}",
             )
@@ -287,6 +293,22 @@ class Drill:
         self._poller.start()
         self._t0 = time.time()
         start.set()
+
+    @property
+    def answered(self) -> int:
+        """Searches finished so far, across the load processes (failed ones included)."""
+        return int(self._done.value)
+
+    def wait_for(self, searches: int, timeout: float = 300.0) -> bool:
+        """Block until `searches` more searches have finished (a phase long enough to judge,
+        however slow the machine is); False on timeout."""
+        goal = self.answered + searches
+        deadline = time.monotonic() + timeout
+        while self.answered < goal:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self) -> DrillReport:
         self._stop.set()

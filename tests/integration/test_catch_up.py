@@ -36,24 +36,31 @@ def test_catch_up_pass_re_embeds_changed_rows(database_url: str, settings: Setti
         st = load_settings(env)
         with workers(database_url, REDIS, plan.queue, n=1, concurrency=2):
             backfill.run(st, plan, backfill.Options(poll_seconds=0.2))
-            rng = random.Random(3)
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                for pk in rng.sample(range(1, 401), 25):
-                    conn.execute(
-                        "UPDATE documents SET body = %s WHERE id = %s", (random_text(rng), pk)
-                    )
-                stale = conn.execute(
-                    "SELECT count(*) FROM documents WHERE embedding_v2 IS NULL"
-                ).fetchone()
-            assert stale == (25,)  # the trigger cleared exactly the changed rows
+        rng = random.Random(3)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for pk in rng.sample(range(1, 401), 25):
+                conn.execute("UPDATE documents SET body = %s WHERE id = %s", (random_text(rng), pk))
+            stale = conn.execute("SELECT count(*) FROM documents WHERE embedding_v2 IS NULL")
+            assert stale.fetchone() == (25,)  # the trigger cleared exactly the changed rows
 
-            first = catch_up_once(plan.name, env)
-            assert first["complete"] is False  # changes became batches; not done yet
+        # No worker runs yet: the pass turns the changes into batches and cannot be complete
+        # (with workers running, a fast machine could finish the batches within the pass).
+        first = catch_up_once(plan.name, env)
+        assert first["complete"] is False
+        with psycopg.connect(database_url) as conn:
+            open_ = conn.execute(
+                "SELECT count(*), sum(cardinality(ids)) FROM migrator.batches "
+                "WHERE migration = %s AND status = 'pending' AND kind = 'ids'",
+                (plan.name,),
+            ).fetchone()
+        assert open_ == (1, 25)
+
+        with workers(database_url, REDIS, plan.queue, n=1, concurrency=2):
 
             def settled() -> bool:
                 return bool(catch_up_once(plan.name, env).get("complete"))
 
-            assert wait_for(settled, timeout=60, step=0.5)
+            assert wait_for(settled, timeout=120, step=0.5)
         assert_all_fresh(database_url)
     finally:
         server.stop()
