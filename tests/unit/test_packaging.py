@@ -1,0 +1,30 @@
+"""The package list in pyproject.toml is whole, and the shipped files (Alembic scripts, example
+plans) have one copy, found both from a checkout and from an installed wheel."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from migrator.shipped import alembic_dir, plans_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_package_folder_is_listed() -> None:
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "migrator").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert {"migrator._alembic", "migrator._alembic.versions", "migrator._plans"} <= listed
+
+
+def test_one_copy_of_the_shipped_files() -> None:
+    assert not (ROOT / "migrator" / "_alembic").exists()
+    assert not (ROOT / "migrator" / "_plans").exists()
+    assert alembic_dir().resolve() == (ROOT / "alembic").resolve()
+    assert plans_dir().resolve() == (ROOT / "plans").resolve()
+    assert (alembic_dir() / "env.py").is_file() and (plans_dir() / "local-demo.yaml").is_file()
