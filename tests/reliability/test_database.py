@@ -118,20 +118,29 @@ def test_cancelled_index_build_refuses_cutover_until_rebuilt(
             except BaseException as exc:
                 errors.append(exc)
 
+        # A writer's open transaction holds the build in its first wait, after the INVALID
+        # index entry exists: the cancel lands mid-build however fast the machine is (a build
+        # of 3,000 rows could otherwise finish before the cancel arrives).
+        blocker = psycopg.connect(database_url)
+        blocker.execute("UPDATE documents SET title = title WHERE id = 1")
         thread = threading.Thread(target=build)
         thread.start()
         with psycopg.connect(database_url, autocommit=True) as conn:
             assert wait_for(
                 lambda: (
                     conn.execute(
-                        "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s", (pid,)
+                        "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = %s "
+                        "AND phase LIKE 'waiting for %%'",
+                        (pid,),
                     ).fetchone()
                     == (1,)
                 ),
-                30,
+                60,
                 0.01,
             )
             conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        blocker.rollback()
+        blocker.close()
         thread.join(30)
         assert errors and isinstance(errors[0], DatabaseError)
         assert index_info(build_conn, plan).state == "invalid"
