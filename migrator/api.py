@@ -7,24 +7,22 @@ share: opening a migration context with its schema upgraded, its lock held and i
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from migrator.backfill import ledger
+from migrator.backfill import expand, ledger
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state
 from migrator.db.connect import connect, ensure_schema, resolve_url
+from migrator.db.context import migration_context
 from migrator.db.embedded import stop_embedded_database, stop_embedded_redis
-from migrator.db.executor import Executor, LockPolicy, RunResult
+from migrator.db.executor import RunResult
 from migrator.ddl.statements import Statement
-from migrator.ddl.steps import Facts, Step, all_steps
-from migrator.ddl.steps import adopt as adopt_step
-from migrator.errors import ConfigError, MigratorError, PreflightError
+from migrator.ddl.steps import Step, all_steps
+from migrator.errors import ConfigError
 from migrator.plan.estimate import estimate
 from migrator.plan.model import Plan
 
@@ -159,138 +157,14 @@ def _migration_if_schema(conn: psycopg.Connection, name: str) -> state.Migration
     return state.get_migration(conn, name)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared context for commands that change things.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    settings: Settings
-    plan: Plan
-    url: str
-    conn: psycopg.Connection
-    command: str
-    migration: state.Migration | None
-
-    def executor(self) -> Executor:
-        return Executor(self.conn)
-
-    def ddl_policy(self) -> LockPolicy:
-        d = self.plan.ddl
-        return LockPolicy(d.lock_timeout_ms, d.statement_timeout_ms, d.attempts)
-
-    def cutover_policy(self) -> LockPolicy:
-        c = self.plan.cutover
-        return LockPolicy(c.lock_timeout_ms, 0, c.attempts, backoff_base_s=0.02, backoff_max_s=0.5)
-
-    def event(
-        self,
-        result: str,
-        message: str = "",
-        *,
-        before: str | None = None,
-        after: str | None = None,
-        **details: Any,
-    ) -> None:
-        state.log_event(
-            self.conn,
-            self.plan.name,
-            operator=self.settings.operator,
-            command=self.command,
-            result=result,
-            message=message,
-            phase_before=before,
-            phase_after=after,
-            details=details,
-        )
-
-    def refresh(self) -> state.Migration | None:
-        self.migration = state.get_migration(self.conn, self.plan.name)
-        return self.migration
-
-    def facts(self) -> Facts:
-        return insp.live_facts(self.conn, self.plan)
-
-
-@contextlib.contextmanager
-def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
-    """Connect, upgrade our schema, take the operator lock, guard the phase, log the outcome."""
-    url = resolve_url(settings)
-    ensure_schema(url)
-    conn = connect(url)
-    try:
-        with state.operator_lock(conn, plan.name):
-            migration = state.get_migration(conn, plan.name)
-            if migration is not None:
-                state.check_plan_unchanged(migration, plan)
-            ctx = Context(settings, plan, url, conn, command, migration)
-            try:
-                state.guard(command, migration)
-            except MigratorError as exc:
-                if migration is not None:
-                    ctx.event("refused", exc.one_line(), before=migration.phase.value)
-                raise
-            try:
-                yield ctx
-            except MigratorError as exc:
-                with contextlib.suppress(Exception):
-                    if ctx.refresh() is not None:
-                        ctx.event("error", exc.one_line())
-                raise
-            except KeyboardInterrupt:
-                with contextlib.suppress(Exception):
-                    if ctx.refresh() is not None:
-                        ctx.event("interrupted", "Ctrl-C; rerun to resume")
-                raise
-    finally:
-        conn.close()
-
-
 # Re-exported for callers of the API.
 live_facts = insp.live_facts
-
-
-def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
-    ins = insp.inspect(conn, plan, sample=0)
-    if ins.errors:
-        first = ins.errors[0].what
-        more = (
-            f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)"
-            if len(ins.errors) > 1
-            else ""
-        )
-        raise PreflightError(first + more, hint="fix the plan or the database, then rerun")
-    return ins
 
 
 def adopt(settings: Settings, plan: Plan) -> RunResult:
     """Register the migration and create (or confirm) the view on the source column."""
     with migration_context(settings, plan, "adopt") as ctx:
-        return _adopt(ctx)
-
-
-def _adopt(ctx: Context) -> RunResult:
-    ins = preflight(ctx.conn, ctx.plan)
-    snapshot = {
-        "definition": ins.view_definition,
-        "options": list(ins.facts.view_options),
-        "owner": ins.facts.view_owner,
-        "grants": list(ins.facts.view_grants),
-    }
-    t0 = time.perf_counter()
-    res = ctx.executor().run(adopt_step(ctx.plan, ins.facts).forward, ctx.ddl_policy())
-    if ctx.migration is None:
-        state.register(ctx.conn, ctx.plan)
-        state.set_phase(ctx.conn, ctx.plan.name, state.State.PLANNED, view_snapshot=snapshot)
-    ctx.refresh()
-    ctx.event(
-        "ok",
-        f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
-        after=state.State.PLANNED.value,
-        ms=round((time.perf_counter() - t0) * 1000, 1),
-    )
-    return res
+        return expand.adopt(ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,22 +200,16 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
 
 def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
     """Backfill progress judged from the database (the ledger and the table), never the broker."""
-    rows = conn.execute(
-        "SELECT status, count(*), coalesce(sum(rows_written), 0), coalesce(sum(rows_dead), 0), "
-        "coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
-        "FROM migrator.batches WHERE migration = %s GROUP BY status",
-        (plan.name,),
-    ).fetchall()
-    batches = {r[0]: int(r[1]) for r in rows}
+    s = ledger.summary(conn, plan.name)
     counts: dict[str, int] = {}
     with contextlib.suppress(psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
         counts = ledger.row_counts(conn, plan, plan.target.column)  # the table's, not the ledger's
     return {
         **counts,
-        "batches": batches,
-        "batches_total": sum(batches.values()),
-        "rows_written": sum(int(r[2]) for r in rows),
-        "duplicate_executions": sum(int(r[4]) for r in rows),
+        "batches": s["batches"],
+        "batches_total": s["batches_total"],
+        "rows_written": s["rows_written"],
+        "duplicate_executions": s["duplicate_executions"],
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "pending_changes": ledger.pending_changes(conn, plan.name),
     }

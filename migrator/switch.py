@@ -1,6 +1,6 @@
 """cutover, rollback and finalize: switch the search view between columns, or drop the old one.
 
-Each command: operator lock + phase guard (api.migration_context), its own checks, the step's
+Each command: operator lock + phase guard (db.context.migration_context), its own checks, the step's
 statements through the executor, and the phase change in the SAME transaction as the switch,
 so the view, the registry and the phase can never disagree. Renders nothing (the CLI does).
 """
@@ -11,16 +11,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import sql
-
-from migrator.api import Context, migration_context
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state
+from migrator.db.context import Context, migration_context
 from migrator.db.executor import RunResult
 from migrator.db.state import State
 from migrator.ddl import steps
-from migrator.ddl.statements import Lock, Statement
 from migrator.errors import PhaseError
 from migrator.plan.model import Plan
 from migrator.verify import gate
@@ -58,20 +55,6 @@ class FinalizeResult:
         return asdict(self)
 
 
-def phase_statement(plan: Plan, phase: State) -> Statement:
-    """The phase change as a statement, so it commits with the switch or not at all."""
-    extra = sql.SQL(", cutover_at = now()") if phase is State.CUT_OVER else sql.SQL("")
-    return Statement(
-        sql.SQL(
-            "UPDATE migrator.migrations SET phase = {}, updated_at = now(){} WHERE name = {}"
-        ).format(sql.Literal(phase.value), extra, sql.Literal(plan.name)),
-        f"record the phase {phase.value}",
-        Lock.ROW_EXCLUSIVE,
-        "migrator.migrations",
-        ddl=False,
-    )
-
-
 def _require_target_index(ctx: Context) -> None:
     plan = ctx.plan
     idx = insp.index_on(ctx.conn, plan.table.schema_, plan.table.name, plan.target.column)
@@ -88,7 +71,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
     assert before is not None
     retries: list[float] = []
     res: RunResult = ctx.executor().run(
-        (*step.forward, phase_statement(plan, after)),
+        (*step.forward, state.phase_statement(plan.name, after)),
         ctx.cutover_policy(),
         on_retry=lambda _attempt, delay: retries.append(delay),
     )
@@ -171,7 +154,7 @@ def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) 
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
         res = ctx.executor().run(
-            (*step.forward, phase_statement(plan, State.FINALIZED)), ctx.ddl_policy()
+            (*step.forward, state.phase_statement(plan.name, State.FINALIZED)), ctx.ddl_policy()
         )
         ctx.refresh()
         ctx.event(

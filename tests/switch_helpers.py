@@ -20,6 +20,7 @@ from psycopg import sql
 from migrator import api
 from migrator.config import Settings
 from migrator.db import state
+from migrator.db.catalog import live_facts
 from migrator.db.connect import connect
 from migrator.db.executor import Executor, LockPolicy
 from migrator.ddl import statements as q
@@ -80,7 +81,7 @@ def migrated_state(
             before_adopt(conn)
     api.adopt(settings, plan)
     with contextlib.closing(connect(url)) as conn:
-        facts = api.live_facts(conn, plan)
+        facts = live_facts(conn, plan)
         Executor(conn).run(steps.expand(plan, facts).forward, LockPolicy())
         fill_target(conn, plan)
         Executor(conn).run(steps.index(plan, facts).forward, LockPolicy())

@@ -1,3 +1,6 @@
-"""The backfill: adopt and expand, the producer and monitor, the batch ledger, the unit
-of work, the shared rate budget and the producer's side of the broker.
+"""The backfill: adopt the view and expand the table (`expand`), produce and watch the batches
+(`monitor`), the batch ledger (`ledger`), the unit of work (`work`), the shared rate budget
+(`ratelimit`) and the producer's side of the broker (`broker`).
+
+Completion is judged from the database, never the broker. Renders nothing.
 """

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.ddl import statements as q
-from migrator.plan.model import Plan
+from migrator.plan.model import Plan, Role
 
 OPEN = ("pending", "running")
 
@@ -23,7 +23,7 @@ OPEN = ("pending", "running")
 @dataclass(frozen=True)
 class Batch:
     id: int
-    role: str
+    role: Role
     kind: str
     key_lo: str | None
     key_hi: str | None
@@ -34,7 +34,7 @@ class Batch:
 def _insert(
     conn: psycopg.Connection,
     name: str,
-    role: str,
+    role: Role,
     kind: str,
     *,
     lo: str | None = None,
@@ -89,7 +89,7 @@ def create_range_batches(
         with conn.transaction():
             for _ in range(chunk):
                 hi = _next_bound(conn, plan, lo)
-                ids.append(_insert(conn, plan.name, "target", "range", lo=lo, hi=hi))
+                ids.append(_insert(conn, plan.name, Role.TARGET, "range", lo=lo, hi=hi))
                 lo = hi
                 if hi is None:
                     done = True
@@ -115,7 +115,7 @@ def claim(conn: psycopg.Connection, name: str, batch_id: int, worker: str) -> Ba
         return None
     return Batch(
         int(row[0]),
-        row[1],
+        Role(row[1]),
         row[2],
         row[3],
         row[4],
@@ -165,7 +165,7 @@ def fail(conn: psycopg.Connection, batch_id: int, error: str) -> None:
 
 
 def dead_letter(
-    conn: psycopg.Connection, name: str, role: str, rows: Sequence[tuple[str, str | None, str]]
+    conn: psycopg.Connection, name: str, role: Role, rows: Sequence[tuple[str, str | None, str]]
 ) -> None:
     """Record (pk, text_hash, reason); a row dead again counts one more attempt."""
     if not rows:
@@ -181,7 +181,7 @@ def dead_letter(
 
 
 def resolve_dead_letters(
-    conn: psycopg.Connection, name: str, role: str, pks: Sequence[str]
+    conn: psycopg.Connection, name: str, role: Role, pks: Sequence[str]
 ) -> None:
     if pks:
         conn.execute(
@@ -242,7 +242,7 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
 
 
 def batches_from_changes(
-    conn: psycopg.Connection, plan: Plan, roles: Sequence[str], *, limit: int = 10_000
+    conn: psycopg.Connection, plan: Plan, roles: Sequence[Role], *, limit: int = 10_000
 ) -> list[int]:
     """Turn unprocessed change records into id batches (one per role), marking them processed
     in the same transaction: a crash leaves either both or neither."""
@@ -262,7 +262,7 @@ def batches_from_changes(
     return out
 
 
-def sweep(conn: psycopg.Connection, plan: Plan, role: str, column: str) -> list[int]:
+def sweep(conn: psycopg.Connection, plan: Plan, role: Role, column: str) -> list[int]:
     """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset.
     Run only when no batch is open: it is the database's own word on what is missing."""
     pk = sql.Identifier("t", plan.table.primary_key)
@@ -302,9 +302,9 @@ def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:
             "AND resolved_at IS NULL RETURNING role, pk",
             (plan.name,),
         ).fetchall()
-        by_role: dict[str, list[str]] = {}
+        by_role: dict[Role, list[str]] = {}
         for role, pk in rows:
-            by_role.setdefault(role, []).append(pk)
+            by_role.setdefault(Role(role), []).append(pk)
         for role, pks in sorted(by_role.items()):
             for chunk in _chunks(sorted(pks), plan.backfill.batch_size):
                 out.append(_insert(conn, plan.name, role, "ids", ids=chunk))
@@ -322,22 +322,27 @@ def reset_failed(conn: psycopg.Connection, name: str) -> int:
 
 
 def summary(conn: psycopg.Connection, name: str) -> dict[str, Any]:
-    """Batch counts by status and row counters summed over the ledger."""
+    """Batch counts by status and row counters summed over the ledger: the one answer to "how
+    far is the backfill by the ledger" (status, the backfill's summary and metrics call it)."""
     rows = conn.execute(
         "SELECT status, count(*), coalesce(sum(rows_written), 0), coalesce(sum(rows_dead), 0), "
-        "coalesce(sum(rows_stale), 0), coalesce(sum(greatest(attempts - 1, 0)), 0) "
+        "coalesce(sum(rows_stale), 0), coalesce(sum(greatest(attempts - 1, 0)), 0), "
+        "coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
         "FROM migrator.batches WHERE migration = %s GROUP BY status",
         (name,),
     ).fetchall()
     status = {r[0]: int(r[1]) for r in rows}
     return {
         "batches": status,
+        "batches_total": sum(status.values()),
         "open": sum(status.get(s, 0) for s in OPEN),
         "failed": status.get("failed", 0),
         "rows_written": sum(int(r[2]) for r in rows),
         "rows_dead": sum(int(r[3]) for r in rows),
         "rows_stale": sum(int(r[4]) for r in rows),
         "retries": sum(int(r[5]) for r in rows),
+        # More than one execution finished a batch: a redelivered message ran it again.
+        "duplicate_executions": sum(int(r[6]) for r in rows),
     }
 
 
@@ -375,10 +380,12 @@ def row_counts(conn: psycopg.Connection, plan: Plan, column: str) -> dict[str, i
     }
 
 
-def dead_letter_count(conn: psycopg.Connection, name: str) -> int:
+def dead_letter_count(conn: psycopg.Connection, name: str, *, role: Role | None = None) -> int:
+    """Unresolved dead letters of the migration (of one role when given)."""
     row = conn.execute(
-        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
-        (name,),
+        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL "
+        "AND (%s::text IS NULL OR role = %s)",
+        (name, role, role),
     ).fetchone()
     return int(row[0]) if row else 0
 

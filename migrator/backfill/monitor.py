@@ -2,7 +2,7 @@
 eligible row has its new vector, re-enqueueing lost work and turning changes into catch-up.
 
 Owns the orchestration only: SQL on the ledger lives in `ledger`, the unit of work in `work`,
-the broker in `broker`/`worker.app`. Completion is judged from the database, never the broker.
+the producer side of the broker in `broker`. Completion is judged from the database, never the broker.
 """
 
 from __future__ import annotations
@@ -10,25 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from celery import Celery
 from psycopg.types.json import Jsonb
 
-from migrator import api
-from migrator.backfill import ledger
-from migrator.backfill.broker import broker_url, is_redis, redact
+from migrator.backfill import expand, ledger
+from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
 from migrator.db import state
 from migrator.db.connect import connect
+from migrator.db.context import Context, migration_context
 from migrator.db.state import State
-from migrator.ddl import steps
 from migrator.errors import BrokerError, ConcurrentRunError, DatabaseError, ProviderError
-from migrator.plan.model import Plan
-from migrator.worker.celery_config import TASK_NAME, make_app
+from migrator.plan.model import Plan, Role
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -45,55 +42,6 @@ class Options:
     stall_after: float | None = None
     on_progress: ProgressFn | None = None
     should_stop: Callable[[], bool] | None = None
-
-
-class Enqueuer:
-    """Sends (migration, batch id) tasks onto the plan's queue, then records enqueued_at."""
-
-    def __init__(self, url: str, plan: Plan, stall_after: float) -> None:
-        self.url = url
-        self.app: Celery = make_app(url)
-        self.plan = plan
-        # Below stall_after, so a batch running longer than that is surely dead, not slow.
-        self.time_limit = max(5.0, stall_after * 0.9)
-        self.sent = 0
-
-    def send(self, conn: psycopg.Connection, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        try:
-            with self.app.producer_or_acquire() as producer:
-                for batch_id in ids:
-                    self.app.send_task(
-                        TASK_NAME,
-                        args=[self.plan.name, batch_id],
-                        queue=self.plan.queue,
-                        producer=producer,
-                        time_limit=self.time_limit,
-                        soft_time_limit=self.time_limit * 0.9,
-                        ignore_result=True,
-                    )
-        except Exception as exc:
-            raise BrokerError(
-                f"cannot publish to the broker {redact(self.url)}: {exc}",
-                hint="start the broker or fix CELERY_BROKER_URL; rerun to resume",
-            ) from exc
-        ledger.mark_enqueued(conn, ids)
-        self.sent += len(ids)
-
-    def queue_depth(self) -> int | None:
-        """Messages waiting in the queue (not those reserved by workers); None if unknown."""
-        try:
-            with self.app.connection_for_write() as c:
-                ok = c.default_channel.queue_declare(queue=self.plan.queue, passive=True)
-                return int(ok.message_count)
-        except Exception:
-            # Redis has no queue object: a missing list is an empty queue.
-            return 0 if is_redis(self.url) else None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.app.close()
 
 
 def run(settings: Settings, plan: Plan, opts: Options | None = None) -> dict[str, Any]:
@@ -115,7 +63,7 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
     enq = Enqueuer(broker_url(settings), plan, stall)
     t0 = time.monotonic()
     try:
-        with api.migration_context(settings, plan, "backfill") as ctx:
+        with migration_context(settings, plan, "backfill") as ctx:
             start = _prepare(ctx, enq, opts)
             if not opts.wait:
                 return {
@@ -139,24 +87,13 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
         enq.close()
 
 
-def _prepare(ctx: api.Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
+def _prepare(ctx: Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
     plan = ctx.plan
     if ctx.migration is None:
-        api._adopt(ctx)
+        expand.adopt(ctx)
     assert ctx.migration is not None
     if ctx.migration.phase is State.PLANNED:
-        before = ctx.migration.phase.value
-        res = ctx.executor().run(steps.expand(plan, ctx.facts()).forward, ctx.ddl_policy())
-        state.set_phase(ctx.conn, plan.name, State.EXPANDED)
-        ctx.refresh()
-        ctx.event(
-            "ok",
-            f"added {plan.target.column} and change capture",
-            before=before,
-            after=State.EXPANDED.value,
-            attempts=res.attempts,
-            hold_ms=round(res.hold_ms, 1),
-        )
+        expand.expand(ctx)
     # Tuning keys (limits, batch size, concurrency) may change between runs: workers read the
     # plan from the database, so store the current one (its structural hash is unchanged).
     ctx.conn.execute(
@@ -232,6 +169,28 @@ def _monitor_lock(conn: psycopg.Connection, name: str) -> Any:
             conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
+def catch_up_pass(conn: psycopg.Connection, settings: Settings, plan: Plan) -> dict[str, Any]:
+    """One pass of the follower (`backfill --follow`), for a scheduler such as Celery beat:
+    changes become batches, lost work is enqueued again, the phase moves to backfilled once
+    the database says the backfill is complete. Skipped while a follower watches."""
+    phase = _phase(conn, plan)
+    if phase in (State.PLANNED, State.FINALIZED):
+        return {"migration": plan.name, "skipped": f"phase {phase.value}"}
+    stall = float(plan.backfill.stall_after_seconds)
+    enq = Enqueuer(broker_url(settings), plan, stall)
+    try:
+        with _monitor_lock(conn, plan.name):
+            mon = Monitor(conn, plan, enq, stall, Options(), {}, time.monotonic())
+            complete = mon.tick(phase)
+            if complete:
+                _try_mark_complete(conn, plan, settings.operator)
+    except ConcurrentRunError:
+        return {"migration": plan.name, "skipped": "a follower is running"}
+    finally:
+        enq.close()
+    return {"migration": plan.name, "complete": complete, "phase": phase.value}
+
+
 def _summary(
     conn: psycopg.Connection, plan: Plan, start: dict[str, Any], t0: float
 ) -> dict[str, Any]:
@@ -239,11 +198,6 @@ def _summary(
     counts = ledger.row_counts(conn, plan, plan.target.column)
     seconds = time.monotonic() - t0
     written = s["rows_written"] - start["written"]
-    dup = conn.execute(
-        "SELECT coalesce(sum(executions - 1) FILTER (WHERE executions > 1), 0) "
-        "FROM migrator.batches WHERE migration = %s",
-        (plan.name,),
-    ).fetchone()
     return {
         **counts,
         "batches": s["batches"],
@@ -251,7 +205,7 @@ def _summary(
         "rows_written_this_run": written,
         "retries": s["retries"],
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
-        "duplicate_executions": int(dup[0]) if dup else 0,
+        "duplicate_executions": s["duplicate_executions"],
         "pending_changes": ledger.pending_changes(conn, plan.name),
         "seconds": round(seconds, 2),
         "rows_per_second": round(written / seconds, 1) if seconds > 0 else None,
@@ -277,8 +231,8 @@ class Monitor:
         self.start, self.t0 = start, t0
         self.complete = False
 
-    def roles(self, phase: State) -> list[str]:
-        return ["target", "source"] if phase in PHASES_WITH_SOURCE else ["target"]
+    def roles(self, phase: State) -> list[Role]:
+        return [Role.TARGET, Role.SOURCE] if phase in PHASES_WITH_SOURCE else [Role.TARGET]
 
     def loop(self, mark_complete: Callable[[], None]) -> dict[str, Any]:
         while True:
@@ -326,7 +280,7 @@ class Monitor:
             )
         swept: list[int] = []
         for role in roles:
-            column = self.plan.target.column if role == "target" else self.plan.source.column
+            column = self.plan.target.column if role is Role.TARGET else self.plan.source.column
             swept += ledger.sweep(self.conn, self.plan, role, column)
         if swept:
             log.info("sweep found NULL vectors outside any batch: %d new batches", len(swept))

@@ -26,7 +26,7 @@ from migrator.ddl import statements as q
 from migrator.embedding import Provider, RetryableError, embed_texts
 from migrator.embedding.base import Matrix
 from migrator.embedding.errors import BadResponseError, EmbeddingError
-from migrator.plan.model import Metric, ModelSpec, Plan, RetrySpec, VectorType
+from migrator.plan.model import Metric, ModelSpec, Plan, RetrySpec, Role, VectorType
 
 IN_REQUEST_ATTEMPTS = 3
 
@@ -35,18 +35,19 @@ IN_REQUEST_ATTEMPTS = 3
 class RoleSpec:
     """Which column a batch fills and with which model: target, or source after cutover."""
 
-    role: str
+    role: Role
     column: str
     model: ModelSpec
     vtype: VectorType
 
 
-def role_spec(plan: Plan, role: str) -> RoleSpec:
-    if role == "target":
-        return RoleSpec(role, plan.target.column, plan.target.model, plan.target.type)
-    if role == "source":
-        return RoleSpec(role, plan.source.column, plan.source.model, plan.source.type)
-    raise ValueError(f"unknown batch role {role!r}")
+def role_spec(plan: Plan, role: Role | str) -> RoleSpec:
+    try:
+        role = Role(role)
+    except ValueError:
+        raise ValueError(f"unknown batch role {role!r}") from None
+    side = plan.target if role is Role.TARGET else plan.source
+    return RoleSpec(role, side.column, side.model, side.type)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Stats:
 class BatchOutcome:
     batch_id: int
     status: str  # done | duplicate | not-open
-    role: str = "target"
+    role: Role = Role.TARGET
     total: int = 0
     written: int = 0
     stale: int = 0

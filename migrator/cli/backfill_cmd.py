@@ -23,12 +23,9 @@ from rich.progress import (
 
 from migrator.backfill import monitor as backfill
 from migrator.cli.common import (
-    database_option,
     emit_json,
-    handle_errors,
-    json_option,
     make_console,
-    plan_argument,
+    plan_command,
     read_plan,
     settings_from,
 )
@@ -87,38 +84,36 @@ def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressF
         yield update
 
 
-@click.command("backfill")
-@plan_argument
-@click.option(
-    "--follow",
-    is_flag=True,
-    help="Keep catching up on changed rows after the backfill completes (until "
-    "Ctrl-C or finalize); does not hold the migration lock meanwhile.",
+@plan_command(
+    "backfill",
+    click.option(
+        "--follow",
+        is_flag=True,
+        help="Keep catching up on changed rows after the backfill completes (until "
+        "Ctrl-C or finalize); does not hold the migration lock meanwhile.",
+    ),
+    click.option(
+        "--retry-dead-letters",
+        is_flag=True,
+        help="Replay the dead-lettered rows (after fixing their cause).",
+    ),
+    click.option(
+        "--workers",
+        "n_workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Also run N local worker processes for this run (default: 0 when a broker "
+        "URL is set, 2 with the embedded broker).",
+    ),
+    click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Expand, record and enqueue the batches, then return; `migrator status` "
+        "and another `backfill` run follow up.",
+    ),
+    broker_option,
 )
-@click.option(
-    "--retry-dead-letters",
-    is_flag=True,
-    help="Replay the dead-lettered rows (after fixing their cause).",
-)
-@click.option(
-    "--workers",
-    "n_workers",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Also run N local worker processes for this run (default: 0 when a broker "
-    "URL is set, 2 with the embedded broker).",
-)
-@click.option(
-    "--no-wait",
-    is_flag=True,
-    help="Expand, record and enqueue the batches, then return; `migrator status` "
-    "and another `backfill` run follow up.",
-)
-@database_option
-@broker_option
-@json_option
-@handle_errors
 def backfill_cmd(
     plan_path: str,
     follow: bool,
@@ -167,25 +162,25 @@ def backfill_cmd(
     )
 
 
-@click.command("worker")
-@plan_argument
-@click.option(
-    "--concurrency",
-    "-c",
-    type=int,
-    default=None,
-    help="Worker processes (prefork) or threads (default: CPU count).",
+@plan_command(
+    "worker",
+    click.option(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=None,
+        help="Worker processes (prefork) or threads (default: CPU count).",
+    ),
+    click.option(
+        "--pool",
+        type=click.Choice(["prefork", "threads", "solo"]),
+        default="prefork",
+        show_default=True,
+    ),
+    click.option("--loglevel", "-l", default="info", show_default=True),
+    broker_option,
+    json=False,
 )
-@click.option(
-    "--pool",
-    type=click.Choice(["prefork", "threads", "solo"]),
-    default="prefork",
-    show_default=True,
-)
-@click.option("--loglevel", "-l", default="info", show_default=True)
-@database_option
-@broker_option
-@handle_errors
 def worker_cmd(
     plan_path: str,
     concurrency: int | None,

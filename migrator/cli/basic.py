@@ -9,9 +9,8 @@ from migrator.cli.common import (
     database_option,
     emit_json,
     handle_errors,
-    json_option,
     make_console,
-    plan_argument,
+    plan_command,
     read_plan,
     settings_from,
 )
@@ -21,16 +20,14 @@ from migrator.ddl.steps import Facts
 from migrator.errors import EXIT_CODES, PreflightError
 
 
-@click.command("plan")
-@plan_argument
-@click.option(
-    "--offline",
-    is_flag=True,
-    help="Do not connect: validate and print every statement (the CI dry run).",
+@plan_command(
+    "plan",
+    click.option(
+        "--offline",
+        is_flag=True,
+        help="Do not connect: validate and print every statement (the CI dry run).",
+    ),
 )
-@database_option
-@json_option
-@handle_errors
 def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: bool) -> None:
     """Validate PLAN and show every statement each phase will run.
 
@@ -52,18 +49,16 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
         raise PreflightError(first.what, hint="see the findings above")
 
 
-@click.command("status")
-@plan_argument
-@database_option
-@json_option
-@click.option(
-    "--events",
-    "events_limit",
-    default=20,
-    show_default=True,
-    help="How many recent events to show.",
+@plan_command(
+    "status",
+    click.option(
+        "--events",
+        "events_limit",
+        default=20,
+        show_default=True,
+        help="How many recent events to show.",
+    ),
 )
-@handle_errors
 def status_cmd(plan_path: str, database_url: str | None, as_json: bool, events_limit: int) -> None:
     """Show the migration's phase, progress, dead letters and event log."""
     plan = read_plan(plan_path)
@@ -74,11 +69,7 @@ def status_cmd(plan_path: str, database_url: str | None, as_json: bool, events_l
         render_status(make_console(), data)
 
 
-@click.command("adopt")
-@plan_argument
-@database_option
-@json_option
-@handle_errors
+@plan_command("adopt")
 def adopt_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
     """Create (or confirm) the search view on the current column and register the migration.
 
@@ -118,18 +109,18 @@ def db_stop_cmd() -> None:
         click.echo(f"{name}: {'stopped' if stopped else 'not running'}")
 
 
-@click.command("runbook")
-@plan_argument
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the Markdown here instead of standard output.",
+@plan_command(
+    "runbook",
+    click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write the Markdown here instead of standard output.",
+    ),
+    click.option("--offline", is_flag=True, help="Do not connect (no duration or cost estimate)."),
+    json=False,
 )
-@click.option("--offline", is_flag=True, help="Do not connect (no duration or cost estimate).")
-@database_option
-@handle_errors
 def runbook_cmd(
     plan_path: str, output: str | None, offline: bool, database_url: str | None
 ) -> None:

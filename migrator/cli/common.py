@@ -41,6 +41,24 @@ def plan_argument(f: F) -> F:
     return click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))(f)
 
 
+def plan_command(
+    name: str, *options: Callable[[Any], Any], json: bool = True
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """A command on one PLAN: the argument, the command's own `options`, --database-url,
+    --json (unless json=False) and the error -> exit code mapping, in that order, defined once."""
+
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        f = handle_errors(f)
+        if json:
+            f = json_option(f)
+        f = database_option(f)
+        for option in reversed(options):
+            f = option(f)
+        return click.command(name)(plan_argument(f))
+
+    return wrap
+
+
 def settings_from(database_url: str | None = None, broker_url: str | None = None) -> Settings:
     return load_settings(database_url=database_url, broker_url=broker_url)
 

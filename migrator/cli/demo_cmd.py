@@ -45,7 +45,10 @@ def demo_cmd(rows: int, workers: int, qps: float, as_json: bool) -> None:
     from migrator.demo.run import Demo, DemoOptions
 
     console = make_console(stderr=as_json)
-    summary = Demo(settings_from(), DemoOptions(rows=rows, workers=workers, qps=qps), console).run()
+    from migrator.cli.backfill_cmd import progress_bar
+
+    opts = DemoOptions(rows=rows, workers=workers, qps=qps)
+    summary = Demo(settings_from(), opts, console, lambda: progress_bar(console, True)).run()
     if as_json:
         emit_json(summary)
         return

@@ -11,9 +11,8 @@ from migrator.cli.common import (
     database_option,
     emit_json,
     handle_errors,
-    json_option,
     make_console,
-    plan_argument,
+    plan_command,
     read_plan,
     settings_from,
 )
@@ -37,11 +36,7 @@ def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
         click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
 
 
-@click.command("cutover")
-@plan_argument
-@database_option
-@json_option
-@handle_errors
+@plan_command("cutover")
 def cutover_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
     """Switch the search view to the new column, in one short transaction.
 
@@ -52,24 +47,18 @@ def cutover_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None
     _print_switch(switch.cutover(settings_from(database_url), plan), as_json)
 
 
-@click.command("rollback")
-@plan_argument
-@database_option
-@json_option
-@handle_errors
+@plan_command("rollback")
 def rollback_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
     """Switch the search view back to the old column (kept fresh since cutover)."""
     plan = read_plan(plan_path)
     _print_switch(switch.rollback(settings_from(database_url), plan), as_json)
 
 
-@click.command("finalize")
-@plan_argument
-@click.option("--yes", is_flag=True, help="Do not ask: finalize is irreversible.")
-@click.option("--force", is_flag=True, help="Finalize inside the plan's rollback window.")
-@database_option
-@json_option
-@handle_errors
+@plan_command(
+    "finalize",
+    click.option("--yes", is_flag=True, help="Do not ask: finalize is irreversible."),
+    click.option("--force", is_flag=True, help="Finalize inside the plan's rollback window."),
+)
 def finalize_cmd(
     plan_path: str, yes: bool, force: bool, database_url: str | None, as_json: bool
 ) -> None:
@@ -117,27 +106,25 @@ def serve_search_cmd(
     serve(url, view, host=host, port=port, environ=dict(settings.environ), pool_size=pool_size)
 
 
-@click.command("drill")
-@plan_argument
-@click.option("--qps", type=click.FloatRange(min=0.1), required=True, help="Total searches/s.")
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=1),
-    default=60,
-    show_default=True,
-    help="Seconds of load.",
+@plan_command(
+    "drill",
+    click.option("--qps", type=click.FloatRange(min=0.1), required=True, help="Total searches/s."),
+    click.option(
+        "--duration",
+        type=click.FloatRange(min=1),
+        default=60,
+        show_default=True,
+        help="Seconds of load.",
+    ),
+    click.option("--processes", type=click.IntRange(1, 64), default=4, show_default=True),
+    click.option(
+        "--run",
+        "run_phases",
+        default="",
+        metavar="STEPS",
+        help="Run these steps itself, evenly spaced, e.g. cutover,rollback,cutover.",
+    ),
 )
-@click.option("--processes", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option(
-    "--run",
-    "run_phases",
-    default="",
-    metavar="STEPS",
-    help="Run these steps itself, evenly spaced, e.g. cutover,rollback,cutover.",
-)
-@database_option
-@json_option
-@handle_errors
 def drill_cmd(
     plan_path: str,
     qps: float,

@@ -11,12 +11,9 @@ import click
 from rich.console import Console
 
 from migrator.cli.common import (
-    database_option,
     emit_json,
-    handle_errors,
-    json_option,
     make_console,
-    plan_argument,
+    plan_command,
     read_plan,
     settings_from,
 )
@@ -55,37 +52,35 @@ def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
         yield on_stage, on_index
 
 
-@click.command("verify")
-@plan_argument
-@database_option
-@json_option
-@click.option(
-    "--report-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    metavar="PATH",
-    help="Also write the report to PATH (.md, .html or .json): statistics only.",
+@plan_command(
+    "verify",
+    click.option(
+        "--report-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        metavar="PATH",
+        help="Also write the report to PATH (.md, .html or .json): statistics only.",
+    ),
+    click.option(
+        "--skip-index",
+        is_flag=True,
+        help="Do not build the index (its recall is still measured: a missing one fails).",
+    ),
+    click.option(
+        "--sample",
+        type=click.IntRange(1, 100_000),
+        default=None,
+        help="Rows sampled for freshness, parity and index recall (default: the plan's).",
+    ),
+    click.option("--seed", type=int, default=None, help="Sampling seed (default: the plan's)."),
+    click.option(
+        "--query-mode",
+        type=click.Choice(QUERY_MODES),
+        default="span",
+        show_default=True,
+        help="span: 8-15 consecutive words of each sampled row; text: the whole text.",
+    ),
 )
-@click.option(
-    "--skip-index",
-    is_flag=True,
-    help="Do not build the index (its recall is still measured: a missing one fails).",
-)
-@click.option(
-    "--sample",
-    type=click.IntRange(1, 100_000),
-    default=None,
-    help="Rows sampled for freshness, parity and index recall (default: the plan's).",
-)
-@click.option("--seed", type=int, default=None, help="Sampling seed (default: the plan's).")
-@click.option(
-    "--query-mode",
-    type=click.Choice(QUERY_MODES),
-    default="span",
-    show_default=True,
-    help="span: 8-15 consecutive words of each sampled row; text: the whole text.",
-)
-@handle_errors
 def verify_cmd(
     plan_path: str,
     database_url: str | None,

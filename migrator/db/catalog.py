@@ -37,7 +37,7 @@ class Inspection:
     view_definition: str | None = None
     facts: Facts = Facts()
     target_exists: bool = False
-    index_state: str = "absent"  # absent | valid | invalid | other-column
+    index_state: str = "absent"  # absent | valid | invalid | other (see IndexInfo)
 
     def error(self, msg: str) -> None:
         self.findings.append(Finding("error", msg))
@@ -223,8 +223,36 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
 
 
 def _inspect_index(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> None:
+    info = index_info(conn, plan)
+    ins.index_state = info.state
+    if info.state == "other":
+        ins.error(
+            f"index name {plan.index_name} is taken by an index on {info.on}: "
+            "set index.name in the plan"
+        )
+    elif info.state == "invalid":
+        ins.warn(
+            f"index {plan.index_name} exists but is INVALID (a failed build): "
+            "verify will drop and rebuild it"
+        )
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The plan's index as the catalog has it; `on` names what an index of another column with
+    the same name indexes ("table.column")."""
+
+    state: str  # "absent" | "valid" | "invalid" | "other" (the name is taken elsewhere)
+    oid: int | None = None
+    definition: str = ""
+    on: str = ""
+
+
+def index_info(conn: psycopg.Connection, plan: Plan) -> IndexInfo:
+    """The state of the plan's index, found by name in the table's schema."""
     row = conn.execute(
-        "SELECT x.indisvalid, t.relname, a.attname FROM pg_class i "
+        "SELECT i.oid, x.indisvalid AND x.indisready, t.relname, a.attname, "
+        "pg_get_indexdef(i.oid) FROM pg_class i "
         "JOIN pg_namespace n ON n.oid = i.relnamespace JOIN pg_index x ON x.indexrelid = i.oid "
         "JOIN pg_class t ON t.oid = x.indrelid "
         "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
@@ -232,20 +260,10 @@ def _inspect_index(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> Non
         (plan.table.schema_, plan.index_name),
     ).fetchone()
     if row is None:
-        ins.index_state = "absent"
-    elif row[1] != plan.table.name or row[2] != plan.target.column:
-        ins.index_state = "other-column"
-        ins.error(
-            f"index name {plan.index_name} is taken by an index on {row[1]}.{row[2]}: "
-            "set index.name in the plan"
-        )
-    else:
-        ins.index_state = "valid" if row[0] else "invalid"
-        if not row[0]:
-            ins.warn(
-                f"index {plan.index_name} exists but is INVALID (a failed build): "
-                "verify will drop and rebuild it"
-            )
+        return IndexInfo("absent")
+    if row[2] != plan.table.name or row[3] != plan.target.column:
+        return IndexInfo("other", int(row[0]), str(row[4]), f"{row[2]}.{row[3]}")
+    return IndexInfo("valid" if row[1] else "invalid", int(row[0]), str(row[4]))
 
 
 def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sample: int) -> None:

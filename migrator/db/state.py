@@ -16,11 +16,13 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from migrator.ddl.statements import Lock, Statement
 from migrator.errors import ConcurrentRunError, PhaseError
-from migrator.plan.model import Plan
+from migrator.plan.model import Plan, parse_plan
 
 
 class State(StrEnum):
@@ -98,6 +100,15 @@ def get_migration(conn: psycopg.Connection, name: str) -> Migration | None:
     return Migration(**row)
 
 
+def stored_plan(conn: psycopg.Connection, name: str) -> Plan | None:
+    """The plan as the last command stored it (tuning keys current), for processes that have no
+    plan file: workers, beat. None when no such migration is registered."""
+    row = conn.execute("SELECT plan FROM migrator.migrations WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        return None
+    return parse_plan(row[0], path=f"migrator.migrations[{name}]")
+
+
 def guard(command: str, migration: Migration | None) -> None:
     """Refuse a command the state machine does not allow from the current phase."""
     phase = migration.phase if migration else None
@@ -144,18 +155,34 @@ def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED)
     return created
 
 
-def set_phase(conn: psycopg.Connection, name: str, phase: State, **extra: Any) -> None:
-    sets = ["phase = %(phase)s", "updated_at = now()"]
-    params: dict[str, Any] = {"phase": phase.value, "name": name}
+def phase_update(name: str, phase: State, *, view_snapshot: Any = None) -> sql.Composed:
+    """The one statement that records a phase (and, at adopt, the view's snapshot)."""
+    sets = [sql.SQL("phase = {}").format(sql.Literal(phase.value)), sql.SQL("updated_at = now()")]
     if phase is State.CUT_OVER:
-        sets.append("cutover_at = now()")
-    if "view_snapshot" in extra:
-        sets.append("view_snapshot = %(snap)s")
-        params["snap"] = Jsonb(extra["view_snapshot"])
-    conn.execute(
-        "UPDATE migrator.migrations SET " + ", ".join(sets) + " WHERE name = %(name)s",
-        params,
+        sets.append(sql.SQL("cutover_at = now()"))
+    if view_snapshot is not None:
+        snap = json.dumps(view_snapshot, sort_keys=True, default=str)
+        sets.append(sql.SQL("view_snapshot = {}::jsonb").format(sql.Literal(snap)))
+    return sql.SQL("UPDATE migrator.migrations SET {} WHERE name = {}").format(
+        sql.SQL(", ").join(sets), sql.Literal(name)
     )
+
+
+def phase_statement(name: str, phase: State) -> Statement:
+    """The phase change as a statement of a step, so it commits with the switch or not at all."""
+    return Statement(
+        phase_update(name, phase),
+        f"record the phase {phase.value}",
+        Lock.ROW_EXCLUSIVE,
+        "migrator.migrations",
+        ddl=False,
+    )
+
+
+def set_phase(
+    conn: psycopg.Connection, name: str, phase: State, *, view_snapshot: Any = None
+) -> None:
+    conn.execute(phase_update(name, phase, view_snapshot=view_snapshot))
 
 
 def log_event(

@@ -21,6 +21,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator.verify.metrics import derive_query
+
 # Third-party code and caches. Tests, demos and GUI packages are kept: they are only parsed,
 # never imported, so they have no side effects, and their docstrings are real English.
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -216,9 +218,4 @@ def load_corpus(n: int, *, cache_dir: Path | None = DEFAULT_CACHE) -> list[Doc]:
 
 def make_query(doc: Doc, rng: random.Random, *, min_words: int = 8, max_words: int = 15) -> str:
     """A query derived from a doc: a random span of 8-15 of its words (all of them if fewer)."""
-    words = doc.body.split()
-    size = rng.randint(min_words, max_words)
-    if len(words) <= size:
-        return " ".join(words)
-    start = rng.randrange(0, len(words) - size + 1)
-    return " ".join(words[start : start + size])
+    return derive_query(doc.body, rng, min_words=min_words, max_words=max_words)

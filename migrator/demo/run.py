@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,9 +157,21 @@ def search_service(settings: Settings, plan: Plan, port: int) -> Iterator[str]:
             proc.kill()
 
 
+ProgressFactory = Callable[[], AbstractContextManager[backfill.ProgressFn | None]]
+
+
 class Demo:
-    def __init__(self, settings: Settings, opts: DemoOptions, console: Console) -> None:
+    """The story; `progress` opens the backfill's progress display (the CLI passes its bar)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        opts: DemoOptions,
+        console: Console,
+        progress: ProgressFactory | None = None,
+    ) -> None:
         self.settings, self.opts, self.console = settings, opts, console
+        self.progress: ProgressFactory = progress or (lambda: contextlib.nullcontext(None))
         self.summary: dict[str, Any] = {}
 
     def step(self, title: str) -> None:
@@ -224,9 +237,7 @@ class Demo:
             f"4. backfill {plan.target.column} with {plan.target.model.name} "
             f"({self.opts.workers} workers)"
         )
-        from migrator.cli.backfill_cmd import progress_bar
-
-        with progress_bar(self.console, enabled=True) as on_progress:
+        with self.progress() as on_progress:
             res = backfill.run(
                 self.settings, plan, backfill.Options(on_progress=on_progress, poll_seconds=0.5)
             )

@@ -1,1 +1,3 @@
-"""What operators read besides the CLI: the Prometheus exporter."""
+"""What operators read besides the CLI: the Prometheus exporter of a migration's database-side
+figures. Read-only.
+"""

@@ -14,9 +14,9 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from migrator.backfill import ledger
+from migrator.db import state
 from migrator.plan.model import Plan
-
-PHASES = ("planned", "expanded", "backfilled", "verified", "cut_over", "rolled_back", "finalized")
 
 
 class MigrationCollector(Collector):
@@ -51,46 +51,35 @@ class MigrationCollector(Collector):
 
     def _from_db(self, conn: psycopg.Connection) -> Iterator[GaugeMetricFamily]:
         name = self.plan.name
-        phase = conn.execute(
-            "SELECT phase FROM migrator.migrations WHERE name = %s", (name,)
-        ).fetchone()
+        migration = state.get_migration(conn, name)
         g = GaugeMetricFamily(
             "migrator_phase", "1 for the migration's current phase", labels=["migration", "phase"]
         )
-        for p in PHASES:
-            g.add_metric([name, p], 1.0 if phase and phase[0] == p else 0.0)
+        for p in state.State:
+            g.add_metric([name, p.value], 1.0 if migration and migration.phase is p else 0.0)
         yield g
+        s = ledger.summary(conn, name)
         batches = GaugeMetricFamily(
             "migrator_batches", "Ledger batches by status", labels=["migration", "status"]
         )
-        for status, n in conn.execute(
-            "SELECT status, count(*) FROM migrator.batches WHERE migration = %s GROUP BY status",
-            (name,),
-        ).fetchall():
+        for status, n in s["batches"].items():
             batches.add_metric([name, status], n)
         yield batches
-        for metric, help_text, query in (
+        for metric, help_text, value in (
             (
                 "migrator_dead_letters",
                 "Unresolved dead-lettered rows",
-                "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s "
-                "AND resolved_at IS NULL",
+                ledger.dead_letter_count(conn, name),
             ),
             (
                 "migrator_pending_changes",
                 "Captured changes not yet turned into batches",
-                "SELECT count(*) FROM migrator.changes WHERE migration = %s "
-                "AND processed_at IS NULL",
+                ledger.pending_changes(conn, name),
             ),
-            (
-                "migrator_rows_written",
-                "Rows written by finished batches",
-                "SELECT coalesce(sum(rows_written), 0) FROM migrator.batches WHERE migration = %s",
-            ),
+            ("migrator_rows_written", "Rows written by finished batches", s["rows_written"]),
         ):
-            row = conn.execute(query, (name,)).fetchone()
             m = GaugeMetricFamily(metric, help_text, labels=["migration"])
-            m.add_metric([name], float(row[0]) if row else 0.0)
+            m.add_metric([name], float(value))
             yield m
         build = conn.execute(
             "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total "

@@ -25,6 +25,7 @@ from migrator.plan.vocab import (
     IterativeScan,
     Metric,
     OverlongPolicy,
+    Role,
     VectorType,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "OverlongPolicy",
     "Plan",
     "PlanError",
+    "Role",
     "VectorType",
     "load_plan",
     "parse_plan",

@@ -192,7 +192,7 @@ def render() -> str:
     head = [
         "# Plan file reference",
         "",
-        "Generated from `migrator/plan.py` by `python -m migrator.plan.reference`; a test keeps "
+        "Generated from `migrator/plan/model.py` by `python -m migrator.plan.reference`; a test keeps "
         "it in step with the code. Unknown keys are errors. Identifiers are at most 63 bytes of "
         "letters, digits and underscores (never truncated, always quoted). The plan hash covers "
         "everything except `description`, `backfill`, `verify`, `cutover` and `ddl`, which may "

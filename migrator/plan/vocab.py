@@ -39,6 +39,14 @@ class IterativeScan(StrEnum):
     STRICT = "strict_order"
 
 
+class Role(StrEnum):
+    """Which column a batch fills: the new one (target), or the old one kept fresh after cutover
+    for rollback (source). Stored as text in migrator.batches and migrator.dead_letters."""
+
+    TARGET = "target"
+    SOURCE = "source"
+
+
 class OverlongPolicy(StrEnum):
     TRUNCATE = "truncate"
     DEAD_LETTER = "dead_letter"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -327,15 +327,3 @@ def search_once(
 
 def as_rows(result: SearchResult) -> list[dict[str, Any]]:
     return [{**h.row, "distance": h.distance, "embedding_model": h.model} for h in result.hits]
-
-
-__all__: Sequence[str] = (
-    "ActiveModel",
-    "Hit",
-    "SearchClient",
-    "SearchResult",
-    "as_rows",
-    "guarded_query",
-    "search_once",
-    "shared_provider",
-)

@@ -22,9 +22,9 @@ import psycopg
 from psycopg import sql
 
 from migrator.ddl import statements as q
-from migrator.demo.corpus import Doc, make_query
 from migrator.plan.model import Plan
 from migrator.search.client import SearchClient
+from migrator.verify.metrics import derive_query
 
 # (started at, wall clock s; latency ms; ok; mixed rows; rows; hit; model switch retries; error)
 Record = tuple[float, float, bool, int, int, bool, int, str]
@@ -47,7 +47,7 @@ def sample_queries(
         (n,),
     ).fetchall()
     rng = random.Random(seed)
-    return [(make_query(Doc(pk, "", text), rng), pk) for pk, text in rows]
+    return [(derive_query(text, rng), pk) for pk, text in rows]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from migrator.backfill import ledger
 from migrator.ddl import statements as q
-from migrator.plan.model import IndexMethod, IterativeScan, Plan, VectorType
+from migrator.plan.model import IndexMethod, IterativeScan, Plan, Role, VectorType
 from migrator.verify.data import Column
 from migrator.verify.metrics import (
     F32,
@@ -50,15 +51,6 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
     ).fetchone()
     assert row is not None
     total, eligible, done, empty_with_vector = (int(x) for x in row)
-    dead = conn.execute(
-        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND role = 'target' "
-        "AND resolved_at IS NULL",
-        (plan.name,),
-    ).fetchone()
-    changes = conn.execute(
-        "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
-        (plan.name,),
-    ).fetchone()
     share = done / eligible if eligible else 1.0
     details = {
         "rows": total,
@@ -67,8 +59,8 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
         "pending": eligible - done,
         "empty_text": total - eligible,
         "empty_text_with_vector": empty_with_vector,
-        "dead_letters": int(dead[0]) if dead else 0,
-        "changes_pending": int(changes[0]) if changes else 0,
+        "dead_letters": ledger.dead_letter_count(conn, plan.name, role=Role.TARGET),
+        "changes_pending": ledger.pending_changes(conn, plan.name),
     }
     summary = (
         f"{done:,} of {eligible:,} eligible rows have a vector; "

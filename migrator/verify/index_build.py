@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from migrator.db.catalog import index_info
 from migrator.db.connect import connect
 from migrator.db.executor import Executor, LockPolicy
 from migrator.ddl import steps
@@ -63,31 +64,6 @@ class IndexResult:
 
 
 OnProgress = Callable[[BuildProgress], None]
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    state: str  # "absent" | "valid" | "invalid" | "other" (the name is taken elsewhere)
-    oid: int | None = None
-    definition: str = ""
-
-
-def index_info(conn: psycopg.Connection, plan: Plan) -> IndexInfo:
-    """The state of the plan's index, found by name in the table's schema."""
-    row = conn.execute(
-        "SELECT i.oid, x.indisvalid AND x.indisready, t.relname, a.attname, "
-        "pg_get_indexdef(i.oid) FROM pg_class i "
-        "JOIN pg_namespace n ON n.oid = i.relnamespace JOIN pg_index x ON x.indexrelid = i.oid "
-        "JOIN pg_class t ON t.oid = x.indrelid "
-        "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
-        "WHERE n.nspname = %s AND i.relname = %s",
-        (plan.table.schema_, plan.index_name),
-    ).fetchone()
-    if row is None:
-        return IndexInfo("absent")
-    if row[2] != plan.table.name or row[3] != plan.target.column:
-        return IndexInfo("other", int(row[0]), str(row[4]))
-    return IndexInfo("valid" if row[1] else "invalid", int(row[0]), str(row[4]))
 
 
 def _other_build(conn: psycopg.Connection, oid: int, own_pid: int) -> int | None:

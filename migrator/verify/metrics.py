@@ -16,7 +16,6 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from migrator.demo.corpus import Doc, make_query
 from migrator.plan.model import Metric
 
 F32 = npt.NDArray[np.float32]
@@ -247,6 +246,11 @@ def rowwise_cosine(a: F32, b: F32) -> npt.NDArray[np.float64]:
     return out
 
 
-def derive_query(text: str, rng: random.Random) -> str:
-    """A query drawn from a row's text: a random span of 8-15 of its words (corpus.make_query)."""
-    return make_query(Doc("", "", text), rng)
+def derive_query(text: str, rng: random.Random, *, min_words: int = 8, max_words: int = 15) -> str:
+    """A query drawn from a row's text: a random span of 8-15 of its words (all if fewer)."""
+    words = text.split()
+    size = rng.randint(min_words, max_words)
+    if len(words) <= size:
+        return " ".join(words)
+    start = rng.randrange(0, len(words) - size + 1)
+    return " ".join(words[start : start + size])

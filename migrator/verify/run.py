@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from migrator.api import Context, migration_context
 from migrator.config import Settings
 from migrator.db import state
+from migrator.db.catalog import index_info
+from migrator.db.context import Context, migration_context
 from migrator.embedding import Provider, provider_for
 from migrator.errors import ConfigError, GateFailedError
 from migrator.plan.model import Plan
 from migrator.verify import checks, data, gate
 from migrator.verify import labelled as verify_labelled
-from migrator.verify.index_build import IndexResult, OnProgress, ensure_index, index_info
+from migrator.verify.index_build import IndexResult, OnProgress, ensure_index
 from migrator.verify.report import Check, Report
 
 # Phases a passing report may move to verified (cut_over stays cut_over: the switch is done).

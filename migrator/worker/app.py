@@ -3,7 +3,7 @@
 The documented exception to "no environment reads at import": the broker comes from
 CELERY_BROKER_URL, else the embedded Redis under MIGRATOR_HOME. Importing starts nothing: the
 embedded Redis is started by the worker (or beat) process itself, on Celery's init signals.
-The producer builds its own app with `celery_config.make_app(url)`.
+The producer builds its own app with `backfill.broker.make_app(url)`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import signals
 
+from migrator.backfill.broker import TASK_NAME, VISIBILITY_TIMEOUT_S, make_app
 from migrator.config import load_settings
 from migrator.db.embedded import embedded_redis_socket_url, embedded_redis_url
-from migrator.worker.celery_config import TASK_NAME, VISIBILITY_TIMEOUT_S, make_app
 
 __all__ = ["TASK_NAME", "VISIBILITY_TIMEOUT_S", "app", "make_app"]
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from migrator.backfill import monitor as backfill
-from migrator.backfill.broker import broker_url
 from migrator.config import load_settings
 from migrator.db import state
 from migrator.db.connect import connect, resolve_url
-from migrator.errors import ConcurrentRunError
-from migrator.plan.model import load_plan, parse_plan
+from migrator.plan.model import load_plan
 
 log = logging.getLogger(__name__)
 TASK = "migrator.catch_up"
@@ -31,30 +28,10 @@ def catch_up_once(migration: str, environ: Mapping[str, str] | None = None) -> d
     settings = load_settings(environ)
     conn = connect(resolve_url(settings), application_name="migrator-catch-up")
     try:
-        row = conn.execute(
-            "SELECT plan FROM migrator.migrations WHERE name = %s", (migration,)
-        ).fetchone()
-        if row is None:
+        plan = state.stored_plan(conn, migration)
+        if plan is None:
             return {"migration": migration, "skipped": "unknown migration"}
-        plan = parse_plan(row[0])
-        phase = backfill._phase(conn, plan)
-        if phase in (state.State.PLANNED, state.State.FINALIZED):
-            return {"migration": migration, "skipped": f"phase {phase.value}"}
-        stall = float(plan.backfill.stall_after_seconds)
-        enq = backfill.Enqueuer(broker_url(settings), plan, stall)
-        try:
-            with backfill._monitor_lock(conn, plan.name):
-                mon = backfill.Monitor(
-                    conn, plan, enq, stall, backfill.Options(), {}, time.monotonic()
-                )
-                complete = mon.tick(phase)
-                if complete:
-                    backfill._try_mark_complete(conn, plan, settings.operator)
-        except ConcurrentRunError:
-            return {"migration": migration, "skipped": "a follower is running"}
-        finally:
-            enq.close()
-        return {"migration": migration, "complete": complete, "phase": phase.value}
+        return backfill.catch_up_pass(conn, settings, plan)
     finally:
         conn.close()
 

@@ -22,9 +22,10 @@ from migrator.backfill import ledger, work
 from migrator.backfill.broker import limiter_redis_url
 from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
 from migrator.config import Settings, load_settings
+from migrator.db import state
 from migrator.db.connect import connect, resolve_url
 from migrator.embedding import Provider, RetryableError, provider_for
-from migrator.plan.model import Plan, parse_plan
+from migrator.plan.model import Plan
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,9 @@ class Runtime:
         cached = self.plans.get(name)
         if cached is not None and time.monotonic() - cached[0] < PLAN_TTL_S:
             return cached[1]
-        row = (
-            self.connection()
-            .execute("SELECT plan FROM migrator.migrations WHERE name = %s", (name,))
-            .fetchone()
-        )
-        if row is None:
+        plan = state.stored_plan(self.connection(), name)
+        if plan is None:
             raise LookupError(f"migration {name!r} is not registered in this database")
-        plan = parse_plan(row[0], path=f"migrator.migrations[{name}]")
         self.plans[name] = (time.monotonic(), plan)
         return plan
 

@@ -17,6 +17,7 @@ from migrator.cli import cli
 from migrator.config import Settings
 from migrator.db import state
 from migrator.db.connect import alembic_config, connect, ensure_schema
+from migrator.db.context import migration_context
 from migrator.errors import ConcurrentRunError, PhaseError, PlanError, PreflightError
 from tests.helpers import ROOT, create_documents, demo_plan
 
@@ -166,7 +167,7 @@ def test_adopt_creates_view_and_guards_phases(database_url: str, settings: Setti
         assert active == ("embedding", plan.source.model.fingerprint())
     with (
         pytest.raises(PhaseError, match="cannot cutover: the migration is planned"),
-        api.migration_context(settings, plan, "cutover"),
+        migration_context(settings, plan, "cutover"),
     ):
         pass
     st = api.status(settings, plan)
@@ -194,7 +195,7 @@ def test_two_operators_exactly_one_proceeds(database_url: str, settings: Setting
 
     def first() -> None:
         try:
-            with api.migration_context(settings, plan, "backfill"):
+            with migration_context(settings, plan, "backfill"):
                 inside.set()
                 release.wait(10)
         except BaseException as exc:  # pragma: no cover - reported below
@@ -205,13 +206,13 @@ def test_two_operators_exactly_one_proceeds(database_url: str, settings: Setting
     assert inside.wait(10)
     with (
         pytest.raises(ConcurrentRunError, match="another migrator process"),
-        api.migration_context(settings, plan, "backfill"),
+        migration_context(settings, plan, "backfill"),
     ):
         pass
     release.set()
     t.join()
     assert not errors
-    with api.migration_context(settings, plan, "backfill"):
+    with migration_context(settings, plan, "backfill"):
         pass
 
 

@@ -18,11 +18,12 @@ from migrator import api, switch
 from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
 from migrator.db import state
+from migrator.db.catalog import index_info
 from migrator.db.connect import connect
 from migrator.db.executor import Executor, LockPolicy
 from migrator.embedding.server import ServerHandle
 from migrator.errors import DatabaseError, PhaseError
-from migrator.verify.index_build import ensure_index, index_info
+from migrator.verify.index_build import ensure_index
 from tests.backfill_helpers import assert_all_fresh, kill_workers, make_documents, wait_for
 from tests.lock_probe import lock_waits
 from tests.reliability_helpers import (

@@ -22,6 +22,7 @@ import pytest
 from migrator import api, switch
 from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
+from migrator.db.catalog import live_facts
 from migrator.db.connect import connect
 from migrator.db.executor import Executor, LockPolicy
 from migrator.ddl import steps
@@ -96,7 +97,7 @@ def test_every_row_fresh_through_a_cutover_under_writes(
                 assert time.monotonic() < deadline
                 time.sleep(0.3)
             with contextlib.closing(connect(database_url)) as conn:
-                facts = api.live_facts(conn, plan)
+                facts = live_facts(conn, plan)
                 Executor(conn).run(steps.index(plan, facts).forward, LockPolicy())
                 mark_verified(conn, plan, n)
             cut = switch.cutover(st, plan)  # while the writer still writes

@@ -28,3 +28,24 @@ def test_one_copy_of_the_shipped_files() -> None:
     assert alembic_dir().resolve() == (ROOT / "alembic").resolve()
     assert plans_dir().resolve() == (ROOT / "plans").resolve()
     assert (alembic_dir() / "env.py").is_file() and (plans_dir() / "local-demo.yaml").is_file()
+
+
+def test_statement_builders_use_psycopg_for_composition_only() -> None:
+    # import-linter forbids whole packages only; psycopg.sql (composition, rendering without a
+    # connection) is the one part of psycopg the pure layers may use.
+    import ast
+
+    for path in [
+        *(ROOT / "migrator" / "ddl").glob("*.py"),
+        *(ROOT / "migrator" / "plan").glob("*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for mod in mods:
+                if mod.split(".")[0] == "psycopg":
+                    assert mod == "psycopg.sql", f"{path.name} imports {mod}"
