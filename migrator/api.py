@@ -22,6 +22,7 @@ from migrator.embedded import stop_embedded_database, stop_embedded_redis
 from migrator.errors import ConfigError, MigratorError, PreflightError
 from migrator.estimate import estimate
 from migrator.executor import Executor, LockPolicy, RunResult
+from migrator.facts import Grant
 from migrator.plan import Plan
 from migrator.sql import Statement
 from migrator.steps import Facts, Step, all_steps
@@ -33,6 +34,7 @@ def statement_dict(st: Statement, lock_timeout_ms: int) -> dict[str, Any]:
         "sql": st.render(),
         "purpose": st.purpose,
         "transactional": st.transactional,
+        "new_transaction": st.new_transaction,
         "lock": st.lock_text(),
         "lock_timeout_ms": lock_timeout_ms if st.ddl else None,
     }
@@ -270,26 +272,82 @@ def adopt(settings: Settings, plan: Plan) -> RunResult:
 
 
 def _adopt(ctx: Context) -> RunResult:
-    ins = preflight(ctx.conn, ctx.plan)
-    snapshot = {
-        "definition": ins.view_definition,
-        "options": list(ins.facts.view_options),
-        "owner": ins.facts.view_owner,
-        "grants": list(ins.facts.view_grants),
-    }
+    """Register the migration; create the view, or confirm the user's and leave it alone.
+
+    The snapshot records what adopt found (the view, the registry entry, the target column),
+    which is what rollback compares with and abort returns to.
+    """
+    plan = ctx.plan
+    ins = preflight(ctx.conn, plan)
+    body = ins.facts.view_body
+    if body is not None and body.serves != plan.source.column:
+        raise PreflightError(
+            f"view {plan.view_schema}.{plan.view.name} serves {body.serves}, not the plan's "
+            f"source column {plan.source.column}",
+            hint="adopt a view that serves the source column; nothing was changed",
+        )
+    snapshot = view_snapshot(ctx.conn, plan, ins)
     t0 = time.perf_counter()
-    res = ctx.executor().run(adopt_step(ctx.plan, ins.facts).forward, ctx.ddl_policy())
-    if ctx.migration is None:
-        state.register(ctx.conn, ctx.plan)
-        state.set_phase(ctx.conn, ctx.plan.name, state.State.PLANNED, view_snapshot=snapshot)
+    res = ctx.executor().run(adopt_step(plan, ins.facts).forward, ctx.ddl_policy())
+    if ctx.migration is None or ctx.migration.phase is state.State.ABORTED:
+        state.register(ctx.conn, plan)
+        state.set_phase(
+            ctx.conn, plan.name, state.State.PLANNED, view_snapshot=snapshot, cutover_at=None
+        )
     ctx.refresh()
     ctx.event(
         "ok",
-        f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
+        f"view {plan.view.name} serves {plan.source.column}"
+        + (" (the existing view, unchanged)" if body is not None else " (created)"),
         after=state.State.PLANNED.value,
         ms=round((time.perf_counter() - t0) * 1000, 1),
     )
     return res
+
+
+def view_snapshot(conn: psycopg.Connection, plan: Plan, ins: insp.Inspection) -> dict[str, Any]:
+    """The view, its registry entry and the target column as adopt finds them (JSON)."""
+    f = ins.facts
+    reg = conn.execute(
+        "SELECT migration, column_name, fingerprint, model::text, vector_type, dimensions, "
+        "switched_at::text FROM migrator.active_models WHERE view_schema = %s AND view_name = %s",
+        (plan.view_schema, plan.view.name),
+    ).fetchone()
+    return {
+        "definition": ins.view_definition,
+        "options": [list(o) for o in f.view_options],
+        "owner": f.view_owner,
+        "grants": [grant_dict(g) for g in f.view_grants],
+        "comment": f.view_comment,
+        "registry": dict(
+            zip(
+                (
+                    "migration",
+                    "column",
+                    "fingerprint",
+                    "model_json",
+                    "vector_type",
+                    "dimensions",
+                    "switched_at",
+                ),
+                reg,
+                strict=True,
+            )
+        )
+        if reg
+        else None,
+        "target_existed": ins.target_exists,
+    }
+
+
+def grant_dict(g: Grant) -> dict[str, Any]:
+    return {
+        "grantee": g.grantee,
+        "privilege": g.privilege.value,
+        "grantable": g.grantable,
+        "grantor": g.grantor,
+        "column": g.column,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

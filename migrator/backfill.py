@@ -138,7 +138,7 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
 
 def _prepare(ctx: api.Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
     plan = ctx.plan
-    if ctx.migration is None:
+    if ctx.migration is None or ctx.migration.phase is State.ABORTED:
         api._adopt(ctx)
     assert ctx.migration is not None
     if ctx.migration.phase is State.PLANNED:
@@ -280,7 +280,7 @@ class Monitor:
     def loop(self, mark_complete: Callable[[], None]) -> dict[str, Any]:
         while True:
             phase = _phase(self.conn, self.plan)
-            if phase is State.FINALIZED:
+            if phase in (State.FINALIZED, State.ABORTED):
                 break
             if self.tick(phase):
                 if not self.complete:

@@ -14,9 +14,10 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from migrator.phases import State
 from migrator.plan import Plan
 
-PHASES = ("planned", "expanded", "backfilled", "verified", "cut_over", "rolled_back", "finalized")
+PHASES = tuple(s.value for s in State)
 
 
 class MigrationCollector(Collector):

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import sql
-
-from migrator import gate, state, steps
+from migrator import api, gate, state, steps, view_catalog
 from migrator import inspect as insp
+from migrator import sql as q
 from migrator.api import Context, migration_context
 from migrator.config import Settings
 from migrator.errors import PhaseError
@@ -58,11 +57,8 @@ class FinalizeResult:
 
 def phase_statement(plan: Plan, phase: State) -> Statement:
     """The phase change as a statement, so it commits with the switch or not at all."""
-    extra = sql.SQL(", cutover_at = now()") if phase is State.CUT_OVER else sql.SQL("")
     return Statement(
-        sql.SQL(
-            "UPDATE migrator.migrations SET phase = {}, updated_at = now(){} WHERE name = {}"
-        ).format(sql.Literal(phase.value), extra, sql.Literal(plan.name)),
+        q.record_phase(plan, phase.value),
         f"record the phase {phase.value}",
         Lock.ROW_EXCLUSIVE,
         "migrator.migrations",
@@ -125,15 +121,25 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
 
 def _view_matches_snapshot(ctx: Context, migration: state.Migration) -> bool | None:
     """After rollback: is the view exactly as adopt found it (when adopt found one)?"""
-    snap = migration.view_snapshot or {}
+    return view_matches_snapshot(ctx.conn, ctx.plan, migration.view_snapshot)
+
+
+def view_matches_snapshot(conn: Any, plan: Plan, snapshot: dict[str, Any] | None) -> bool | None:
+    """Definition, options, owner, grants (and comment) equal to what adopt recorded."""
+    snap = snapshot or {}
     if not snap.get("definition"):
         return None
-    facts, definition = insp.view_facts(ctx.conn, ctx.plan.view_schema, ctx.plan.view.name)
+    facts, definition = insp.view_facts(conn, plan)
+    grants: list[Any] = [api.grant_dict(g) for g in facts.view_grants]
+    stored = snap.get("grants", [])
+    if stored and isinstance(stored[0], list):  # snapshots before grant options were kept
+        grants = [[g["grantee"], g["privilege"]] for g in grants if not g["column"]]
     return (
         definition == snap["definition"]
         and [list(o) for o in facts.view_options] == [list(o) for o in snap.get("options", [])]
         and facts.view_owner == snap.get("owner")
-        and [list(g) for g in facts.view_grants] == [list(g) for g in snap.get("grants", [])]
+        and grants == stored
+        and ("comment" not in snap or facts.view_comment == snap["comment"])
     )
 
 
@@ -165,12 +171,15 @@ def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) 
     with migration_context(settings, plan, "finalize") as ctx:
         migration = ctx.migration
         assert migration is not None
-        _check_finalize(ctx, migration, yes=yes, force=force)
+        if migration.phase is State.FINALIZING:
+            # A finalize that stopped part-way: confirmed and inside its window already.
+            _confirm(plan, yes)
+        else:
+            _check_finalize(ctx, migration, yes=yes, force=force)
+        _refuse_dependents(ctx, plan.source.column, "finalize")
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
-        res = ctx.executor().run(
-            (*step.forward, phase_statement(plan, State.FINALIZED)), ctx.ddl_policy()
-        )
+        res = ctx.executor().run(step.forward, ctx.ddl_policy())
         ctx.refresh()
         ctx.event(
             "ok",
@@ -200,11 +209,26 @@ def _check_finalize(ctx: Context, migration: state.Migration, *, yes: bool, forc
             f"{allowed.isoformat(timespec='seconds')})",
             hint="wait, or pass --force to finalize inside the window",
         )
+    _confirm(plan, yes)
+
+
+def _confirm(plan: Plan, yes: bool) -> None:
     if not yes:
         raise PhaseError(
             f"finalize is irreversible: it drops {plan.source.column} and rollback becomes "
             "impossible",
             hint="confirm with --yes",
+        )
+
+
+def _refuse_dependents(ctx: Context, column: str, command: str) -> None:
+    """DROP COLUMN fails on views or constraints that use the column: find them first."""
+    deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column)
+    if deps:
+        raise PhaseError(
+            f"cannot {command}: {', '.join(deps)} use{'s' if len(deps) == 1 else ''} "
+            f"{q.table_label(ctx.plan)}.{column}, which {command} drops",
+            hint="change them to stop using the column, then rerun; nothing was changed",
         )
 
 

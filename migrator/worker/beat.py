@@ -37,7 +37,7 @@ def catch_up_once(migration: str, environ: Mapping[str, str] | None = None) -> d
             return {"migration": migration, "skipped": "unknown migration"}
         plan = parse_plan(row[0])
         phase = backfill._phase(conn, plan)
-        if phase in (state.State.PLANNED, state.State.FINALIZED):
+        if phase in (state.State.PLANNED, state.State.FINALIZED, state.State.ABORTED):
             return {"migration": migration, "skipped": f"phase {phase.value}"}
         stall = float(plan.backfill.stall_after_seconds)
         enq = backfill.Enqueuer(broker_url(settings), plan, stall)
