@@ -176,7 +176,7 @@ def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) 
             _confirm(plan, yes)
         else:
             _check_finalize(ctx, migration, yes=yes, force=force)
-        _refuse_dependents(ctx, plan.source.column, "finalize")
+        refuse_dependents(ctx, plan.source.column, "finalize")
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
         res = ctx.executor().run(step.forward, ctx.ddl_policy())
@@ -221,7 +221,7 @@ def _confirm(plan: Plan, yes: bool) -> None:
         )
 
 
-def _refuse_dependents(ctx: Context, column: str, command: str) -> None:
+def refuse_dependents(ctx: Context, column: str, command: str) -> None:
     """DROP COLUMN fails on views or constraints that use the column: find them first."""
     deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column)
     if deps:
