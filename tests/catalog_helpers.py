@@ -14,6 +14,8 @@ from psycopg import sql
 
 # Migrator's own bookkeeping tables are not the user's catalog: a snapshot leaves them out.
 _SKIP_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "migrator")
+# Sessions' temporary tables (the workers' staging tables) are not part of the schema.
+_NOT_TEMP = "n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'"
 
 
 def catalog_snapshot(url: str) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def catalog_snapshot(url: str) -> dict[str, Any]:
             "CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END, "
             "obj_description(c.oid, 'pg_class') "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%' "
+            f"WHERE n.nspname <> ALL(%s) AND {_NOT_TEMP} "
             "AND c.relkind IN ('r', 'p', 'v', 'm', 'i', 'I', 'S') ORDER BY 1, 2",
             (list(_SKIP_SCHEMAS),),
         ).fetchall()
@@ -38,7 +40,7 @@ def catalog_snapshot(url: str) -> dict[str, Any]:
             "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-            "WHERE n.nspname <> ALL(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+            f"WHERE n.nspname <> ALL(%s) AND {_NOT_TEMP} AND a.attnum > 0 AND NOT a.attisdropped "
             "AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY 1, 2, 3",
             (list(_SKIP_SCHEMAS),),
         ).fetchall()
@@ -46,7 +48,7 @@ def catalog_snapshot(url: str) -> dict[str, Any]:
             "SELECT n.nspname, i.relname, pg_get_indexdef(i.oid), x.indisvalid "
             "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
             "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname <> ALL(%s) "
-            "ORDER BY 1, 2",
+            f"AND {_NOT_TEMP} ORDER BY 1, 2",
             (list(_SKIP_SCHEMAS),),
         ).fetchall()
         triggers = conn.execute(
@@ -62,13 +64,18 @@ def catalog_snapshot(url: str) -> dict[str, Any]:
             "FROM pg_policies ORDER BY 1, 2, 3"
         ).fetchall()
     return {
-        "relations": [tuple(r) for r in rels],
-        "columns": [tuple(r) for r in cols],
-        "indexes": [tuple(r) for r in indexes],
-        "triggers": [tuple(r) for r in triggers],
+        "relations": [_freeze(r) for r in rels],
+        "columns": [_freeze(r) for r in cols],
+        "indexes": [_freeze(r) for r in indexes],
+        "triggers": [_freeze(r) for r in triggers],
         "migrator_functions": [r[0] for r in functions],
-        "policies": [tuple(r) for r in policies],
+        "policies": [_freeze(r) for r in policies],
     }
+
+
+def _freeze(row: Any) -> tuple[Any, ...]:
+    """Rows with arrays (ACLs, options) as tuples, so snapshots compare as sets."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in row)
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
