@@ -16,7 +16,7 @@ from migrator import inspect as insp
 from migrator import sql as q
 from migrator.api import Context, migration_context
 from migrator.config import Settings
-from migrator.errors import PhaseError
+from migrator.errors import PhaseError, PreflightError
 from migrator.executor import RunResult
 from migrator.plan import Plan
 from migrator.sql import Lock, Statement
@@ -225,7 +225,7 @@ def refuse_dependents(ctx: Context, column: str, command: str) -> None:
     """DROP COLUMN fails on views or constraints that use the column: find them first."""
     deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column)
     if deps:
-        raise PhaseError(
+        raise PreflightError(
             f"cannot {command}: {', '.join(deps)} use{'s' if len(deps) == 1 else ''} "
             f"{q.table_label(ctx.plan)}.{column}, which {command} drops",
             hint="change them to stop using the column, then rerun; nothing was changed",
