@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from migrator import sql as q
-from migrator import steps, switch
+from migrator import switch
 from migrator.api import migration_context
 from migrator.config import Settings
+from migrator.db.state import State
+from migrator.ddl import statements as q
+from migrator.ddl import steps
 from migrator.errors import PhaseError, PreflightError
-from migrator.plan import Plan
-from migrator.state import State
+from migrator.plan.model import Plan
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from migrator import api, gate, state, steps, view_catalog
-from migrator import inspect as insp
-from migrator import sql as q
+from migrator import api
 from migrator.api import Context, migration_context
 from migrator.config import Settings
+from migrator.db import catalog as insp
+from migrator.db import state, view_catalog
+from migrator.db.executor import RunResult
+from migrator.db.state import State
+from migrator.ddl import statements as q
+from migrator.ddl import steps
+from migrator.ddl.statements import Lock, Statement
 from migrator.errors import PhaseError, PreflightError
-from migrator.executor import RunResult
-from migrator.plan import Plan
-from migrator.sql import Lock, Statement
-from migrator.state import State
+from migrator.plan.model import Plan
+from migrator.verify import gate
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from migrator import sql as q
+from migrator.ddl import statements as q
 from migrator.embedding.local import HashEmbedder
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.backfill_helpers import random_text
 
 OLD = HashEmbedder("local-hash-old", 256)
@@ -255,7 +255,7 @@ class SearchLoad:
     the query's is counted (in-process: a Drill's spawned process costs seconds per case)."""
 
     def __init__(self, url: str, plan: Plan, environ: dict[str, str], *, pause: float = 0.05):
-        from migrator.search import SearchClient
+        from migrator.search.client import SearchClient
 
         with psycopg.connect(url) as conn:
             rows = conn.execute(

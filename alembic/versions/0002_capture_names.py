@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from migrator.plan import legacy_capture_names
+from migrator.plan.model import legacy_capture_names
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -16,13 +16,14 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from migrator import api, state, switch
+from migrator import api, switch
 from migrator.abort import abort
 from migrator.cli import cli
 from migrator.config import Settings
-from migrator.db import connect, ensure_schema
+from migrator.db import state
+from migrator.db.connect import connect, ensure_schema
 from migrator.errors import PhaseError
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.catalog_helpers import capture_objects, catalog_snapshot, diff, view_rows
 from tests.switch_helpers import migrated_state, plan_file, switch_plan
 

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import create_engine, pool
 
 from alembic import command
-from migrator import api, steps
+from migrator import api
 from migrator.config import Settings
-from migrator.db import alembic_config, connect, sqlalchemy_url
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan, legacy_capture_names
+from migrator.db.connect import alembic_config, connect, sqlalchemy_url
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
+from migrator.plan.model import Plan, legacy_capture_names
 from tests.helpers import create_documents
 from tests.switch_helpers import switch_plan
 

@@ -11,13 +11,14 @@ import contextlib
 import psycopg
 import pytest
 
-from migrator import api, state, switch
+from migrator import api, switch
 from migrator.config import Settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
+from migrator.db.executor import Executor
+from migrator.ddl.statements import Statement
 from migrator.errors import LockTimeoutError, PhaseError
-from migrator.executor import Executor
-from migrator.plan import Plan
-from migrator.sql import Statement
+from migrator.plan.model import Plan
 from tests.catalog_helpers import capture_objects
 from tests.switch_helpers import migrated_state, source_index, switch_plan
 

@@ -13,10 +13,10 @@ import contextlib
 import psycopg
 import pytest
 
-from migrator import sql as q
-from migrator import steps
-from migrator.db import connect, ensure_schema
-from migrator.sql import Lock, Statement
+from migrator.db.connect import connect, ensure_schema
+from migrator.ddl import statements as q
+from migrator.ddl import steps
+from migrator.ddl.statements import Lock, Statement
 from tests.helpers import create_documents
 from tests.switch_helpers import switch_plan
 

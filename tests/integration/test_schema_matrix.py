@@ -29,14 +29,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrator import api, backfill, switch
+from migrator import api, switch
 from migrator.abort import abort
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
-from migrator.db import ensure_schema
+from migrator.db.connect import ensure_schema
 from migrator.embedding.server import ServerHandle, run_server_in_thread
 from migrator.errors import PreflightError
-from migrator.plan import Plan
-from migrator.verify import VerifyOptions, verify
+from migrator.plan.model import Plan
+from migrator.verify.run import VerifyOptions, verify
 from tests.backfill_helpers import workers
 from tests.catalog_helpers import catalog_snapshot, diff, view_rows
 from tests.conftest import with_database

@@ -21,7 +21,7 @@ from migrator import api, switch
 from migrator.config import Settings
 from migrator.embedding.local import HashEmbedder
 from migrator.errors import PreflightError
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.catalog_helpers import catalog_snapshot, diff, view_rows
 from tests.helpers import create_documents
 from tests.switch_helpers import explain_view, migrated_state, switch_plan, view_catalog

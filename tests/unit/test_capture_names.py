@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from migrator.plan import MAX_IDENTIFIER_BYTES, capture_names, legacy_capture_names
+from migrator.plan.model import MAX_IDENTIFIER_BYTES, capture_names, legacy_capture_names
 from tests.helpers import demo_plan
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from migrator.plan import VectorType
-from migrator.viewdef import ViewShapeError, parse_view, split_select
+from migrator.ddl.viewdef import ViewShapeError, parse_view, split_select
+from migrator.plan.model import VectorType
 
 COLS = ["id", "title", "body", "embedding", "embedding_model"]
 

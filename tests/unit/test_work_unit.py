@@ -9,12 +9,12 @@ import numpy as np
 import psycopg
 import pytest
 
+from migrator.backfill.ratelimit import NoLimiter
+from migrator.backfill.work import RetryingProvider, Stats, retry_delay, role_spec
 from migrator.embedding import Limits, Provider, RetryableError
 from migrator.embedding.base import Matrix
 from migrator.embedding.errors import InputRejectedError, PermanentError, WrongCountError
-from migrator.plan import RetrySpec
-from migrator.ratelimit import NoLimiter
-from migrator.work import RetryingProvider, Stats, retry_delay, role_spec
+from migrator.plan.model import RetrySpec
 from tests.helpers import demo_plan
 
 RETRY = RetrySpec(max_attempts=4, backoff_base_seconds=1.0, backoff_max_seconds=30.0)

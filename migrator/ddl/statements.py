@@ -1,0 +1,414 @@
+"""Statement builders on psycopg.sql: identifiers quoted, keywords from closed enums, values bound.
+
+Pure: no connection is needed to build or render a statement (`Statement.render()`), which is
+what makes `migrator plan --offline` a true dry run of what the executor will run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from psycopg import sql
+
+from migrator.plan.model import (
+    CaptureNames,
+    IndexMethod,
+    ModelSpec,
+    Plan,
+    VectorType,
+    template_parts,
+)
+
+SCHEMA = "migrator"
+CHANGES_CHANNEL = "migrator_active_model"
+
+
+class Lock(StrEnum):
+    NONE = "no table lock"
+    ACCESS_SHARE = "ACCESS SHARE"
+    ROW_EXCLUSIVE = "ROW EXCLUSIVE"
+    SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+    SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+    ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement with what an operator needs to judge it before it runs."""
+
+    query: sql.Composable
+    purpose: str
+    lock: Lock = Lock.NONE
+    lock_on: str = ""
+    # DDL runs under lock_timeout and is retried on SQLSTATE 55P03 (lock_not_available).
+    ddl: bool = True
+    # False for statements PostgreSQL refuses inside a transaction block (CONCURRENTLY).
+    transactional: bool = True
+    # True: commit what came before; this statement opens a transaction of its own.
+    new_transaction: bool = False
+
+    def render(self) -> str:
+        return self.query.as_string(None)
+
+    def lock_text(self) -> str:
+        return f"{self.lock.value} on {self.lock_on}" if self.lock_on else self.lock.value
+
+
+def table_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.table.schema_, plan.table.name)
+
+
+def table_label(plan: Plan) -> str:
+    return f"{plan.table.schema_}.{plan.table.name}"
+
+
+def view_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.view_schema, plan.view.name)
+
+
+def view_label(plan: Plan) -> str:
+    return f"{plan.view_schema}.{plan.view.name}"
+
+
+def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
+    if dims is None:
+        return sql.SQL(vtype.value)
+    return sql.SQL("{}({})").format(sql.SQL(vtype.value), sql.Literal(int(dims)))
+
+
+def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """The SQL expression of the text to embed; NULL columns of a template read as ''."""
+
+    def col(name: str) -> sql.Identifier:
+        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+    if plan.text.column is not None:
+        return col(plan.text.column)
+    assert plan.text.template is not None
+    parts: list[sql.Composable] = []
+    for kind, value in template_parts(plan.text.template):
+        parts.append(
+            sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value))
+        )
+    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
+
+
+def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Content hash used by the compare-and-set write: a row is written only for its current text."""
+    return sql.SQL("md5({})").format(text_expr(plan, alias))
+
+
+def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Rows with text worth embedding: NULL, empty and whitespace-only text are never sent."""
+    return sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(text_expr(plan, alias))
+
+
+# ---------------------------------------------------------------------------------------------
+# Change capture: a BEFORE trigger that, when the embedded text changes, clears every vector
+# column the view may point at (unless the application wrote a fresh one in the same statement)
+# and queues the row in migrator.changes, so the catch-up re-embeds it within a bounded lag.
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_function(
+    plan: Plan, maintained: tuple[str, ...], names: CaptureNames | None = None
+) -> sql.Composable:
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
+        for c in plan.text.columns
+    )
+    # Vectors compare as text: the function's search_path (pg_catalog) cannot see pgvector's
+    # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
+    clears = sql.SQL("").join(
+        sql.SQL(
+            "    IF NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text THEN NEW.{c} := NULL; "
+            "END IF;\n"
+        ).format(c=sql.Identifier(c))
+        for c in maintained
+    )
+    any_null = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{} IS NULL").format(sql.Identifier(c)) for c in maintained
+    )
+    body = sql.SQL(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'UPDATE' THEN\n"
+        "    IF NOT ({changed}) THEN RETURN NEW; END IF;\n"
+        "{clears}"
+        "  END IF;\n"
+        "  IF {any_null} THEN\n"
+        "    INSERT INTO migrator.changes (migration, pk) VALUES ({name}, NEW.{pk}::text);\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(
+        changed=changed,
+        clears=clears,
+        any_null=any_null,
+        name=sql.Literal(plan.name),
+        pk=sql.Identifier(plan.table.primary_key),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(
+        fn=sql.Identifier(SCHEMA, (names or plan.capture).function),
+        body=sql.Literal(body.as_string(None)),
+    )
+
+
+def capture_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
+    n = names or plan.capture
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
+        "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    ).format(
+        trg=sql.Identifier(n.trigger),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in plan.text.columns),
+        tbl=table_ident(plan),
+        fn=sql.Identifier(SCHEMA, n.function),
+    )
+
+
+def add_target_column(plan: Plan) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        table_ident(plan),
+        sql.Identifier(plan.target.column),
+        column_type(plan.target.type, plan.target.model.dimensions),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfill: read by key range, write through a staging table with a compare-and-set on the text.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_range(
+    plan: Plan, column: str | None = None, *, lo: bool = True, hi: bool = True
+) -> sql.Composable:
+    """Rows of one key range whose vector `column` is still NULL: (pk, pk::text, text, hash).
+
+    A range with no lower (first batch) or no upper bound (last batch) leaves that side out.
+    Only NULL vectors are read: the capture trigger clears the column whenever the text
+    changes, so a non-NULL vector is already fresh and a rerun skips it.
+    """
+    pk = sql.Identifier(plan.table.primary_key)
+    conds: list[sql.Composable] = []
+    if lo:
+        conds.append(sql.SQL("{} > %(lo)s").format(pk))
+    if hi:
+        conds.append(sql.SQL("{} <= %(hi)s").format(pk))
+    conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
+    return sql.SQL(
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY 1"
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        conds=sql.SQL(" AND ").join(conds),
+    )
+
+
+_PK_TYPE_RE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?$")
+
+
+def pk_type_sql(pk_type: str) -> sql.Composable:
+    """The primary key's type as read from the catalog (format_type), checked before use."""
+    if not _PK_TYPE_RE.match(pk_type):
+        raise ValueError(f"unsupported primary key type {pk_type!r}")
+    return sql.SQL(pk_type)
+
+
+def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composable:
+    """Like `read_range`, for a list of keys (catch-up, sweep and dead-letter batches)."""
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
+        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        pkt=pk_type_sql(pk_type),
+        col=sql.Identifier(column or plan.target.column),
+    )
+
+
+def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
+    # The stage's key has the table's key type, so the UPDATE below joins on the primary key
+    # index instead of casting every row of the table to text.
+    return sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} (pk {pkt}, text_hash text, v {vt}) "
+        "ON COMMIT DELETE ROWS"
+    ).format(
+        stage=stage_ident(pk_type, vtype, dims),
+        pkt=pk_type_sql(pk_type),
+        vt=column_type(vtype, dims),
+    )
+
+
+def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
+    # One stage per (key type, vector type) in a session: a worker may serve several migrations.
+    tag = hashlib.md5(pk_type.encode()).hexdigest()[:6]
+    return sql.Identifier(f"migrator_stage_{tag}_{vtype.value}_{dims}")
+
+
+def cas_update(
+    plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int
+) -> sql.Composable:
+    """Write staged vectors only where the row still holds the text that was embedded.
+
+    `IS NULL` as well: a vector already there is fresh (the capture trigger clears it on every
+    text change), so a duplicated or redelivered batch writes nothing and adds no row versions.
+    Returns the keys written.
+    """
+    pk = sql.Identifier(plan.table.primary_key)
+    col = sql.Identifier(column)
+    return sql.SQL(
+        "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
+        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
+    ).format(
+        tbl=table_ident(plan),
+        col=col,
+        pk=pk,
+        hash=text_hash_expr(plan, "t"),
+        stage=stage_ident(pk_type, vtype, dims),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Index and view.
+# ---------------------------------------------------------------------------------------------
+
+
+def create_index(plan: Plan) -> sql.Composable:
+    idx = plan.index
+    if idx.method is IndexMethod.HNSW:
+        params = sql.SQL("m = {}, ef_construction = {}").format(
+            sql.Literal(idx.m), sql.Literal(idx.ef_construction)
+        )
+    else:
+        params = sql.SQL("lists = {}").format(sql.Literal(idx.lists or 100))
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {tbl} USING {method} ({col} {ops}) "
+        "WITH ({params})"
+    ).format(
+        name=sql.Identifier(plan.index_name),
+        tbl=table_ident(plan),
+        method=sql.SQL(idx.method.value),
+        col=sql.Identifier(plan.target.column),
+        ops=sql.SQL(idx.metric.opclass(plan.target.type)),
+        params=params,
+    )
+
+
+def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Composable:
+    return sql.SQL("DROP INDEX {}IF EXISTS {}").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(schema, name)
+    )
+
+
+def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) -> sql.Composable:
+    cols: list[sql.Composable] = [sql.Identifier(c) for c in plan.view.columns]
+    cols.append(
+        sql.SQL("{}::{} AS {}").format(
+            sql.Identifier(column), sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)
+        )
+    )
+    cols.append(
+        sql.SQL("{}::text AS {}").format(
+            sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias)
+        )
+    )
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
+
+
+def create_or_replace_view(
+    plan: Plan,
+    definition: sql.Composable,
+    options: tuple[tuple[str, str], ...] = (),
+) -> sql.Composable:
+    # CREATE OR REPLACE VIEW replaces reloptions with the WITH list given: pass the view's own
+    # options every time so the switch keeps security_barrier / check_option exactly as they were.
+    with_clause: sql.Composable = sql.SQL("")
+    if options:
+        with_clause = sql.SQL(" WITH ({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options
+            )
+        )
+    return sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(
+        view_ident(plan), with_clause, definition
+    )
+
+
+def upsert_active_model(
+    plan: Plan, column: str, vtype: VectorType, model: ModelSpec
+) -> sql.Composable:
+    return sql.SQL(
+        "INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, "
+        "fingerprint, model, vector_type, dimensions, switched_at) VALUES ({vs}, {vn}, {m}, "
+        "{col}, {fp}, {model}::jsonb, {vt}, {dims}, now()) "
+        "ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, "
+        "column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, "
+        "model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, "
+        "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at"
+    ).format(
+        vs=sql.Literal(plan.view_schema),
+        vn=sql.Literal(plan.view.name),
+        m=sql.Literal(plan.name),
+        col=sql.Literal(column),
+        fp=sql.Literal(model.fingerprint()),
+        model=sql.Literal(json.dumps(model.model_dump(mode="json"), sort_keys=True)),
+        vt=sql.Literal(vtype.value),
+        dims=sql.Literal(model.dimensions),
+    )
+
+
+def notify_switch(plan: Plan) -> sql.Composable:
+    return sql.SQL("SELECT pg_notify({}, {})").format(
+        sql.Literal(CHANGES_CHANNEL), sql.Literal(view_label(plan))
+    )
+
+
+def drop_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+        sql.Identifier((names or plan.capture).trigger), table_ident(plan)
+    )
+
+
+def drop_function(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+        sql.Identifier(SCHEMA, (names or plan.capture).function)
+    )
+
+
+def record_phase(plan: Plan, phase: str) -> sql.Composable:
+    """The phase change, as a statement that commits with the step's own changes."""
+    extra = sql.SQL(", cutover_at = now()") if phase == "cut_over" else sql.SQL("")
+    return sql.SQL(
+        "UPDATE migrator.migrations SET phase = {}, updated_at = now(){} WHERE name = {}"
+    ).format(sql.Literal(phase), extra, sql.Literal(plan.name))
+
+
+# migrator's own rows of one migration; the migrations row and the event log stay (history).
+LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports")
+
+
+def delete_ledger(plan: Plan, table: str) -> sql.Composable:
+    if table not in LEDGER_TABLES:
+        raise ValueError(f"not a ledger table: {table!r}")
+    return sql.SQL("DELETE FROM {} WHERE migration = {}").format(
+        sql.Identifier(SCHEMA, table), sql.Literal(plan.name)
+    )
+
+
+def drop_column(plan: Plan, column: str) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(
+        table_ident(plan), sql.Identifier(column)
+    )
