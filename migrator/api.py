@@ -32,6 +32,7 @@ def statement_dict(st: Statement, lock_timeout_ms: int) -> dict[str, Any]:
         "sql": st.render(),
         "purpose": st.purpose,
         "transactional": st.transactional,
+        "new_transaction": st.new_transaction,
         "lock": st.lock_text(),
         "lock_timeout_ms": lock_timeout_ms if st.ddl else None,
     }

@@ -1,4 +1,5 @@
-"""cutover, rollback and finalize: switch the search view between columns, or drop the old one.
+"""cutover, rollback, finalize and abort: switch the search view between columns, drop the old
+one, or abandon the migration.
 
 Each command: operator lock + phase guard (db.context.migration_context), its own checks, the step's
 statements through the executor, and the phase change in the SAME transaction as the switch,
@@ -13,12 +14,14 @@ from typing import Any
 
 from migrator.config import Settings
 from migrator.db import catalog as insp
-from migrator.db import state
+from migrator.db import state, view_catalog
 from migrator.db.context import Context, migration_context
 from migrator.db.executor import RunResult
 from migrator.db.state import State
+from migrator.ddl import statements as q
 from migrator.ddl import steps
-from migrator.errors import PhaseError
+from migrator.ddl.facts import Facts
+from migrator.errors import PhaseError, PreflightError
 from migrator.plan.model import Plan
 from migrator.verify import gate
 
@@ -71,7 +74,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
     assert before is not None
     retries: list[float] = []
     res: RunResult = ctx.executor().run(
-        (*step.forward, state.phase_statement(plan.name, after)),
+        (*step.forward, steps.record_phase(plan, after)),
         ctx.cutover_policy(),
         on_retry=lambda _attempt, delay: retries.append(delay),
     )
@@ -110,15 +113,25 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
 
 def _view_matches_snapshot(ctx: Context, migration: state.Migration) -> bool | None:
     """After rollback: is the view exactly as adopt found it (when adopt found one)?"""
-    snap = migration.view_snapshot or {}
+    return view_matches_snapshot(ctx.conn, ctx.plan, migration.view_snapshot)
+
+
+def view_matches_snapshot(conn: Any, plan: Plan, snapshot: dict[str, Any] | None) -> bool | None:
+    """Definition, options, owner, grants (and comment) equal to what adopt recorded."""
+    snap = snapshot or {}
     if not snap.get("definition"):
         return None
-    facts, definition = insp.view_facts(ctx.conn, ctx.plan.view_schema, ctx.plan.view.name)
+    facts, definition = insp.view_facts(conn, plan)
+    grants: list[Any] = [g.as_dict() for g in facts.view_grants]
+    stored = snap.get("grants", [])
+    if stored and isinstance(stored[0], list):  # snapshots before grant options were kept
+        grants = [[g["grantee"], g["privilege"]] for g in grants if not g["column"]]
     return (
         definition == snap["definition"]
         and [list(o) for o in facts.view_options] == [list(o) for o in snap.get("options", [])]
         and facts.view_owner == snap.get("owner")
-        and [list(g) for g in facts.view_grants] == [list(g) for g in snap.get("grants", [])]
+        and grants == stored
+        and ("comment" not in snap or facts.view_comment == snap["comment"])
     )
 
 
@@ -150,12 +163,15 @@ def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) 
     with migration_context(settings, plan, "finalize") as ctx:
         migration = ctx.migration
         assert migration is not None
-        _check_finalize(ctx, migration, yes=yes, force=force)
+        if migration.phase is State.FINALIZING:
+            # A finalize that stopped part-way: confirmed and inside its window already.
+            _confirm(plan, yes)
+        else:
+            _check_finalize(ctx, migration, yes=yes, force=force)
+        refuse_dependents(ctx, plan.source.column, "finalize")
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
-        res = ctx.executor().run(
-            (*step.forward, state.phase_statement(plan.name, State.FINALIZED)), ctx.ddl_policy()
-        )
+        res = ctx.executor().run(step.forward, ctx.ddl_policy())
         ctx.refresh()
         ctx.event(
             "ok",
@@ -185,6 +201,10 @@ def _check_finalize(ctx: Context, migration: state.Migration, *, yes: bool, forc
             f"{allowed.isoformat(timespec='seconds')})",
             hint="wait, or pass --force to finalize inside the window",
         )
+    _confirm(plan, yes)
+
+
+def _confirm(plan: Plan, yes: bool) -> None:
     if not yes:
         raise PhaseError(
             f"finalize is irreversible: it drops {plan.source.column} and rollback becomes "
@@ -193,6 +213,101 @@ def _check_finalize(ctx: Context, migration: state.Migration, *, yes: bool, forc
         )
 
 
+def refuse_dependents(ctx: Context, column: str, command: str) -> None:
+    """DROP COLUMN fails on views or constraints that use the column: find them first."""
+    deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column)
+    if deps:
+        raise PreflightError(
+            f"cannot {command}: {', '.join(deps)} use{'s' if len(deps) == 1 else ''} "
+            f"{q.table_label(ctx.plan)}.{column}, which {command} drops",
+            hint="change them to stop using the column, then rerun; nothing was changed",
+        )
+
+
 def _hours(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:.1f} h" if hours >= 1 else f"{delta.total_seconds() / 60:.0f} min"
+
+
+# ---- abort ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AbortResult:
+    phase_before: str
+    dropped_column: str | None
+    dropped_view: bool
+    registry: str  # "removed" | "restored to <migration>" | "unchanged"
+    view_matches_snapshot: bool | None
+    attempts: int
+    total_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
+    """Abandon the migration: the table, the view and the registry as adopt found them
+    (pgroll's rollback of an incomplete migration). Refused while cut over; the statements are
+    steps.abort (shown by `migrator plan`); the migration's row stays, phase aborted."""
+    with migration_context(settings, plan, "abort") as ctx:
+        migration = ctx.migration
+        assert migration is not None
+        before = migration.phase
+        if not yes:
+            raise PhaseError(
+                f"abort drops {plan.target.column} with every new vector in it, migrator's "
+                "trigger and its records of this migration",
+                hint="confirm with --yes",
+            )
+        facts = ctx.facts()
+        if before is State.ABORTED:
+            # A cleanup that stopped part-way: only migrator's own rows are left to delete.
+            stmts = steps.abort_cleanup(plan)
+            dropped_column, dropped_view, registry = None, False, "unchanged"
+        else:
+            _check_abort(ctx, facts)
+            stmts = steps.abort(plan, facts).forward
+            dropped_column = None if facts.target_preexisted else plan.target.column
+            dropped_view = facts.adopt_created_view
+            prior = facts.prior_registry
+            registry = f"restored to {prior.migration}" if prior else "removed"
+        res = ctx.executor().run(stmts, ctx.ddl_policy())
+        ctx.refresh()
+        matches = view_matches_snapshot(ctx.conn, plan, migration.view_snapshot)
+        result = AbortResult(
+            before.value,
+            dropped_column,
+            dropped_view,
+            registry,
+            matches,
+            res.attempts,
+            round(res.total_ms, 2),
+        )
+        ctx.event(
+            "ok",
+            f"aborted: {q.table_label(plan)} and {q.view_label(plan)} as before adopt",
+            before=before.value,
+            after=State.ABORTED.value,
+            **{k: v for k, v in result.as_dict().items() if k != "phase_before"},
+        )
+        return result
+
+
+def _check_abort(ctx: Context, facts: Facts) -> None:
+    """Read-only: what would make a statement of the abort fail, refused up front."""
+    plan = ctx.plan
+    if not facts.target_preexisted:
+        refuse_dependents(ctx, plan.target.column, "abort")
+    if facts.adopt_created_view and facts.view_dependents:
+        raise PreflightError(
+            f"cannot abort: {', '.join(facts.view_dependents)} depend on {q.view_label(plan)}, "
+            "which adopt created and abort drops",
+            hint="drop them first (or keep the migration); nothing was changed",
+        )
+    body = facts.view_body
+    if not facts.adopt_created_view and body is not None and body.serves != plan.source.column:
+        raise PreflightError(
+            f"cannot abort: {q.view_label(plan)} serves {body.serves}, not {plan.source.column}",
+            hint="run `migrator rollback PLAN` first; nothing was changed",
+        )

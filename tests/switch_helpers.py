@@ -135,7 +135,10 @@ def view_catalog(url: str, plan: Plan) -> dict[str, Any]:
             "SELECT c.reloptions, c.relowner::regrole::text, c.relacl::text[], "
             "pg_get_viewdef(c.oid, true), "
             "(SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) "
-            " FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) "
+            " FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0), "
+            "(SELECT array_agg(a.attname || '=' || a.attacl::text ORDER BY a.attnum) "
+            " FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+            " AND a.attacl IS NOT NULL), obj_description(c.oid, 'pg_class') "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s",
             (plan.view_schema, plan.view.name),
@@ -147,14 +150,29 @@ def view_catalog(url: str, plan: Plan) -> dict[str, Any]:
         "acl": row[2],
         "definition": row[3],
         "column_types": row[4],
+        "column_acl": row[5],
+        "comment": row[6],
     }
 
 
-def explain_view(url: str, plan: Plan, vector: Any, fingerprint: str, vtype: str = "vector") -> str:
-    """EXPLAIN of the guarded search through the view, with the plan's ef_search."""
+def explain_view(
+    url: str,
+    plan: Plan,
+    vector: Any,
+    fingerprint: str,
+    vtype: str = "vector",
+    *,
+    seqscan: bool = True,
+) -> str:
+    """EXPLAIN of the guarded search through the view, with the plan's ef_search.
+
+    `seqscan=False` asks whether an index *can* serve it: on a small table the planner
+    rightly prefers a scan and a sort, with or without migrator."""
     vt = sql.SQL("halfvec" if vtype == "halfvec" else "vector")
     with psycopg.connect(url) as conn:
         register_vector(conn)
+        if not seqscan:
+            conn.execute("SET enable_seqscan = off")
         conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(plan.index.ef_search),))
         rows = conn.execute(
             sql.SQL(

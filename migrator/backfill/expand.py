@@ -34,24 +34,34 @@ def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
 
 
 def adopt(ctx: Context) -> RunResult:
-    """Register the migration and create (or confirm) the view on the source column, after the
-    read-only checks; the view as found is kept as the snapshot rollback returns to."""
-    ins = preflight(ctx.conn, ctx.plan)
-    snapshot = {
-        "definition": ins.view_definition,
-        "options": list(ins.facts.view_options),
-        "owner": ins.facts.view_owner,
-        "grants": list(ins.facts.view_grants),
-    }
+    """Register the migration; create the view, or confirm the user's and leave it alone.
+
+    Runs after the read-only checks. The snapshot records what adopt found (the view, the
+    registry entry, the target column), which is what rollback compares with and abort
+    returns to.
+    """
+    plan = ctx.plan
+    ins = preflight(ctx.conn, plan)
+    body = ins.facts.view_body
+    if body is not None and body.serves != plan.source.column:
+        raise PreflightError(
+            f"view {plan.view_schema}.{plan.view.name} serves {body.serves}, not the plan's "
+            f"source column {plan.source.column}",
+            hint="adopt a view that serves the source column; nothing was changed",
+        )
+    snapshot = insp.view_snapshot(ctx.conn, plan, ins)
     t0 = time.perf_counter()
-    res = ctx.executor().run(adopt_step(ctx.plan, ins.facts).forward, ctx.ddl_policy())
-    if ctx.migration is None:
-        state.register(ctx.conn, ctx.plan)
-        state.set_phase(ctx.conn, ctx.plan.name, state.State.PLANNED, view_snapshot=snapshot)
+    res = ctx.executor().run(adopt_step(plan, ins.facts).forward, ctx.ddl_policy())
+    if ctx.migration is None or ctx.migration.phase is state.State.ABORTED:
+        state.register(ctx.conn, plan)
+        state.set_phase(
+            ctx.conn, plan.name, state.State.PLANNED, view_snapshot=snapshot, reset_cutover=True
+        )
     ctx.refresh()
     ctx.event(
         "ok",
-        f"view {ctx.plan.view.name} serves {ctx.plan.source.column}",
+        f"view {plan.view.name} serves {plan.source.column}"
+        + (" (the existing view, unchanged)" if body is not None else " (created)"),
         after=state.State.PLANNED.value,
         ms=round((time.perf_counter() - t0) * 1000, 1),
     )

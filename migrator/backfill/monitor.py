@@ -89,7 +89,7 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
 
 def _prepare(ctx: Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
     plan = ctx.plan
-    if ctx.migration is None:
+    if ctx.migration is None or ctx.migration.phase is State.ABORTED:
         expand.adopt(ctx)
     assert ctx.migration is not None
     if ctx.migration.phase is State.PLANNED:
@@ -174,7 +174,7 @@ def catch_up_pass(conn: psycopg.Connection, settings: Settings, plan: Plan) -> d
     changes become batches, lost work is enqueued again, the phase moves to backfilled once
     the database says the backfill is complete. Skipped while a follower watches."""
     phase = _phase(conn, plan)
-    if phase in (State.PLANNED, State.FINALIZED):
+    if phase in (State.PLANNED, State.FINALIZED, State.ABORTED):
         return {"migration": plan.name, "skipped": f"phase {phase.value}"}
     stall = float(plan.backfill.stall_after_seconds)
     enq = Enqueuer(broker_url(settings), plan, stall)
@@ -237,7 +237,7 @@ class Monitor:
     def loop(self, mark_complete: Callable[[], None]) -> dict[str, Any]:
         while True:
             phase = _phase(self.conn, self.plan)
-            if phase is State.FINALIZED:
+            if phase in (State.FINALIZED, State.ABORTED):
                 break
             if self.tick(phase):
                 if not self.complete:

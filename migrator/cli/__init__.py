@@ -36,6 +36,7 @@ def cli() -> None:
       migrator cutover PLAN.yaml         switch the search view to the new column, atomically
       migrator rollback PLAN.yaml        switch back (while the old column is kept)
       migrator finalize PLAN.yaml        drop the old column once you are sure
+      migrator abort PLAN.yaml           or abandon it: table and view as before adopt
 
     With no DATABASE_URL, an embedded PostgreSQL + pgvector is started under ./.migrator
     (MIGRATOR_HOME). Exit codes are listed in docs/exit-codes.md.

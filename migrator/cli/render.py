@@ -61,6 +61,8 @@ def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool
 def _statements(console: Console, stmts: list[dict[str, Any]], indent: str = "  ") -> None:
     for st in stmts:
         tx = "in transaction" if st["transactional"] else "outside a transaction"
+        if st.get("new_transaction"):
+            tx = "in a new transaction (what came before is committed)"
         lt = f", lock_timeout {st['lock_timeout_ms']} ms + retries" if st["lock_timeout_ms"] else ""
         console.print(f"{indent}[dim]-- {st['purpose']} ({tx}; {st['lock']}{lt})[/]")
         console.print(

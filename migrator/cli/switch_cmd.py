@@ -1,4 +1,5 @@
-"""Commands of the switch: cutover, rollback, finalize, serve-search, drill. Presentation only."""
+"""Commands of the switch: cutover, rollback, finalize, abort, serve-search, drill.
+Presentation only."""
 
 from __future__ import annotations
 
@@ -85,6 +86,44 @@ def finalize_cmd(
             f"finalized: dropped {res.dropped_column} (indexes: {idx}) and the change "
             f"capture in {res.total_ms:.0f} ms"
         )
+
+
+@plan_command(
+    "abort",
+    click.option(
+        "--yes", is_flag=True, help="Do not ask: the new column and its vectors are dropped."
+    ),
+)
+def abort_cmd(plan_path: str, yes: bool, database_url: str | None, as_json: bool) -> None:
+    """Abandon the migration: the table, the view and the registry as before adopt.
+
+    \b
+    Drops the new column (and its index), the change-capture trigger and function, and
+    migrator's queued changes, batches, dead letters and reports of this migration. A view
+    adopt created is dropped; a view that existed is left exactly as it was. The migration's
+    row (phase aborted) and its event log stay. Refused while cut over: roll back first.
+    """
+    plan = read_plan(plan_path)
+    if not yes and not as_json:
+        yes = click.confirm(
+            f"abort drops {plan.table.schema_}.{plan.table.name}.{plan.target.column} with "
+            "every new vector in it (and the view, if adopt created it). Continue?",
+            default=False,
+        )
+        if not yes:
+            click.echo("nothing was changed")
+            return
+    res = switch.abort(settings_from(database_url), plan, yes=yes)
+    if as_json:
+        emit_json({"ok": True, **res.as_dict()})
+        return
+    dropped = [x for x in (res.dropped_column, "the view" if res.dropped_view else None) if x]
+    click.echo(
+        f"aborted ({res.phase_before} -> aborted): dropped {', '.join(dropped) or 'nothing'} "
+        f"and the change capture; registry {res.registry}; {res.total_ms:.0f} ms"
+    )
+    if res.view_matches_snapshot is False:
+        click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
 
 
 @click.command("serve-search")
@@ -215,5 +254,5 @@ def _print_drill(data: dict[str, Any]) -> None:
 
 
 def register(group: click.Group) -> None:
-    for cmd in (cutover_cmd, rollback_cmd, finalize_cmd, serve_search_cmd, drill_cmd):
+    for cmd in (cutover_cmd, rollback_cmd, finalize_cmd, abort_cmd, serve_search_cmd, drill_cmd):
         group.add_command(cmd)

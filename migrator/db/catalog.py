@@ -6,15 +6,16 @@ stronger than ACCESS SHARE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from migrator.db.view_catalog import read_view
 from migrator.ddl import statements as q
-from migrator.ddl.steps import Facts
-from migrator.plan.model import Plan, VectorType
+from migrator.ddl.facts import Facts, RegistryRow
+from migrator.plan.model import CaptureNames, Plan, VectorType, legacy_capture_names
 
 
 @dataclass
@@ -74,48 +75,90 @@ def _expect_vector(cols: dict[str, str], name: str, vtype: VectorType, dims: int
     return ""
 
 
-def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts, str | None]:
-    row = conn.execute(
-        "SELECT c.reloptions, pg_get_userbyid(c.relowner), pg_get_viewdef(c.oid, true), c.relkind "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s",
-        (schema, name),
-    ).fetchone()
-    if row is None:
-        return Facts(live=True), None
-    options = tuple(tuple(o.split("=", 1)) for o in (row[0] or ()))
-    grants = conn.execute(
-        "SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END, "
-        "g.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, "
-        "aclexplode(c.relacl) g WHERE n.nspname = %s AND c.relname = %s "
-        "AND g.grantee <> c.relowner ORDER BY 1, 2",
-        (schema, name),
-    ).fetchall()
+def view_facts(conn: psycopg.Connection, plan: Plan) -> tuple[Facts, str | None]:
+    """The view's part of the facts, and its definition (None: no such relation)."""
+    view = read_view(conn, plan)
     facts = Facts(
-        view_options=options,
-        view_owner=row[1],
-        view_grants=tuple((g[0], g[1]) for g in grants),
+        view_options=view.options,
+        view_owner=view.owner,
+        view_grants=view.grants,
         live=True,
+        view_body=view.body,
+        view_comment=view.comment,
+        view_problem=view.problem,
+        view_dependents=view.dependents,
+        view_foreign_grantors=view.foreign_grantors,
+        adopt_created_view=not view.exists,
     )
-    return facts, str(row[2]) if row[3] == "v" else f"<not a view: relkind {row[3]}>"
+    return facts, view.definition
 
 
 def _with_table_facts(
     conn: psycopg.Connection, plan: Plan, view: Facts, cols: dict[str, str]
 ) -> Facts:
-    """The view's facts completed with the table's: indexes of the old column, key type."""
+    """The view's facts completed with the table's (indexes of the old column, key type) and
+    the migration's own record (capture names, what adopt found)."""
     srcidx = tuple(
         n for n, _ in index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
     )
     pk_type = cols.get(plan.table.primary_key, "bigint")
-    return Facts(view.view_options, view.view_owner, view.view_grants, srcidx, pk_type, live=True)
+    facts = replace(view, source_indexes=srcidx, pk_type=pk_type, live=True)
+    row = _migration_row(conn, plan.name)
+    if row is None:
+        return replace(facts, target_preexisted=plan.target.column in cols)
+    trigger, function, snap = row
+    snap = snap or {}
+    reg = snap.get("registry")
+    return replace(
+        facts,
+        # A row without names was registered before names were stored (schema 0001).
+        capture=CaptureNames(trigger, function)
+        if trigger and function
+        else legacy_capture_names(plan.name),
+        adopt_created_view=not snap.get("definition"),
+        target_preexisted=bool(snap.get("target_existed", False)),
+        prior_registry=RegistryRow(**reg) if reg else None,
+    )
+
+
+def _migration_row(conn: psycopg.Connection, name: str) -> tuple[Any, Any, Any] | None:
+    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT trigger_name, function_name, view_snapshot FROM migrator.migrations "
+        "WHERE name = %s",
+        (name,),
+    ).fetchone()
+    return (row[0], row[1], row[2]) if row else None
 
 
 def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
-    """What the phase statements depend on in the live database (see steps.Facts)."""
-    view, _ = view_facts(conn, plan.view_schema, plan.view.name)
+    """What the phase statements depend on in the live database (see facts.Facts)."""
+    view, _ = view_facts(conn, plan)
     cols = column_types(conn, plan.table.schema_, plan.table.name)
     return _with_table_facts(conn, plan, view, cols)
+
+
+def view_snapshot(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> dict[str, Any]:
+    """The view, its registry entry and the target column as adopt finds them (JSON): what
+    rollback compares with and abort returns to."""
+    f = ins.facts
+    reg = conn.execute(
+        "SELECT migration, column_name, fingerprint, model::text, vector_type, dimensions, "
+        "switched_at::text FROM migrator.active_models WHERE view_schema = %s AND view_name = %s",
+        (plan.view_schema, plan.view.name),
+    ).fetchone()
+    fields = ("migration", "column", "fingerprint", "model_json", "vector_type", "dimensions")
+    return {
+        "definition": ins.view_definition,
+        "options": [list(o) for o in f.view_options],
+        "owner": f.view_owner,
+        "grants": [g.as_dict() for g in f.view_grants],
+        "comment": f.view_comment,
+        "registry": dict(zip((*fields, "switched_at"), reg, strict=True)) if reg else None,
+        "target_existed": ins.target_exists,
+    }
 
 
 def index_on(
@@ -191,8 +234,9 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     for name in plan.view.columns:
         if name not in cols:
             ins.error(f"view column {name} does not exist in {schema}.{table}")
+    _inspect_table(conn, plan, ins)
     _inspect_index(conn, plan, ins)
-    facts, viewdef = view_facts(conn, plan.view_schema, plan.view.name)
+    facts, viewdef = view_facts(conn, plan)
     ins.view_definition = viewdef
     ins.facts = _with_table_facts(conn, plan, facts, cols)
     if any(
@@ -212,6 +256,8 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
                 f"views shaped {want}: rename the old view or adjust view.columns "
                 "(see docs/adopting-the-view.md)"
             )
+        else:
+            _inspect_view(plan, ins)
     if viewdef is None:
         ins.info(
             f"view {q.view_label(plan)} does not exist yet: `migrator adopt` (or backfill) "
@@ -220,6 +266,76 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     if not ins.errors:
         _count_and_sample(conn, plan, ins, sample)
     return ins
+
+
+def _inspect_table(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> None:
+    """Tables migrator cannot migrate safely are refused before anything changes."""
+    row = conn.execute(
+        "SELECT c.relkind::text, c.relispartition, row_security_active(c.oid), current_user "
+        "FROM pg_class c WHERE c.oid = %s::regclass",
+        (f"{_quote(plan.table.schema_)}.{_quote(plan.table.name)}",),
+    ).fetchone()
+    assert row is not None
+    relkind, is_partition, rls_active, user = row
+    label = q.table_label(plan)
+    if relkind == "p":
+        ins.error(
+            f"table {label} is partitioned: PostgreSQL cannot CREATE INDEX CONCURRENTLY on a "
+            "partitioned table, so migrator cannot build the new index without blocking "
+            "writes; migrate each partition with its own plan and view, or build the index "
+            "yourself (see docs/adopting-the-view.md)"
+        )
+    elif is_partition:
+        ins.error(
+            f"table {label} is a partition: PostgreSQL adds columns on the partitioned table "
+            "only; migrator does not migrate partitioned tables yet"
+        )
+    if rls_active:
+        ins.error(
+            f"row-level security applies to {user} on {label}: migrator would see (and "
+            "backfill and verify) only some rows; run migrator as the table's owner (without "
+            "FORCE ROW LEVEL SECURITY) or as a role with BYPASSRLS"
+        )
+
+
+def _inspect_view(plan: Plan, ins: Inspection) -> None:
+    """Can the view's two managed columns be swapped without touching anything else?"""
+    f, label = ins.facts, q.view_label(plan)
+    if f.view_problem is not None or f.view_body is None:
+        ins.error(
+            f"view {label} cannot be adopted: {f.view_problem}; migrator keeps your view and "
+            "swaps only its two managed columns, so it must read the table's vector column "
+            "and a model constant (see docs/adopting-the-view.md)"
+        )
+        return
+    body = f.view_body
+    expected = {
+        plan.source.column: plan.source.model.fingerprint(),
+        plan.target.column: plan.target.model.fingerprint(),
+    }[body.serves]
+    if body.fingerprint != expected:
+        ins.error(
+            f"view {label} serves {body.serves} but its {plan.view.model_alias} column is "
+            f"{body.fingerprint!r}, not that model's fingerprint {expected!r}: services that "
+            "filter on it would find no rows; recreate the view with "
+            f"'{expected}'::text AS {plan.view.model_alias} (keep your FROM and WHERE)"
+        )
+    if plan.source.type is not plan.target.type:
+        dependents = f.view_dependents
+        if dependents:
+            ins.error(
+                f"view {label} has dependents ({', '.join(dependents)}): this plan changes "
+                f"its embedding type ({plan.source.type.value} -> {plan.target.type.value}), "
+                "which drops and re-creates the view and would take them along; drop them "
+                "first (and re-create them after cutover), or keep the vector type"
+            )
+        if f.view_foreign_grantors:
+            ins.error(
+                f"grants on view {label} were made by {', '.join(f.view_foreign_grantors)}, "
+                "which migrator's role cannot act as: this plan re-creates the view (its "
+                "embedding type changes) and could not make them again; grant migrator's role "
+                "membership in them, or re-grant from the view's owner"
+            )
 
 
 def _inspect_index(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> None:

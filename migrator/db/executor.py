@@ -20,7 +20,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from migrator.ddl.statements import Statement
-from migrator.errors import DatabaseError, LockTimeoutError
+from migrator.errors import DatabaseError, LockTimeoutError, MigratorError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,14 @@ class RunResult:
 
 
 def _groups(stmts: Sequence[Statement]) -> Iterator[list[Statement]]:
-    """Consecutive transactional statements form one group; others stand alone."""
+    """Consecutive transactional statements form one group (a statement marked
+    `new_transaction` starts the next one); others stand alone."""
     group: list[Statement] = []
     for st in stmts:
         if st.transactional:
+            if st.new_transaction and group:
+                yield group
+                group = []
             group.append(st)
             continue
         if group:
@@ -62,6 +66,24 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = N
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     r = rng or random
     return r.uniform(0, min(cap, base * (2**attempt)))
+
+
+def _nothing_applied(group: list[Statement]) -> str:
+    if group[0].transactional:
+        return "nothing of this step was applied: its transaction was rolled back"
+    return (
+        "nothing else of this step was applied; an interrupted CONCURRENTLY statement can "
+        "leave an INVALID index, which a rerun drops or rebuilds"
+    )
+
+
+def partial_hint(done: list[list[Statement]], failed: list[Statement]) -> str:
+    """What a step with several transactions had committed when a later one failed."""
+    applied = "; ".join(", ".join(st.purpose for st in g) for g in done)
+    return (
+        f"part of this step was applied and stays: {applied}. "
+        f"Not applied: {failed[0].purpose}. Rerun the same command: it resumes from there"
+    )
 
 
 class Executor:
@@ -91,8 +113,16 @@ class Executor:
         t_start = time.perf_counter()
         attempts = 0
         wait = hold = 0.0
+        done: list[list[Statement]] = []
         for group in _groups(stmts):
-            res = self._run_group(group, policy, on_retry)
+            try:
+                res = self._run_group(group, policy, on_retry)
+            except MigratorError as exc:
+                if done:
+                    # Earlier parts committed: "all-or-nothing" would be false here.
+                    exc.hint = partial_hint(done, group)
+                raise
+            done.append(group)
             attempts = max(attempts, res.attempts)
             wait += res.lock_wait_ms
             hold += res.hold_ms
@@ -143,7 +173,7 @@ class Executor:
                         f"could not lock for {group[0].purpose!r} after {attempt} attempts of "
                         f"{policy.lock_timeout_ms} ms",
                         hint="a long transaction holds a conflicting lock; find it in "
-                        "pg_stat_activity, or rerun later (the step is all-or-nothing)",
+                        f"pg_stat_activity, or rerun later ({_nothing_applied(group)})",
                     ) from None
                 delay = backoff(attempt, policy.backoff_base_s, policy.backoff_max_s)
                 log.info(
@@ -158,14 +188,14 @@ class Executor:
             except psycopg.OperationalError as exc:
                 raise DatabaseError(
                     f"lost the database during {group[0].purpose!r}: {exc}".strip(),
-                    hint="rerun the command: the step is all-or-nothing",
+                    hint=f"rerun the command when the database is back ({_nothing_applied(group)})",
                 ) from exc
             except psycopg.Error as exc:
                 diag = getattr(exc, "diag", None)
                 detail = getattr(diag, "message_primary", None) or str(exc)
                 raise DatabaseError(
                     f"{group[0].purpose!r} failed: {detail}",
-                    hint="nothing of this step was applied",
+                    hint=_nothing_applied(group),
                 ) from exc
         raise AssertionError("unreachable")
 

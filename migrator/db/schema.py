@@ -38,6 +38,9 @@ migrations = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("cutover_at", DateTime(timezone=True)),
+    # The change capture's names, stored at registration (0002): never re-derived later.
+    Column("trigger_name", Text),
+    Column("function_name", Text),
 )
 
 events = Table(

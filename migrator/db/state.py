@@ -12,32 +12,21 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from migrator.ddl.statements import Lock, Statement
+from migrator.ddl import statements as q
+from migrator.ddl.phases import State as State  # re-exported: the phases live in ddl.phases
 from migrator.errors import ConcurrentRunError, PhaseError
-from migrator.plan.model import Plan, parse_plan
+from migrator.plan.model import Plan, legacy_capture_names, parse_plan
 
-
-class State(StrEnum):
-    PLANNED = "planned"
-    EXPANDED = "expanded"
-    BACKFILLED = "backfilled"
-    VERIFIED = "verified"
-    CUT_OVER = "cut_over"
-    ROLLED_BACK = "rolled_back"
-    FINALIZED = "finalized"
-
-
-# command -> phases it may start from (None: the migration may not exist yet)
+# command -> phases it may start from (None: the migration may not exist yet). An aborted
+# migration starts again from the beginning with adopt / backfill (same name, same plan).
 ALLOWED: dict[str, frozenset[State | None]] = {
-    "adopt": frozenset({None, State.PLANNED}),
+    "adopt": frozenset({None, State.PLANNED, State.ABORTED}),
     "expand": frozenset(
         {None, State.PLANNED, State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK}
     ),
@@ -50,6 +39,7 @@ ALLOWED: dict[str, frozenset[State | None]] = {
             State.VERIFIED,
             State.ROLLED_BACK,
             State.CUT_OVER,
+            State.ABORTED,
         }
     ),
     "verify": frozenset(
@@ -57,7 +47,27 @@ ALLOWED: dict[str, frozenset[State | None]] = {
     ),
     "cutover": frozenset({State.VERIFIED, State.ROLLED_BACK}),
     "rollback": frozenset({State.CUT_OVER}),
-    "finalize": frozenset({State.CUT_OVER}),
+    # finalizing: a finalize that stopped part-way; the rerun completes it.
+    "finalize": frozenset({State.CUT_OVER, State.FINALIZING}),
+    # aborted: only migrator's own rows are deleted again (a cleanup that stopped part-way).
+    "abort": frozenset(
+        {
+            State.PLANNED,
+            State.EXPANDED,
+            State.BACKFILLED,
+            State.VERIFIED,
+            State.ROLLED_BACK,
+            State.ABORTED,
+        }
+    ),
+}
+
+# Refusals whose way out differs from the phase's usual next step.
+REFUSAL_HINTS: dict[tuple[str, State], str] = {
+    ("abort", State.CUT_OVER): "the view serves the new column: run `migrator rollback PLAN` "
+    "first, then `migrator abort PLAN`",
+    ("rollback", State.FINALIZING): "finalize has started (the old column's indexes may be "
+    "gone): run `migrator finalize PLAN --yes` again to complete it",
 }
 
 NEXT_STEP: dict[State | None, str] = {
@@ -67,8 +77,13 @@ NEXT_STEP: dict[State | None, str] = {
     State.BACKFILLED: "run `migrator verify PLAN`",
     State.VERIFIED: "run `migrator cutover PLAN`",
     State.CUT_OVER: "watch the service; `migrator rollback PLAN` or, later, `migrator finalize PLAN`",
-    State.ROLLED_BACK: "fix what made you roll back, `migrator verify PLAN`, then cutover again",
+    State.ROLLED_BACK: "fix what made you roll back, `migrator verify PLAN`, then cutover "
+    "again; or `migrator abort PLAN` to abandon it",
+    State.FINALIZING: "finalize stopped part-way: run `migrator finalize PLAN --yes` again to "
+    "complete it",
     State.FINALIZED: "nothing: this migration is finished",
+    State.ABORTED: "nothing: this migration was abandoned; `migrator backfill PLAN` starts it "
+    "again from the beginning",
 }
 
 
@@ -84,19 +99,23 @@ class Migration:
     created_at: datetime
     updated_at: datetime
     cutover_at: datetime | None
+    trigger_name: str
+    function_name: str
 
 
 def get_migration(conn: psycopg.Connection, name: str) -> Migration | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "SELECT name, phase, plan_hash, plan, source_fingerprint, target_fingerprint, "
-            "view_snapshot, created_at, updated_at, cutover_at FROM migrator.migrations "
-            "WHERE name = %s",
+            "view_snapshot, created_at, updated_at, cutover_at, trigger_name, function_name "
+            "FROM migrator.migrations WHERE name = %s",
             (name,),
         ).fetchone()
     if row is None:
         return None
     row["phase"] = State(row["phase"])
+    if not row["trigger_name"] or not row["function_name"]:
+        row["trigger_name"], row["function_name"] = legacy_capture_names(name)
     return Migration(**row)
 
 
@@ -115,9 +134,10 @@ def guard(command: str, migration: Migration | None) -> None:
     if phase in ALLOWED[command]:
         return
     current = phase.value if phase else "not started"
+    hint = REFUSAL_HINTS.get((command, phase)) if phase else None
     raise PhaseError(
         f"cannot {command}: the migration is {current}",
-        hint=NEXT_STEP.get(phase, "see `migrator status PLAN`"),
+        hint=hint or NEXT_STEP.get(phase, "see `migrator status PLAN`"),
     )
 
 
@@ -137,9 +157,13 @@ def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED)
     if existing is not None:
         check_plan_unchanged(existing, plan)
         return existing
+    # The capture's names are stored, not re-derived later: a change of the derivation in a
+    # later migrator can never orphan the trigger of a migration that is running.
+    names = plan.capture
     conn.execute(
         "INSERT INTO migrator.migrations (name, plan_hash, plan, phase, source_fingerprint, "
-        "target_fingerprint) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+        "target_fingerprint, trigger_name, function_name) VALUES (%s, %s, %s, %s, %s, %s, "
+        "%s, %s) ON CONFLICT (name) DO NOTHING",
         (
             plan.name,
             plan.plan_hash(),
@@ -147,6 +171,8 @@ def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED)
             phase.value,
             plan.source.model.fingerprint(),
             plan.target.model.fingerprint(),
+            names.trigger,
+            names.function,
         ),
     )
     created = get_migration(conn, plan.name)
@@ -155,34 +181,18 @@ def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED)
     return created
 
 
-def phase_update(name: str, phase: State, *, view_snapshot: Any = None) -> sql.Composed:
-    """The one statement that records a phase (and, at adopt, the view's snapshot)."""
-    sets = [sql.SQL("phase = {}").format(sql.Literal(phase.value)), sql.SQL("updated_at = now()")]
-    if phase is State.CUT_OVER:
-        sets.append(sql.SQL("cutover_at = now()"))
-    if view_snapshot is not None:
-        snap = json.dumps(view_snapshot, sort_keys=True, default=str)
-        sets.append(sql.SQL("view_snapshot = {}::jsonb").format(sql.Literal(snap)))
-    return sql.SQL("UPDATE migrator.migrations SET {} WHERE name = {}").format(
-        sql.SQL(", ").join(sets), sql.Literal(name)
-    )
-
-
-def phase_statement(name: str, phase: State) -> Statement:
-    """The phase change as a statement of a step, so it commits with the switch or not at all."""
-    return Statement(
-        phase_update(name, phase),
-        f"record the phase {phase.value}",
-        Lock.ROW_EXCLUSIVE,
-        "migrator.migrations",
-        ddl=False,
-    )
-
-
 def set_phase(
-    conn: psycopg.Connection, name: str, phase: State, *, view_snapshot: Any = None
+    conn: psycopg.Connection,
+    name: str,
+    phase: State,
+    *,
+    view_snapshot: Any = None,
+    reset_cutover: bool = False,
 ) -> None:
-    conn.execute(phase_update(name, phase, view_snapshot=view_snapshot))
+    """Record a phase on its own (statements.record_phase: the one way a phase is written)."""
+    conn.execute(
+        q.record_phase(name, phase, view_snapshot=view_snapshot, reset_cutover=reset_cutover)
+    )
 
 
 def log_event(

@@ -78,8 +78,9 @@ def runbook_steps(plan: Plan, plan_path: str, estimate: dict[str, Any] | None) -
             "429s (metric migrator_provider_rate_limited_total); table bloat (every UPDATE "
             "writes a new row version: plan for VACUUM).",
             "`migrator status` shows every batch done, pending 0, dead letters reviewed.",
-            f"Before cutover nothing reads {plan.target.column}: stop the workers; the expand "
-            "step's backward statements (see `migrator plan`) drop the column and trigger.",
+            f"Before cutover nothing reads {plan.target.column}: stop the workers, then "
+            f"`migrator abort {p}` drops the column, the trigger and migrator's records, and "
+            "returns the view to its state before adopt.",
         ),
         RunbookStep(
             "Verify",
@@ -89,7 +90,8 @@ def runbook_steps(plan: Plan, plan_path: str, estimate: dict[str, Any] | None) -
             "index build: minutes per million rows; checks: seconds to minutes",
             "Index build progress; `pg_stat_progress_create_index`.",
             "Exit code 0; every gate `pass` in the report (attach it to the change ticket).",
-            "Nothing to undo; an INVALID index from a failed build is dropped and rebuilt on rerun.",
+            "Nothing to undo; an INVALID index from a failed build is dropped and rebuilt on "
+            f"rerun. To give up the migration: `migrator abort {p}`.",
         ),
         RunbookStep(
             "Cutover",
@@ -114,18 +116,32 @@ def runbook_steps(plan: Plan, plan_path: str, estimate: dict[str, Any] | None) -
             "milliseconds",
             "Search error rate.",
             "`migrator status` shows rolled_back.",
-            f"`migrator verify {p}` then `migrator cutover {p}` again.",
+            f"`migrator verify {p}` then `migrator cutover {p}` again, or `migrator abort {p}`.",
         ),
         RunbookStep(
             "Finalize",
             (f"migrator finalize {p}",),
-            f"Drops the trigger, the indexes of {plan.source.column} and the column itself. "
-            "Irreversible.",
+            "Records finalizing (rollback refused from here), drops the indexes of "
+            f"{plan.source.column} concurrently, then the trigger, its function and the column "
+            "in one last transaction. Irreversible.",
             "seconds (short ACCESS EXCLUSIVE lock on the table)",
             "Nothing should change for searches.",
-            "`migrator status` shows finalized.",
+            "`migrator status` shows finalized. If it stopped part-way (lock timeout, Ctrl-C) "
+            f"it shows finalizing: run `migrator finalize {p} --yes` again to complete it.",
             f"None: restore {plan.source.column} from a backup if ever needed. The rollback "
             f"window is {plan.cutover.rollback_window_hours:g} h after cutover.",
+        ),
+        RunbookStep(
+            "Abort (instead of finishing)",
+            (f"migrator abort {p}",),
+            f"Drops {plan.target.column} (and its index), the trigger and function, migrator's "
+            f"records of this migration; drops {view} if adopt created it, else leaves it as "
+            "it was; the registry as before adopt. Refused while cut over (roll back first).",
+            "seconds (short ACCESS EXCLUSIVE lock on the table)",
+            "Searches: unchanged if the view existed before adopt; if adopt created it, move "
+            "the service back to the table first.",
+            "`migrator status` shows aborted; `migrator plan` finds no new column.",
+            f"`migrator backfill {p}` starts the migration again from the beginning.",
         ),
     ]
 
@@ -163,6 +179,7 @@ def render_runbook(
         "Cutover": Phase.CUTOVER,
         "Rollback (only if needed)": Phase.ROLLBACK,
         "Finalize": Phase.FINALIZE,
+        "Abort (instead of finishing)": Phase.ABORT,
     }
     for i, st in enumerate(runbook_steps(plan, plan_path, estimate), start=1):
         out += [

@@ -11,10 +11,18 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from psycopg import sql
 
-from migrator.plan.model import IndexMethod, ModelSpec, Plan, VectorType, template_parts
+from migrator.plan.model import (
+    CaptureNames,
+    IndexMethod,
+    ModelSpec,
+    Plan,
+    VectorType,
+    template_parts,
+)
 
 SCHEMA = "migrator"
 CHANGES_CHANNEL = "migrator_active_model"
@@ -41,6 +49,8 @@ class Statement:
     ddl: bool = True
     # False for statements PostgreSQL refuses inside a transaction block (CONCURRENTLY).
     transactional: bool = True
+    # True: commit what came before; this statement opens a transaction of its own.
+    new_transaction: bool = False
 
     def render(self) -> str:
         return self.query.as_string(None)
@@ -105,7 +115,9 @@ def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
 # ---------------------------------------------------------------------------------------------
 
 
-def capture_function(plan: Plan, maintained: tuple[str, ...]) -> sql.Composable:
+def capture_function(
+    plan: Plan, maintained: tuple[str, ...], names: CaptureNames | None = None
+) -> sql.Composable:
     changed = sql.SQL(" OR ").join(
         sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
         for c in plan.text.columns
@@ -144,20 +156,21 @@ def capture_function(plan: Plan, maintained: tuple[str, ...]) -> sql.Composable:
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
         "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
     ).format(
-        fn=sql.Identifier(SCHEMA, plan.function_name),
+        fn=sql.Identifier(SCHEMA, (names or plan.capture).function),
         body=sql.Literal(body.as_string(None)),
     )
 
 
-def capture_trigger(plan: Plan) -> sql.Composable:
+def capture_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
+    n = names or plan.capture
     return sql.SQL(
         "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
         "FOR EACH ROW EXECUTE FUNCTION {fn}()"
     ).format(
-        trg=sql.Identifier(plan.trigger_name),
+        trg=sql.Identifier(n.trigger),
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in plan.text.columns),
         tbl=table_ident(plan),
-        fn=sql.Identifier(SCHEMA, plan.function_name),
+        fn=sql.Identifier(SCHEMA, n.function),
     )
 
 
@@ -318,9 +331,7 @@ def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) ->
 
 def create_or_replace_view(
     plan: Plan,
-    column: str,
-    vtype: VectorType,
-    fingerprint: str,
+    definition: sql.Composable,
     options: tuple[tuple[str, str], ...] = (),
 ) -> sql.Composable:
     # CREATE OR REPLACE VIEW replaces reloptions with the WITH list given: pass the view's own
@@ -333,7 +344,7 @@ def create_or_replace_view(
             )
         )
     return sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(
-        view_ident(plan), with_clause, view_select(plan, column, vtype, fingerprint)
+        view_ident(plan), with_clause, definition
     )
 
 
@@ -366,15 +377,50 @@ def notify_switch(plan: Plan) -> sql.Composable:
     )
 
 
-def drop_trigger(plan: Plan) -> sql.Composable:
+def drop_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
     return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-        sql.Identifier(plan.trigger_name), table_ident(plan)
+        sql.Identifier((names or plan.capture).trigger), table_ident(plan)
     )
 
 
-def drop_function(plan: Plan) -> sql.Composable:
+def drop_function(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
     return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-        sql.Identifier(SCHEMA, plan.function_name)
+        sql.Identifier(SCHEMA, (names or plan.capture).function)
+    )
+
+
+def record_phase(
+    name: str,
+    phase: str,
+    *,
+    view_snapshot: Any = None,
+    reset_cutover: bool = False,
+) -> sql.Composed:
+    """The one statement that records a phase: inside a step's transaction (so it commits with
+    the step's changes or not at all) or alone (db.state.set_phase). Adopt also stores the
+    view's snapshot; a new start after abort forgets the earlier cutover time."""
+    sets = [sql.SQL("phase = {}").format(sql.Literal(str(phase))), sql.SQL("updated_at = now()")]
+    if phase == "cut_over":
+        sets.append(sql.SQL("cutover_at = now()"))
+    elif reset_cutover:
+        sets.append(sql.SQL("cutover_at = NULL"))
+    if view_snapshot is not None:
+        snap = json.dumps(view_snapshot, sort_keys=True, default=str)
+        sets.append(sql.SQL("view_snapshot = {}::jsonb").format(sql.Literal(snap)))
+    return sql.SQL("UPDATE migrator.migrations SET {} WHERE name = {}").format(
+        sql.SQL(", ").join(sets), sql.Literal(name)
+    )
+
+
+# migrator's own rows of one migration; the migrations row and the event log stay (history).
+LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports")
+
+
+def delete_ledger(plan: Plan, table: str) -> sql.Composable:
+    if table not in LEDGER_TABLES:
+        raise ValueError(f"not a ledger table: {table!r}")
+    return sql.SQL("DELETE FROM {} WHERE migration = {}").format(
+        sql.Identifier(SCHEMA, table), sql.Literal(plan.name)
     )
 
 

@@ -12,8 +12,12 @@ from enum import StrEnum
 from psycopg import sql
 
 from migrator.ddl import statements as q
+from migrator.ddl import view_sql
+from migrator.ddl.facts import Facts as Facts  # re-exported: steps.Facts predates facts.py
+from migrator.ddl.phases import State
 from migrator.ddl.statements import Lock, Statement
-from migrator.plan.model import ModelSpec, Plan, VectorType
+from migrator.errors import PreflightError
+from migrator.plan.model import CaptureNames, Plan
 
 
 class Phase(StrEnum):
@@ -24,18 +28,7 @@ class Phase(StrEnum):
     CUTOVER = "cutover"
     ROLLBACK = "rollback"
     FINALIZE = "finalize"
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the statements depend on in the live database. Defaults are the offline assumptions."""
-
-    view_options: tuple[tuple[str, str], ...] = ()
-    view_owner: str | None = None
-    view_grants: tuple[tuple[str, str], ...] = ()  # (grantee, privilege)
-    source_indexes: tuple[str, ...] = ()
-    pk_type: str = "bigint"
-    live: bool = False
+    ABORT = "abort"
 
 
 @dataclass(frozen=True)
@@ -47,97 +40,50 @@ class Step:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _view_switch(
-    plan: Plan,
-    column: str,
-    vtype: VectorType,
-    model: ModelSpec,
-    facts: Facts,
-    *,
-    type_changes: bool,
-) -> tuple[Statement, ...]:
-    """Point the view at `column`, update the registry and announce it, in one transaction."""
-    view = q.view_label(plan)
-    fingerprint = model.fingerprint()
-    stmts: list[Statement] = []
-    if type_changes:
-        # CREATE OR REPLACE VIEW cannot change a column's type (vector -> halfvec): drop and
-        # create in the same transaction, then restore owner and grants from the catalog.
-        stmts.append(
-            Statement(
-                sql.SQL("DROP VIEW IF EXISTS {}").format(q.view_ident(plan)),
-                "drop the view (its embedding column changes type)",
-                Lock.ACCESS_EXCLUSIVE,
-                view,
-            )
-        )
-    stmts.append(
-        Statement(
-            q.create_or_replace_view(plan, column, vtype, fingerprint, facts.view_options),
-            f"point the view at {column} ({fingerprint})",
-            Lock.ACCESS_EXCLUSIVE,
-            view,
-        )
+def _names(plan: Plan, facts: Facts) -> CaptureNames:
+    return facts.capture or plan.capture
+
+
+def _phase(plan: Plan, phase: State, purpose: str, *, new_transaction: bool = False) -> Statement:
+    return Statement(
+        q.record_phase(plan.name, phase.value),
+        purpose,
+        Lock.ROW_EXCLUSIVE,
+        "migrator.migrations",
+        ddl=False,
+        new_transaction=new_transaction,
     )
-    if type_changes:
-        if facts.view_owner:
-            stmts.append(
-                Statement(
-                    sql.SQL("ALTER VIEW {} OWNER TO {}").format(
-                        q.view_ident(plan), sql.Identifier(facts.view_owner)
-                    ),
-                    "restore the view's owner",
-                    Lock.ACCESS_EXCLUSIVE,
-                    view,
-                )
-            )
-        for grantee, privilege in facts.view_grants:
-            stmts.append(
-                Statement(
-                    sql.SQL("GRANT {} ON {} TO {}").format(
-                        sql.SQL(_privilege(privilege)),
-                        q.view_ident(plan),
-                        sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
-                    ),
-                    "restore a grant on the view",
-                    Lock.ACCESS_EXCLUSIVE,
-                    view,
-                )
-            )
-    stmts.append(
-        Statement(
-            q.upsert_active_model(plan, column, vtype, model),
-            "record the active model in the registry",
-            Lock.ROW_EXCLUSIVE,
-            "migrator.active_models",
-            ddl=False,
-        )
-    )
-    stmts.append(Statement(q.notify_switch(plan), "announce the switch (NOTIFY)", ddl=False))
-    return tuple(stmts)
 
 
-_PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"}
-
-
-def _privilege(p: str) -> str:
-    if p not in _PRIVILEGES:
-        raise ValueError(f"unexpected privilege {p!r}")
-    return p
+def record_phase(plan: Plan, phase: State) -> Statement:
+    """The phase change as the last statement of a step's transaction (cutover, rollback)."""
+    return _phase(plan, phase, f"record the phase {phase.value}")
 
 
 def adopt(plan: Plan, facts: Facts = Facts()) -> Step:
     src = plan.source
+    notes = ["Services read the view, never the table: see docs/adopting-the-view.md."]
+    if facts.view_body is None:
+        stmts = view_sql.switch(plan, src.column, src.type, src.model, facts, type_changes=False)
+    else:
+        # The user's view already serves the source column with its fingerprint (checked when
+        # the facts were read): adopt leaves it exactly as it is and only registers the model.
+        stmts = view_sql.register(plan, src.column, src.type, src.model)
+        notes.append(
+            f"{q.view_label(plan)} exists and serves {src.column}: it is not changed; later "
+            "switches swap only its embedding and model columns."
+        )
     return Step(
         Phase.ADOPT,
         f"create or confirm the search view {q.view_label(plan)} on {src.column}",
-        _view_switch(plan, src.column, src.type, src.model, facts, type_changes=False),
-        notes=("Services read the view, never the table: see docs/adopting-the-view.md.",),
+        stmts,
+        notes=tuple(notes),
     )
 
 
 def expand(plan: Plan, facts: Facts = Facts()) -> Step:
     tbl = q.table_label(plan)
+    names = _names(plan, facts)
     fwd = (
         Statement(
             q.add_target_column(plan),
@@ -146,23 +92,27 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
             tbl,
         ),
         Statement(
-            q.capture_function(plan, (plan.target.column,)),
+            q.capture_function(plan, (plan.target.column,), names),
             "change capture: clear stale vectors and queue changed rows",
             Lock.NONE,
             "",
         ),
         Statement(
-            q.capture_trigger(plan),
+            q.capture_trigger(plan, names),
             "attach the change-capture trigger",
             Lock.SHARE_ROW_EXCLUSIVE,
             tbl,
         ),
     )
     back = (
+        # DROP TRIGGER takes ACCESS EXCLUSIVE (CREATE TRIGGER only SHARE ROW EXCLUSIVE).
         Statement(
-            q.drop_trigger(plan), "detach the change-capture trigger", Lock.SHARE_ROW_EXCLUSIVE, tbl
+            q.drop_trigger(plan, names),
+            "detach the change-capture trigger",
+            Lock.ACCESS_EXCLUSIVE,
+            tbl,
         ),
-        Statement(q.drop_function(plan), "drop the change-capture function"),
+        Statement(q.drop_function(plan, names), "drop the change-capture function"),
         Statement(
             q.drop_column(plan, plan.target.column),
             f"drop {plan.target.column}",
@@ -262,23 +212,28 @@ def _type_changes(plan: Plan) -> bool:
 
 def cutover(plan: Plan, facts: Facts = Facts()) -> Step:
     tgt, src = plan.target, plan.source
-    fwd = _view_switch(
+    fwd = view_sql.switch(
         plan, tgt.column, tgt.type, tgt.model, facts, type_changes=_type_changes(plan)
     )
     keep_old = Statement(
-        q.capture_function(plan, (tgt.column, src.column)),
+        q.capture_function(plan, (tgt.column, src.column), _names(plan, facts)),
         f"change capture now also keeps {src.column} fresh (for rollback)",
     )
-    back = _view_switch(
+    back = view_sql.switch(
         plan, src.column, src.type, src.model, facts, type_changes=_type_changes(plan)
     )
-    notes = ["One short transaction under the cutover lock_timeout, retried in attempts."]
+    notes = [
+        "One short transaction under the cutover lock_timeout, retried in attempts.",
+        "Only the view's embedding and model columns change: its FROM, joins, WHERE and other "
+        "columns are its own definition, kept as PostgreSQL deparses it.",
+    ]
     if _type_changes(plan):
         notes.append(
             f"The view's embedding column changes type ({src.type.value} -> {tgt.type.value}), "
             "which CREATE OR REPLACE VIEW cannot do: the view is dropped and re-created in one "
-            "transaction with its owner and grants. Services must cast the query vector to the "
-            "active type (migrator.search does)."
+            "transaction with its owner, every grant (grant options and column grants too) and "
+            "its comment. Services must cast the query vector to the active type "
+            "(migrator.search does)."
         )
     return Step(
         Phase.CUTOVER,
@@ -301,12 +256,15 @@ def rollback(plan: Plan, facts: Facts = Facts()) -> Step:
 
 
 def finalize(plan: Plan, facts: Facts = Facts()) -> Step:
+    """finalizing first, then the old indexes (CONCURRENTLY), then one last transaction.
+
+    Every state in between is one the state machine knows: `finalizing` refuses rollback,
+    the change capture keeps running until the last transaction, and a rerun resumes.
+    """
     tbl = q.table_label(plan)
+    names = _names(plan, facts)
     stmts: list[Statement] = [
-        Statement(
-            q.drop_trigger(plan), "detach the change-capture trigger", Lock.SHARE_ROW_EXCLUSIVE, tbl
-        ),
-        Statement(q.drop_function(plan), "drop the change-capture function"),
+        _phase(plan, State.FINALIZING, "record the phase finalizing (rollback refused from here)")
     ]
     for name in facts.source_indexes:
         stmts.append(
@@ -318,15 +276,30 @@ def finalize(plan: Plan, facts: Facts = Facts()) -> Step:
                 transactional=False,
             )
         )
-    stmts.append(
+    stmts += [
+        Statement(
+            q.drop_trigger(plan, names),
+            "detach the change-capture trigger",
+            Lock.ACCESS_EXCLUSIVE,
+            tbl,
+            new_transaction=True,
+        ),
+        Statement(q.drop_function(plan, names), "drop the change-capture function"),
         Statement(
             q.drop_column(plan, plan.source.column),
             f"drop {plan.source.column} (irreversible)",
             Lock.ACCESS_EXCLUSIVE,
             tbl,
-        )
-    )
-    notes = ["Irreversible: the old vectors are gone; rollback is no longer possible."]
+        ),
+        _phase(plan, State.FINALIZED, "record the phase finalized"),
+    ]
+    notes = [
+        "Irreversible: the old vectors are gone; rollback is no longer possible.",
+        "The phase becomes finalizing first: if a later part fails (a lock timeout, Ctrl-C) "
+        "rollback stays refused, change capture keeps running and a rerun of finalize resumes.",
+        "The trigger, its function, the old column and the phase finalized go in one last "
+        "transaction.",
+    ]
     if not facts.live:
         notes.append("Indexes on the old column are found in the live database and dropped first.")
     return Step(
@@ -337,8 +310,85 @@ def finalize(plan: Plan, facts: Facts = Facts()) -> Step:
     )
 
 
-PHASES = (adopt, expand, backfill, index, cutover, rollback, finalize)
+def abort(plan: Plan, facts: Facts = Facts()) -> Step:
+    """Undo adopt and expand: the table, the view and the registry as adopt found them."""
+    tbl = q.table_label(plan)
+    names = _names(plan, facts)
+    tgt = plan.target
+    stmts: list[Statement] = [
+        Statement(
+            q.drop_trigger(plan, names),
+            "detach the change-capture trigger",
+            Lock.ACCESS_EXCLUSIVE,
+            tbl,
+        ),
+        Statement(q.drop_function(plan, names), "drop the change-capture function"),
+    ]
+    notes = [
+        "Allowed before cutover and after a rollback; refused while cut over (roll back first).",
+        "One transaction for the table, the view, the registry and the phase aborted; then "
+        "migrator's rows of this migration (queued changes, batches, dead letters, reports) "
+        "in a second one, so the table's lock is not held while they are deleted. The "
+        "migration's row and its event log are kept.",
+    ]
+    if facts.target_preexisted:
+        notes.append(f"{tgt.column} existed before adopt: it is kept.")
+    else:
+        stmts.append(
+            Statement(
+                q.drop_column(plan, tgt.column),
+                f"drop {tgt.column} and its index (the new vectors are discarded)",
+                Lock.ACCESS_EXCLUSIVE,
+                tbl,
+            )
+        )
+    if facts.adopt_created_view:
+        stmts.append(view_sql.drop_view(plan))
+        notes.append(
+            f"adopt created {q.view_label(plan)}: abort drops it (move services back to the "
+            "table first)."
+        )
+    else:
+        notes.append(
+            f"{q.view_label(plan)} existed before adopt and serves {plan.source.column} as it "
+            "did: it is left exactly as it is."
+        )
+    stmts += [
+        view_sql.restore_registry(plan, facts.prior_registry),
+        Statement(q.notify_switch(plan), "announce the change (NOTIFY)", ddl=False),
+        _phase(plan, State.ABORTED, "record the phase aborted"),
+        *abort_cleanup(plan),
+    ]
+    return Step(
+        Phase.ABORT, f"abandon the migration and restore {tbl}", tuple(stmts), notes=tuple(notes)
+    )
+
+
+def abort_cleanup(plan: Plan) -> tuple[Statement, ...]:
+    """migrator's rows of the migration, in a transaction of their own (rerun safe)."""
+    return tuple(
+        Statement(
+            q.delete_ledger(plan, table),
+            f"delete this migration's rows of migrator.{table}",
+            Lock.ROW_EXCLUSIVE,
+            f"migrator.{table}",
+            ddl=False,
+            new_transaction=i == 0,
+        )
+        for i, table in enumerate(q.LEDGER_TABLES)
+    )
+
+
+PHASES = (adopt, expand, backfill, index, cutover, rollback, finalize, abort)
 
 
 def all_steps(plan: Plan, facts: Facts = Facts()) -> list[Step]:
-    return [build(plan, facts) for build in PHASES]
+    """Every phase's step; a step the facts forbid (a view migrator cannot swap) is shown
+    with the reason and no statements, never with statements that would be wrong."""
+    out = []
+    for build in PHASES:
+        try:
+            out.append(build(plan, facts))
+        except PreflightError as exc:
+            out.append(Step(Phase(build.__name__), f"refused: {exc.message}", ()))
+    return out

@@ -11,7 +11,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -309,12 +309,17 @@ class Plan(Frozen):
         return self.view.schema_ or self.table.schema_
 
     @property
+    def capture(self) -> CaptureNames:
+        """Names of the change capture for a new migration (a running one stores its own)."""
+        return capture_names(self.name)
+
+    @property
     def trigger_name(self) -> str:
-        return _short(f"migrator_{self.name.replace('-', '_')}_capture")
+        return self.capture.trigger
 
     @property
     def function_name(self) -> str:
-        return _short(f"migrator_{self.name.replace('-', '_')}_capture_fn")
+        return self.capture.function
 
     def canonical(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -329,6 +334,29 @@ class Plan(Frozen):
         structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
         blob = json.dumps(structural, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CaptureNames(NamedTuple):
+    trigger: str
+    function: str
+
+
+def capture_names(name: str) -> CaptureNames:
+    """Trigger and function names unique per migration name, within 63 bytes.
+
+    "docs-v2" and "docs_v2" read alike once '-' becomes '_': a short hash of the exact name
+    keeps them apart (before, the second expand rewrote the first one's function).
+    """
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    # 9 ("migrator_") + 34 + 1 + 8 + 11 ("_capture_fn") = 63
+    stem = f"migrator_{name.replace('-', '_')[:34]}_{digest}"
+    return CaptureNames(f"{stem}_capture", f"{stem}_capture_fn")
+
+
+def legacy_capture_names(name: str) -> CaptureNames:
+    """The names derived before they were made unique: migrations registered then keep them."""
+    base = f"migrator_{name.replace('-', '_')}"
+    return CaptureNames(_short(f"{base}_capture"), _short(f"{base}_capture_fn"))
 
 
 def _short(name: str) -> str:

@@ -19,12 +19,14 @@ from migrator.plan.model import Plan
 
 DESCRIPTIONS: dict[str, str] = {
     "version": "Plan file format version. Always 1.",
-    "name": "Migration name: identifies it in migrator's schema, queues and object names.",
+    "name": "Migration name: identifies it in migrator's schema, queues and object names "
+    "(the trigger and function names carry a hash of it, so `docs-v2` and `docs_v2` differ).",
     "description": "Free text shown in runbooks and status.",
     "table": "The table the search service searches.",
     "table.schema": "Schema of the table.",
     "table.name": "Table name.",
-    "table.primary_key": "Single-column primary key; batches are key ranges over it.",
+    "table.primary_key": "Single-column primary key; batches are key ranges over it "
+    "(composite keys, partitioned tables and row-level security on migrator's role are refused).",
     "text": "What is embedded: exactly one of `column` or `template`.",
     "text.column": "A text column embedded as is.",
     "text.template": "A template over columns, e.g. `\"{title}\\n\\n{body}\"`; NULL columns read as ''.",
@@ -194,7 +196,8 @@ def render() -> str:
         "",
         "Generated from `migrator/plan/model.py` by `python -m migrator.plan.reference`; a test keeps "
         "it in step with the code. Unknown keys are errors. Identifiers are at most 63 bytes of "
-        "letters, digits and underscores (never truncated, always quoted). The plan hash covers "
+        "letters, digits and underscores (never truncated, always quoted, so case-sensitive: "
+        '`Docs` is the table created as `"Docs"`). The plan hash covers '
         "everything except `description`, `backfill`, `verify`, `cutover` and `ddl`, which may "
         "be tuned mid-migration; changing anything else is refused.",
         "",

@@ -79,10 +79,12 @@ def test_runbook_is_complete_and_its_commands_exist(path: Path) -> None:
         "Cutover",
         "Rollback",
         "Finalize",
+        "Abort",
     ):
         assert heading in text
-    assert text.count("**How to roll back from here:**") == 7
-    assert text.count("**Expected duration:**") == 7
+    assert text.count("**How to roll back from here:**") == 8
+    assert text.count("**Expected duration:**") == 8
+    assert "migrator abort plans/" in text
     commands = commands_in(text)
     assert len(commands) >= 9
     runner = CliRunner()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from migrator.ddl.facts import Grant, Privilege
 from migrator.ddl.steps import Facts, all_steps
 from migrator.plan.model import load_plan
 
@@ -25,7 +26,7 @@ def render(path: Path, facts: Facts = Facts()) -> str:
     for step in all_steps(plan, facts):
         out.append(f"-- phase: {step.phase.value}")
         for st in step.forward:
-            tx = "tx" if st.transactional else "no-tx"
+            tx = ("new tx" if st.new_transaction else "tx") if st.transactional else "no-tx"
             out.append(f"-- {st.purpose} [{tx}; {st.lock_text()}]")
             out.append(st.render() + ";")
         if step.backward:
@@ -48,7 +49,11 @@ def test_live_facts_change_the_view_and_finalize() -> None:
     facts = Facts(
         view_options=(("security_barrier", "true"),),
         view_owner="app",
-        view_grants=(("reader", "SELECT"),),
+        view_grants=(
+            Grant("reader", Privilege.SELECT),
+            Grant("admin", Privilege.MAINTAIN, grantable=True),
+            Grant("auditor", Privilege.SELECT, grantor="admin", column="title"),
+        ),
         source_indexes=("docs_old_idx",),
         live=True,
     )
@@ -56,6 +61,12 @@ def test_live_facts_change_the_view_and_finalize() -> None:
     assert "WITH (\"security_barrier\" = 'true')" in text
     assert 'ALTER VIEW "public"."kb_search" OWNER TO "app"' in text
     assert 'GRANT SELECT ON "public"."kb_search" TO "reader"' in text
+    # PostgreSQL 17+: MAINTAIN (in GRANT ALL), the grant option, a column grant by a grantee.
+    assert 'GRANT MAINTAIN ON "public"."kb_search" TO "admin" WITH GRANT OPTION' in text
+    assert (
+        'SET LOCAL ROLE "admin";\nGRANT SELECT ("title") ON "public"."kb_search" TO "auditor"'
+        in text
+    )
     assert 'DROP INDEX CONCURRENTLY IF EXISTS "public"."docs_old_idx"' in text
 
 

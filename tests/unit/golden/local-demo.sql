@@ -9,7 +9,7 @@ SELECT pg_notify('migrator_active_model', 'public.documents_search');
 -- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.documents]
 ALTER TABLE "public"."documents" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(384);
 -- change capture: clear stale vectors and queue changed rows [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -22,10 +22,10 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.documents]
-CREATE OR REPLACE TRIGGER "migrator_demo_local_capture" BEFORE INSERT OR UPDATE OF "body" ON "public"."documents" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_demo_local_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_demo_local_68651ed9_capture" BEFORE INSERT OR UPDATE OF "body" ON "public"."documents" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"();
 -- phase: expand (backward)
-DROP TRIGGER IF EXISTS "migrator_demo_local_capture" ON "public"."documents";
-DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
+DROP TRIGGER IF EXISTS "migrator_demo_local_68651ed9_capture" ON "public"."documents";
+DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_68651ed9_capture_fn"();
 ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.documents]
@@ -51,7 +51,7 @@ INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, colu
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.documents_search');
 -- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -79,7 +79,7 @@ SELECT pg_notify('migrator_active_model', 'public.documents_search');
 CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "body", "embedding_v2"::vector AS "embedding", 'local-hash-new@384:8d1ec6840d11'::text AS "embedding_model" FROM "public"."documents";
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding_v2', 'local-hash-new@384:8d1ec6840d11', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 384, "max_inputs_per_request": 256, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "local-hash-new", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 384, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.documents_search');
-CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -93,9 +93,36 @@ BEGIN
 END
 ';
 -- phase: finalize
--- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.documents]
-DROP TRIGGER IF EXISTS "migrator_demo_local_capture" ON "public"."documents";
+-- record the phase finalizing (rollback refused from here) [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalizing', updated_at = now() WHERE name = 'demo-local';
+-- detach the change-capture trigger [new tx; ACCESS EXCLUSIVE on public.documents]
+DROP TRIGGER IF EXISTS "migrator_demo_local_68651ed9_capture" ON "public"."documents";
 -- drop the change-capture function [tx; no table lock]
-DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_capture_fn"();
+DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_68651ed9_capture_fn"();
 -- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.documents]
 ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding";
+-- record the phase finalized [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalized', updated_at = now() WHERE name = 'demo-local';
+-- phase: abort
+-- detach the change-capture trigger [tx; ACCESS EXCLUSIVE on public.documents]
+DROP TRIGGER IF EXISTS "migrator_demo_local_68651ed9_capture" ON "public"."documents";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_68651ed9_capture_fn"();
+-- drop embedding_v2 and its index (the new vectors are discarded) [tx; ACCESS EXCLUSIVE on public.documents]
+ALTER TABLE "public"."documents" DROP COLUMN IF EXISTS "embedding_v2";
+-- drop the view adopt created [tx; ACCESS EXCLUSIVE on public.documents_search]
+DROP VIEW IF EXISTS "public"."documents_search";
+-- remove the view's registry entry (adopt created it) [tx; ROW EXCLUSIVE on migrator.active_models]
+DELETE FROM migrator.active_models WHERE view_schema = 'public' AND view_name = 'documents_search' AND migration = 'demo-local';
+-- announce the change (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.documents_search');
+-- record the phase aborted [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'aborted', updated_at = now() WHERE name = 'demo-local';
+-- delete this migration's rows of migrator.changes [new tx; ROW EXCLUSIVE on migrator.changes]
+DELETE FROM "migrator"."changes" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.batches [tx; ROW EXCLUSIVE on migrator.batches]
+DELETE FROM "migrator"."batches" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.dead_letters [tx; ROW EXCLUSIVE on migrator.dead_letters]
+DELETE FROM "migrator"."dead_letters" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
+DELETE FROM "migrator"."reports" WHERE migration = 'demo-local';

@@ -9,7 +9,7 @@ SELECT pg_notify('migrator_active_model', 'public.kb_search');
 -- add embedding_nomic (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
 ALTER TABLE "public"."kb_chunks" ADD COLUMN IF NOT EXISTS "embedding_nomic" halfvec(768);
 -- change capture: clear stale vectors and queue changed rows [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
@@ -22,10 +22,10 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.kb_chunks]
-CREATE OR REPLACE TRIGGER "migrator_kb_nomic_halfvec_capture" BEFORE INSERT OR UPDATE OF "content" ON "public"."kb_chunks" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_kb_nomic_halfvec_cd3c6a2a_capture" BEFORE INSERT OR UPDATE OF "content" ON "public"."kb_chunks" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
 -- phase: expand (backward)
-DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_capture" ON "public"."kb_chunks";
-DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_cd3c6a2a_capture" ON "public"."kb_chunks";
+DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
 ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding_nomic";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.kb_chunks]
@@ -53,7 +53,7 @@ INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, colu
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.kb_search');
 -- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
@@ -85,7 +85,7 @@ DROP VIEW IF EXISTS "public"."kb_search";
 CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "content", "embedding_nomic"::halfvec AS "embedding", 'nomic-embed-text@768:2ba2f6919e46'::text AS "embedding_model" FROM "public"."kb_chunks";
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding_nomic', 'nomic-embed-text@768:2ba2f6919e46', '{"api_key_env": "OLLAMA_API_KEY", "base_url": "http://ollama.internal:11434/v1", "dimensions": 768, "max_inputs_per_request": 64, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "nomic-embed-text", "normalize": true, "overlong": "dead_letter", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": 0.0}'::jsonb, 'halfvec', 768, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.kb_search');
-CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
@@ -99,9 +99,36 @@ BEGIN
 END
 ';
 -- phase: finalize
--- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.kb_chunks]
-DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_capture" ON "public"."kb_chunks";
+-- record the phase finalizing (rollback refused from here) [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalizing', updated_at = now() WHERE name = 'kb-nomic-halfvec';
+-- detach the change-capture trigger [new tx; ACCESS EXCLUSIVE on public.kb_chunks]
+DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_cd3c6a2a_capture" ON "public"."kb_chunks";
 -- drop the change-capture function [tx; no table lock]
-DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_capture_fn"();
+DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
 -- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
 ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding";
+-- record the phase finalized [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalized', updated_at = now() WHERE name = 'kb-nomic-halfvec';
+-- phase: abort
+-- detach the change-capture trigger [tx; ACCESS EXCLUSIVE on public.kb_chunks]
+DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_cd3c6a2a_capture" ON "public"."kb_chunks";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
+-- drop embedding_nomic and its index (the new vectors are discarded) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
+ALTER TABLE "public"."kb_chunks" DROP COLUMN IF EXISTS "embedding_nomic";
+-- drop the view adopt created [tx; ACCESS EXCLUSIVE on public.kb_search]
+DROP VIEW IF EXISTS "public"."kb_search";
+-- remove the view's registry entry (adopt created it) [tx; ROW EXCLUSIVE on migrator.active_models]
+DELETE FROM migrator.active_models WHERE view_schema = 'public' AND view_name = 'kb_search' AND migration = 'kb-nomic-halfvec';
+-- announce the change (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.kb_search');
+-- record the phase aborted [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'aborted', updated_at = now() WHERE name = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.changes [new tx; ROW EXCLUSIVE on migrator.changes]
+DELETE FROM "migrator"."changes" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.batches [tx; ROW EXCLUSIVE on migrator.batches]
+DELETE FROM "migrator"."batches" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.dead_letters [tx; ROW EXCLUSIVE on migrator.dead_letters]
+DELETE FROM "migrator"."dead_letters" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
+DELETE FROM "migrator"."reports" WHERE migration = 'kb-nomic-halfvec';

@@ -9,7 +9,7 @@ SELECT pg_notify('migrator_active_model', 'public.articles_search');
 -- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.articles]
 ALTER TABLE "public"."articles" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(1024);
 -- change capture: clear stale vectors and queue changed rows [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -22,10 +22,10 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
-CREATE OR REPLACE TRIGGER "migrator_articles_3large_capture" BEFORE INSERT OR UPDATE OF "title", "body" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_articles_3large_3ed041da_capture" BEFORE INSERT OR UPDATE OF "title", "body" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 -- phase: expand (backward)
-DROP TRIGGER IF EXISTS "migrator_articles_3large_capture" ON "public"."articles";
-DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_capture_fn"();
+DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
+DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.articles]
@@ -57,7 +57,7 @@ INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, colu
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
 -- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
-CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -85,7 +85,7 @@ SELECT pg_notify('migrator_active_model', 'public.articles_search');
 CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles";
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
-CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN
   IF TG_OP = ''UPDATE'' THEN
     IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
@@ -99,9 +99,36 @@ BEGIN
 END
 ';
 -- phase: finalize
--- detach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
-DROP TRIGGER IF EXISTS "migrator_articles_3large_capture" ON "public"."articles";
+-- record the phase finalizing (rollback refused from here) [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalizing', updated_at = now() WHERE name = 'articles-3large';
+-- detach the change-capture trigger [new tx; ACCESS EXCLUSIVE on public.articles]
+DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
 -- drop the change-capture function [tx; no table lock]
-DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_capture_fn"();
+DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 -- drop embedding (irreversible) [tx; ACCESS EXCLUSIVE on public.articles]
 ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding";
+-- record the phase finalized [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'finalized', updated_at = now() WHERE name = 'articles-3large';
+-- phase: abort
+-- detach the change-capture trigger [tx; ACCESS EXCLUSIVE on public.articles]
+DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
+-- drop the change-capture function [tx; no table lock]
+DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
+-- drop embedding_v2 and its index (the new vectors are discarded) [tx; ACCESS EXCLUSIVE on public.articles]
+ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
+-- drop the view adopt created [tx; ACCESS EXCLUSIVE on public.articles_search]
+DROP VIEW IF EXISTS "public"."articles_search";
+-- remove the view's registry entry (adopt created it) [tx; ROW EXCLUSIVE on migrator.active_models]
+DELETE FROM migrator.active_models WHERE view_schema = 'public' AND view_name = 'articles_search' AND migration = 'articles-3large';
+-- announce the change (NOTIFY) [tx; no table lock]
+SELECT pg_notify('migrator_active_model', 'public.articles_search');
+-- record the phase aborted [tx; ROW EXCLUSIVE on migrator.migrations]
+UPDATE migrator.migrations SET phase = 'aborted', updated_at = now() WHERE name = 'articles-3large';
+-- delete this migration's rows of migrator.changes [new tx; ROW EXCLUSIVE on migrator.changes]
+DELETE FROM "migrator"."changes" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.batches [tx; ROW EXCLUSIVE on migrator.batches]
+DELETE FROM "migrator"."batches" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.dead_letters [tx; ROW EXCLUSIVE on migrator.dead_letters]
+DELETE FROM "migrator"."dead_letters" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
+DELETE FROM "migrator"."reports" WHERE migration = 'articles-3large';
