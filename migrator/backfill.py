@@ -18,11 +18,12 @@ import psycopg
 from celery import Celery
 from psycopg.types.json import Jsonb
 
-from migrator import api, ledger, state, steps
+from migrator import api, dberrors, ledger, state, steps
 from migrator.broker import broker_url, is_redis, redact
 from migrator.config import Settings
 from migrator.db import connect
-from migrator.errors import BrokerError, ConcurrentRunError, DatabaseError, ProviderError
+from migrator.errors import BrokerError, ConcurrentRunError, ProviderError
+from migrator.executor import backoff
 from migrator.plan import Plan
 from migrator.state import State
 from migrator.worker.celery_config import TASK_NAME, make_app
@@ -30,6 +31,7 @@ from migrator.worker.celery_config import TASK_NAME, make_app
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 PHASES_WITH_SOURCE = (State.CUT_OVER, State.ROLLED_BACK)
+TRANSIENT_ATTEMPTS = 10  # passes in a row that may fail on a deadlock or lock timeout
 
 
 @dataclass
@@ -97,13 +99,14 @@ def run(settings: Settings, plan: Plan, opts: Options | None = None) -> dict[str
     """Expand if needed, produce and enqueue, then (unless `wait=False`) monitor to the end."""
     try:
         return _run(settings, plan, opts or Options())
-    except psycopg.OperationalError as exc:
-        # The database went away mid-run (restart, failover): the ledger keeps the work, and
-        # the operator lock died with the session, so a rerun resumes safely.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(
-            f"lost the database connection during the backfill: {first}",
-            hint="rerun `migrator backfill` when the database is back: it resumes where it stopped",
+    except psycopg.Error as exc:
+        # The ledger keeps the work and the operator lock dies with the session, so a rerun
+        # resumes safely whatever happened: a restart or failover, a statement timeout, a cancel.
+        raise dberrors.describe(
+            exc,
+            "the backfill",
+            resume="rerun `migrator backfill` (once the database is back): it resumes where "
+            "it stopped",
         ) from exc
 
 
@@ -278,11 +281,24 @@ class Monitor:
         return ["target", "source"] if phase in PHASES_WITH_SOURCE else ["target"]
 
     def loop(self, mark_complete: Callable[[], None]) -> dict[str, Any]:
+        transient = 0
         while True:
             phase = _phase(self.conn, self.plan)
             if phase is State.FINALIZED:
                 break
-            if self.tick(phase):
+            try:
+                done = self.tick(phase)
+                transient = 0
+            except dberrors.TRANSIENT as exc:
+                # A deadlock with the application or a lock timeout rolled back one ledger
+                # statement; every statement of a pass is idempotent, so run the pass again.
+                transient += 1
+                if transient >= TRANSIENT_ATTEMPTS:
+                    raise
+                log.warning("%s; the pass runs again", dberrors.primary(exc))
+                time.sleep(backoff(transient, 0.1, 5.0))
+                continue
+            if done:
                 if not self.complete:
                     mark_complete()
                     self.complete = True

@@ -4,7 +4,7 @@ MigratorError
  ├── PlanError            exit 2   the plan file is malformed or invalid
  ├── ConfigError          exit 3   settings / environment are wrong
  ├── DatabaseError        exit 4   the database is unreachable or refused a statement
- │    └── LockTimeoutError exit 5  DDL could not get its lock within the attempts allowed
+ │    └── LockTimeoutError exit 5  DDL could not get its lock (or deadlocked) within the attempts
  ├── PreflightError       exit 6   live checks found blocking problems (`plan` live mode)
  ├── PhaseError           exit 7   the state machine forbids this step now (guards)
  ├── ConcurrentRunError   exit 8   another operator holds this migration's lock
@@ -94,7 +94,7 @@ EXIT_CODES: dict[int, str] = {
     2: "invalid plan file",
     3: "invalid configuration or environment",
     4: "database unreachable or a statement failed",
-    5: "could not acquire a lock within the configured attempts",
+    5: "could not acquire a lock within the configured attempts (lock timeout or deadlock)",
     6: "live pre-flight checks found errors",
     7: "the migration is not in a phase that allows this command",
     8: "another migrator process holds this migration's lock",

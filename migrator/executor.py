@@ -19,7 +19,8 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from migrator.errors import DatabaseError, LockTimeoutError
+from migrator import dberrors
+from migrator.errors import LockTimeoutError
 from migrator.sql import Statement
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = N
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     r = rng or random
     return r.uniform(0, min(cap, base * (2**attempt)))
+
+
+def _resume(in_tx: bool) -> str:
+    if in_tx:
+        return "rerun the command: nothing of this transaction was applied"
+    return "rerun the command: it resumes (an INVALID index left behind is rebuilt)"
 
 
 class Executor:
@@ -137,17 +144,25 @@ class Executor:
                     (t_end - t0) * 1000,
                     len(group),
                 )
-            except pgerr.LockNotAvailable:
+            except dberrors.TRANSIENT as exc:
+                # A lock timeout, a deadlock victim or a serialisation failure: PostgreSQL
+                # rolled the transaction back because of another one, so running it again
+                # later is safe and usually succeeds.
                 if attempt == policy.attempts:
-                    raise LockTimeoutError(
-                        f"could not lock for {group[0].purpose!r} after {attempt} attempts of "
-                        f"{policy.lock_timeout_ms} ms",
-                        hint="a long transaction holds a conflicting lock; find it in "
-                        "pg_stat_activity, or rerun later (the step is all-or-nothing)",
-                    ) from None
+                    if isinstance(exc, pgerr.LockNotAvailable):
+                        raise LockTimeoutError(
+                            f"could not lock for {group[0].purpose!r} after {attempt} attempts "
+                            f"of {policy.lock_timeout_ms} ms",
+                            hint="a long transaction holds a conflicting lock; find it in "
+                            "pg_stat_activity, or rerun later (the step is all-or-nothing)",
+                        ) from None
+                    raise dberrors.describe(
+                        exc, repr(group[0].purpose), resume=_resume(in_tx)
+                    ) from exc
                 delay = backoff(attempt, policy.backoff_base_s, policy.backoff_max_s)
                 log.info(
-                    "lock timeout on %r, attempt %d; retrying in %.2fs",
+                    "%s on %r, attempt %d; retrying in %.2fs",
+                    type(exc).__name__,
                     group[0].purpose,
                     attempt,
                     delay,
@@ -155,18 +170,9 @@ class Executor:
                 if on_retry:
                     on_retry(attempt, delay)
                 self._sleep(delay)
-            except psycopg.OperationalError as exc:
-                raise DatabaseError(
-                    f"lost the database during {group[0].purpose!r}: {exc}".strip(),
-                    hint="rerun the command: the step is all-or-nothing",
-                ) from exc
             except psycopg.Error as exc:
-                diag = getattr(exc, "diag", None)
-                detail = getattr(diag, "message_primary", None) or str(exc)
-                raise DatabaseError(
-                    f"{group[0].purpose!r} failed: {detail}",
-                    hint="nothing of this step was applied",
-                ) from exc
+                # A statement timeout or a cancel is not a lost connection: say which it was.
+                raise dberrors.describe(exc, repr(group[0].purpose), resume=_resume(in_tx)) from exc
         raise AssertionError("unreachable")
 
     def _execute(self, st: Statement) -> None:

@@ -253,7 +253,8 @@ def test_rows_without_a_vector_are_skipped_and_the_index_still_serves(
         explain = "\n".join(
             r[0]
             for r in conn.execute(
-                sql.SQL("EXPLAIN ") + guarded_query(model), {"q": vec, "fp": model.fingerprint, "k": 5}
+                sql.SQL("EXPLAIN ") + guarded_query(model),
+                {"q": vec, "fp": model.fingerprint, "k": 5},
             ).fetchall()
         )
     assert "Index Scan using documents_embedding_hnsw_idx" in explain, explain
