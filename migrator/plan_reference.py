@@ -27,7 +27,7 @@ DESCRIPTIONS: dict[str, str] = {
     "table.primary_key": "Single-column primary key; batches are key ranges over it.",
     "text": "What is embedded: exactly one of `column` or `template`.",
     "text.column": "A text column embedded as is.",
-    "text.template": "A template over columns, e.g. `\"{title}\\n\\n{body}\"`; NULL columns read as ''.",
+    "text.template": "A template over columns, e.g. `\"{title}\\n\\n{body}\"`; NULL columns read as ''. A row is embedded only when at least one of its columns holds non-blank text (the literal text alone is never sent).",
     "source": "The column the view serves today and the model that produced it.",
     "source.column": "The current embedding column.",
     "source.type": "`vector` or `halfvec`.",

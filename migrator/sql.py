@@ -71,21 +71,29 @@ def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
     return sql.SQL("{}({})").format(sql.SQL(vtype.value), sql.Literal(int(dims)))
 
 
+def _text_col(name: str, alias: str | None) -> sql.Composable:
+    return sql.SQL("{}::text").format(
+        sql.Identifier(alias, name) if alias else sql.Identifier(name)
+    )
+
+
 def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
-    """The SQL expression of the text to embed; NULL columns of a template read as ''."""
+    """The SQL expression of the text to embed: NULL when no column it names holds text.
 
-    def col(name: str) -> sql.Identifier:
-        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
+    A template's NULL columns read as '' inside the text; a template whose columns are all
+    NULL or blank yields NULL, not its literal text alone ("Title: "), so it is never sent.
+    """
     if plan.text.column is not None:
-        return col(plan.text.column)
+        return (
+            sql.Identifier(alias, plan.text.column) if alias else sql.Identifier(plan.text.column)
+        )
     assert plan.text.template is not None
     parts: list[sql.Composable] = []
     for kind, value in template_parts(plan.text.template):
-        parts.append(
-            sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value))
-        )
-    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
+        parts.append(sql.Literal(value) if kind == "literal" else _text_col(value, alias))
+    return sql.SQL("CASE WHEN {} THEN concat({}) END").format(
+        eligible_predicate(plan, alias), sql.SQL(", ").join(parts)
+    )
 
 
 def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
@@ -94,8 +102,18 @@ def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
 
 
 def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
-    """Rows with text worth embedding: NULL, empty and whitespace-only text are never sent."""
-    return sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(text_expr(plan, alias))
+    """Rows with text worth embedding: at least one column the text names holds non-blank text.
+
+    NULL, empty and whitespace-only text are never sent; nor is a template's literal text
+    alone (judging the whole template would make every row eligible).
+    """
+    tests = [
+        sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(_text_col(c, alias))
+        for c in plan.text.columns
+    ]
+    if len(tests) == 1:
+        return tests[0]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
 
 
 # ---------------------------------------------------------------------------------------------

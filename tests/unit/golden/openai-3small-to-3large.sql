@@ -29,17 +29,17 @@ DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_capture_fn"();
 ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.articles]
-SELECT "id", "id"::text, concat("title"::text, '
+SELECT "id", "id"::text, CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
-', "body"::text), md5(concat("title"::text, '
+', "body"::text) END, md5(CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
-', "body"::text)) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
+', "body"::text) END) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_1024" (pk bigint, text_hash text, v vector(1024)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles]
-UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(concat("t"."title"::text, '
+UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
 
-', "t"."body"::text)) = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
+', "t"."body"::text) END) = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '2GB';
