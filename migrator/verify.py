@@ -241,7 +241,11 @@ def resolve_labelled(name: str, plan_dir: Path | None) -> Path:
 
 
 def _record(
-    ctx: Context, report: Report, rows: int, watermark: int, build: IndexResult | None
+    ctx: Context,
+    report: Report,
+    rows: int,
+    watermark: gate.Watermark,
+    build: IndexResult | None,
 ) -> VerifyOutcome:
     plan, conn = ctx.plan, ctx.conn
     report_id = gate.record_report(
