@@ -84,6 +84,7 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
         summary,
         details,
         time.perf_counter() - t0,
+        over=eligible,
     ), total
 
 
@@ -122,6 +123,7 @@ def health(target: Column, plan: Plan) -> Check:
         summary,
         details,
         time.perf_counter() - t0,
+        over=h.rows,
     )
 
 
@@ -159,6 +161,7 @@ def freshness(
         summary,
         details,
         seconds,
+        over=len(ok),
     )
 
 
@@ -224,6 +227,7 @@ def index_recall(
             f"index {plan.index_name} is {index_state}: no recall can be measured",
             {"index": plan.index_name, "state": index_state},
             time.perf_counter() - t0,
+            over=len(queries),
         )
     if len(queries) == 0 or len(target.ids) == 0:
         return gate(
@@ -235,6 +239,7 @@ def index_recall(
             "no queries or no vectors",
             {"index": plan.index_name, "state": index_state},
             time.perf_counter() - t0,
+            over=min(len(queries), len(target.ids)),
         )
     pos = target.position()
     lat: list[float] = []
@@ -277,7 +282,15 @@ def index_recall(
     at = ", ".join(f"{a}={b}" for a, b in settings.items())
     summary = f"recall@{k} {recall:.3f} over {len(ann)} queries at {at}"
     return gate(
-        "index", "index recall", recall, threshold, ">=", summary, details, time.perf_counter() - t0
+        "index",
+        "index recall",
+        recall,
+        threshold,
+        ">=",
+        summary,
+        details,
+        time.perf_counter() - t0,
+        over=len(ann),
     )
 
 
@@ -319,8 +332,9 @@ def parity(
     ratio new/old against the plan, and the overlap of the two top-k lists."""
     old = hit_rate_at_k(old_top, own, k)
     new = hit_rate_at_k(new_top, own, k)
+    # No baseline (the old model found none of its own rows) is not a pass: the source vectors
+    # are stale, NULL or of another model, and a ratio to zero says nothing.
     r = ratio(new, old)
-    figure = r if r is not None else (1.0 if new >= old else 0.0)
     details = {
         "queries": len(own),
         "not_embedded": not_embedded,
@@ -329,16 +343,24 @@ def parity(
         "ratio": r,
         f"overlap@{k}": overlap_at_k(old_top, new_top, k),
     }
-    summary = f"recall@{k} old {old:.3f}, new {new:.3f}; ratio {figure:.3f} over {len(own)} rows"
+    if r is None:
+        summary = (
+            f"recall@{k} old {old:.3f}: the old model found none of its own rows, so there is "
+            f"no baseline (source vectors stale, NULL or of another model?); new {new:.3f} "
+            f"over {len(own)} rows"
+        )
+    else:
+        summary = f"recall@{k} old {old:.3f}, new {new:.3f}; ratio {r:.3f} over {len(own)} rows"
     return gate(
         "parity",
         "model parity",
-        figure,
+        r,
         plan.verify.min_recall_ratio,
         ">=",
         summary,
         details,
         seconds,
+        over=len(own),
     )
 
 
