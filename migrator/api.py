@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from migrator import inspect as insp
-from migrator import ledger, state
+from migrator import ledger, refresh, state
 from migrator.config import Settings
 from migrator.db import connect, ensure_schema, resolve_url
 from migrator.embedded import stop_embedded_database, stop_embedded_redis
@@ -343,6 +343,9 @@ def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
         "duplicate_executions": sum(int(r[4]) for r in rows),
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "pending_changes": ledger.pending_changes(conn, plan.name),
+        # Old vectors of text the row no longer has (what a rollback would serve).
+        "stale_sources": refresh.stale_count(conn, plan.name),
+        "refresh_source": plan.backfill.refresh_source,
     }
 
 

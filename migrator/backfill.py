@@ -18,7 +18,7 @@ import psycopg
 from celery import Celery
 from psycopg.types.json import Jsonb
 
-from migrator import api, dberrors, ledger, state, steps
+from migrator import api, dberrors, ledger, refresh, state, steps
 from migrator.broker import broker_url, is_redis, redact
 from migrator.config import Settings
 from migrator.db import connect
@@ -253,6 +253,7 @@ def _summary(
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "duplicate_executions": int(dup[0]) if dup else 0,
         "pending_changes": ledger.pending_changes(conn, plan.name),
+        "stale_sources": refresh.stale_count(conn, plan.name),
         "seconds": round(seconds, 2),
         "rows_per_second": round(written / seconds, 1) if seconds > 0 else None,
         "queue": plan.queue,
@@ -314,8 +315,11 @@ class Monitor:
     def tick(self, phase: State) -> bool:
         """One pass; True when the database says the backfill is complete."""
         roles = self.roles(phase)
+        refresh_source = self.plan.backfill.refresh_source
         try:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
+            if refresh_source:
+                self.enq.send(self.conn, refresh.batches_from_stale(self.conn, self.plan))
             depth = self.enq.queue_depth()
             lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall, queue_empty=depth == 0)
             lost = ledger.give_up_exhausted(
@@ -341,6 +345,8 @@ class Monitor:
         for role in roles:
             column = self.plan.target.column if role == "target" else self.plan.source.column
             swept += ledger.sweep(self.conn, self.plan, role, column)
+        if refresh_source:
+            swept += refresh.sweep_stale(self.conn, self.plan)
         if swept:
             log.info("sweep found NULL vectors outside any batch: %d new batches", len(swept))
             with contextlib.suppress(BrokerError):

@@ -59,6 +59,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.retry.backoff_max_seconds": "Backoff cap (a longer Retry-After is still honoured).",
     "backfill.queue": "Celery queue (default `migrator.<name>.<target column>`).",
     "backfill.stall_after_seconds": "A batch unfinished after this long is enqueued again.",
+    "backfill.refresh_source": "Re-embed with the source model the rows whose old vector is of text they no longer have (found by change capture), so a rollback serves fresh vectors; cutover refuses while more than `verify.max_stale_fraction` of the rows remain. Needs the source model during the backfill. A tuning key.",
     "index": "The index built on the target column by `verify`.",
     "index.method": "`hnsw` or `ivfflat`.",
     "index.metric": "`cosine`, `l2`, `inner_product` or `l1` (hnsw only).",

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg import sql
 
-from migrator import gate, state, steps
+from migrator import gate, refresh, state, steps
 from migrator import inspect as insp
 from migrator.api import Context, migration_context
 from migrator.config import Settings
@@ -39,6 +39,8 @@ class SwitchResult:
     total_ms: float
     report_id: int | None = None
     view_matches_snapshot: bool | None = None
+    # Rows whose old vector is of text they no longer have (migrator.stale_sources), at cutover.
+    stale_sources: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +83,14 @@ def _require_target_index(ctx: Context) -> None:
         )
 
 
-def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | None) -> SwitchResult:
+def _switch(
+    ctx: Context,
+    step: steps.Step,
+    after: State,
+    *,
+    report_id: int | None,
+    stale_sources: int | None = None,
+) -> SwitchResult:
     plan, before = ctx.plan, ctx.migration
     assert before is not None
     retries: list[float] = []
@@ -105,6 +114,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
         round(res.total_ms, 2),
         report_id,
         matches,
+        stale_sources,
     )
     ctx.refresh()
     ctx.event(
@@ -119,6 +129,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
         retry_backoff_ms=round(sum(retries) * 1000, 1),
         report_id=report_id,
         view_matches_snapshot=matches,
+        stale_sources=stale_sources,
     )
     return result
 
@@ -143,9 +154,31 @@ def cutover(settings: Settings, plan: Plan) -> SwitchResult:
         # A refusal raised here is logged by migration_context as an event of this command.
         st = gate.require_current_pass(ctx.conn, plan)
         _require_target_index(ctx)
+        stale = _check_stale_sources(ctx, st.rows_at_report)
         return _switch(
-            ctx, steps.cutover(plan, ctx.facts()), State.CUT_OVER, report_id=st.report_id
+            ctx,
+            steps.cutover(plan, ctx.facts()),
+            State.CUT_OVER,
+            report_id=st.report_id,
+            stale_sources=stale,
         )
+
+
+def _check_stale_sources(ctx: Context, rows: int) -> int:
+    """Old vectors of text their row no longer has would be served again by a rollback. With
+    backfill.refresh_source, refuse while more remain than the gate tolerates for new vectors
+    (verify.max_stale_fraction): the backfill refreshes them. Either way, report the count."""
+    plan = ctx.plan
+    stale = refresh.stale_count(ctx.conn, plan.name)
+    if plan.backfill.refresh_source and refresh.too_many(stale, rows, plan):
+        raise PhaseError(
+            f"{stale:,} rows still hold an old vector ({plan.source.column}) of text they no "
+            f"longer have (more than {plan.verify.max_stale_fraction:.1%} of {rows:,} rows): "
+            "a rollback would serve them",
+            hint="run `migrator backfill PLAN` (backfill.refresh_source re-embeds them with the "
+            "old model) and cut over again, or set backfill.refresh_source: false to accept them",
+        )
+    return stale
 
 
 def rollback(settings: Settings, plan: Plan) -> SwitchResult:

@@ -115,6 +115,7 @@ def _verify(
     index_state = index_info(conn, plan).state
     with timer.part("coverage"):
         cov, rows = checks.coverage(conn, plan)
+        old = checks.old_vectors(conn, plan, rows)
     with timer.part("read target vectors"):
         target = data.load_column(conn, plan, plan.target.column, plan.target.model.dimensions)
     with timer.part("read source vectors"):
@@ -133,7 +134,7 @@ def _verify(
         k=plan.verify.k,
         sample=opts.sample or plan.verify.sample_size,
         seed=plan.verify.seed if opts.seed is None else opts.seed,
-        checks=(cov, health, *found),
+        checks=(cov, health, old, *found),
         index_build=build.as_details() if build else (),
         seconds=time.perf_counter() - t0,
         timings=tuple(timer.parts.items()),

@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from migrator import refresh
 from migrator import sql as q
 from migrator.evaluation import (
     F32,
@@ -86,6 +87,43 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
         time.perf_counter() - t0,
         over=eligible,
     ), total
+
+
+def old_vectors(conn: psycopg.Connection, plan: Plan, rows: int) -> Check:
+    """Rows whose old vector is of text they no longer have (change capture's records): what a
+    rollback would serve. Gated like staleness at cutover when backfill.refresh_source is on."""
+    t0 = time.perf_counter()
+    stale = refresh.stale_count(conn, plan.name)
+    details: dict[str, Any] = {
+        "stale": stale,
+        "rows": rows,
+        "refresh_source": plan.backfill.refresh_source,
+        **refresh.stale_reasons(conn, plan.name),
+    }
+    summary = f"{stale:,} of {rows:,} rows hold an old vector of text they no longer have"
+    if not plan.backfill.refresh_source:
+        return Check(
+            "old_vectors",
+            "old vectors (rollback)",
+            float(stale),
+            None,
+            "",
+            Status.SKIP,
+            summary + "; not gated (backfill.refresh_source is false): a rollback serves them",
+            tuple(details.items()),
+            time.perf_counter() - t0,
+        )
+    return gate(
+        "old_vectors",
+        "old vectors (rollback)",
+        stale / rows if rows else None,
+        plan.verify.max_stale_fraction,
+        "<=",
+        summary + " (refreshed by the backfill)",
+        details,
+        time.perf_counter() - t0,
+        over=rows,
+    )
 
 
 def health(target: Column, plan: Plan) -> Check:
