@@ -7,6 +7,7 @@ share: opening a migration context with its schema upgraded, its lock held and i
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 
 from migrator import inspect as insp
-from migrator import ledger, refresh, state
+from migrator import ledger, preflight, refresh, state
 from migrator.config import Settings
 from migrator.db import connect, ensure_schema, resolve_url
 from migrator.embedded import stop_embedded_database, stop_embedded_redis
@@ -26,6 +27,8 @@ from migrator.plan import Plan
 from migrator.sql import Statement
 from migrator.steps import Facts, Step, all_steps
 from migrator.steps import adopt as adopt_step
+
+log = logging.getLogger(__name__)
 
 
 def statement_dict(st: Statement, lock_timeout_ms: int) -> dict[str, Any]:
@@ -78,14 +81,29 @@ class PlanReport:
     inspection: insp.Inspection | None = None
     estimate: dict[str, Any] | None = None
     extra_findings: list[insp.Finding] = field(default_factory=list)
+    # The pre-flight's blocking problems (catalog, privileges, keys, providers, Redis).
+    problems: list[preflight.Problem] = field(default_factory=list)
 
     @property
     def findings(self) -> list[insp.Finding]:
-        return (self.inspection.findings if self.inspection else []) + self.extra_findings
+        # Errors are the pre-flight's problems (the catalog's among them); then the rest.
+        notes = [
+            f for f in (self.inspection.findings if self.inspection else []) if f.level != "error"
+        ]
+        errors = [insp.Finding("error", p.line()) for p in self.problems]
+        return errors + notes + self.extra_findings
 
     @property
     def ok(self) -> bool:
         return not any(f.level == "error" for f in self.findings)
+
+    def raise_if_not_ok(self) -> None:
+        """The first problem's error (and exit code), with every other problem as a line."""
+        if self.problems:
+            preflight.Result(self.problems).raise_first()
+        errors = [f.what for f in self.findings if f.level == "error"]
+        if errors:
+            raise PreflightError(errors[0], hint="see the findings", more=tuple(errors[1:]))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +114,9 @@ class PlanReport:
             "live": insp.as_dict(self.inspection) if self.inspection else None,
             "estimate": self.estimate,
             "findings": [f.as_dict() for f in self.findings],
+            "problems": [
+                {"message": p.what, "hint": p.hint, "exit_code": p.exit_code} for p in self.problems
+            ],
         }
 
 
@@ -121,20 +142,29 @@ def count_tokens(plan: Plan, settings: Settings, texts: list[str]) -> tuple[list
 
 
 def plan_live(plan: Plan, settings: Settings) -> PlanReport:
+    """The dry run against the database: the same pre-flight every command runs (for the whole
+    migration: both models, every privilege), the statements with live facts, the estimate."""
     url = resolve_url(settings)
     with contextlib.closing(connect(url)) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        ins = insp.inspect(conn, plan)
         migration = _migration_if_schema(conn, plan.name)
-    report = PlanReport(plan, "live", all_steps(plan, ins.facts), inspection=ins)
+        phase = migration.phase if migration else None
+        checked = preflight.check(conn, settings, plan, "plan", phase, sample=500)
+    ins = checked.inspection
+    assert ins is not None
+    report = PlanReport(
+        plan, "live", all_steps(plan, ins.facts), inspection=ins, problems=checked.problems
+    )
+    report.extra_findings += [insp.Finding("warning", w) for w in checked.warnings]
     if migration is not None:
         if migration.plan_hash != plan.plan_hash():
-            report.extra_findings.append(
-                insp.Finding(
-                    "error",
-                    "the plan file changed since this migration started: restore it or "
-                    "give the new plan a new name",
-                )
+            report.problems.insert(
+                0,
+                preflight.Problem(
+                    PreflightError,
+                    "the plan file changed since this migration started",
+                    "restore it or give the new plan a new name",
+                ),
             )
         report.extra_findings.append(
             insp.Finding(
@@ -214,22 +244,30 @@ class Context:
 
 @contextlib.contextmanager
 def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
-    """Connect, upgrade our schema, take the operator lock, guard the phase, log the outcome."""
+    """Connect, take the operator lock, guard the phase, run the pre-flight, then upgrade our
+    schema and hand over; log the outcome. Nothing changes in the database (not even
+    migrator's own schema) before the phase guard and the pre-flight pass."""
     url = resolve_url(settings)
-    ensure_schema(url)
     conn = connect(url)
     try:
         with state.operator_lock(conn, plan.name):
-            migration = state.get_migration(conn, plan.name)
+            migration = _migration_if_schema(conn, plan.name)
             if migration is not None:
                 state.check_plan_unchanged(migration, plan)
             ctx = Context(settings, plan, url, conn, command, migration)
             try:
                 state.guard(command, migration)
+                result = preflight.require(
+                    conn, settings, plan, command, migration.phase if migration else None
+                )
             except MigratorError as exc:
                 if migration is not None:
                     ctx.event("refused", exc.one_line(), before=migration.phase.value)
                 raise
+            for warning in result.warnings:
+                log.warning("%s", warning)
+            ensure_schema(url)
+            ctx.refresh()
             try:
                 yield ctx
             except MigratorError as exc:
@@ -250,16 +288,11 @@ def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[
 live_facts = insp.live_facts
 
 
-def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
+def inspected(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
+    """The catalog facts a step needs (the pre-flight of migration_context checked them)."""
     ins = insp.inspect(conn, plan, sample=0)
-    if ins.errors:
-        first = ins.errors[0].what
-        more = (
-            f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)"
-            if len(ins.errors) > 1
-            else ""
-        )
-        raise PreflightError(first + more, hint="fix the plan or the database, then rerun")
+    if ins.errors:  # changed since the pre-flight (another session): still refuse cleanly
+        raise PreflightError(ins.errors[0].what, hint="fix the plan or the database, then rerun")
     return ins
 
 
@@ -270,7 +303,7 @@ def adopt(settings: Settings, plan: Plan) -> RunResult:
 
 
 def _adopt(ctx: Context) -> RunResult:
-    ins = preflight(ctx.conn, ctx.plan)
+    ins = inspected(ctx.conn, ctx.plan)
     snapshot = {
         "definition": ins.view_definition,
         "options": list(ins.facts.view_options),
@@ -299,9 +332,11 @@ def _adopt(ctx: Context) -> RunResult:
 
 def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[str, Any]:
     url = resolve_url(settings)
-    ensure_schema(url)
     with contextlib.closing(connect(url)) as conn:
-        migration = state.get_migration(conn, plan.name)
+        # Read-only until a migration exists: status never creates migrator's schema.
+        migration = _migration_if_schema(conn, plan.name)
+        if migration is not None:
+            ensure_schema(url)  # an older migrator's schema: upgrade it to read it
         out: dict[str, Any] = {
             "plan": plan_summary(plan),
             "phase": None,

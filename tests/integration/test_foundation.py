@@ -16,8 +16,10 @@ from migrator import api, state
 from migrator.cli import cli
 from migrator.config import Settings
 from migrator.db import alembic_config, connect, ensure_schema
+from migrator.embedding.server import run_server_in_thread
 from migrator.errors import ConcurrentRunError, PhaseError, PlanError, PreflightError
 from tests.helpers import ROOT, create_documents, demo_plan
+from tests.switch_helpers import plan_file
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +65,11 @@ def test_alembic_cli_with_shipped_ini(database_url: str) -> None:
 
 def test_live_plan_reports_rows_tokens_cost_time(database_url: str, settings: Settings) -> None:
     create_documents(database_url, 500)
-    report = api.plan_live(demo_plan(), settings)
+    server = run_server_in_thread()  # the pre-flight asks each model for a test embedding
+    try:
+        report = api.plan_live(demo_plan(server.url), settings)
+    finally:
+        server.stop()
     data = report.as_dict()
     assert report.ok, data["findings"]
     assert data["live"]["rows"] == 500 and data["live"]["rows_exact"]
@@ -95,12 +101,17 @@ def test_live_plan_finds_mismatches(database_url: str, settings: Settings) -> No
     assert not report.ok
 
 
-def test_cli_plan_live_json_and_exit_codes(database_url: str, settings: Settings) -> None:
+def test_cli_plan_live_json_and_exit_codes(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
     create_documents(database_url, 50)
     runner = CliRunner()
-    res = runner.invoke(
-        cli, ["plan", str(ROOT / "plans/local-demo.yaml"), "--json", "--database-url", database_url]
-    )
+    server = run_server_in_thread()
+    try:
+        path = plan_file(demo_plan(server.url), tmp_path)
+        res = runner.invoke(cli, ["plan", path, "--json", "--database-url", database_url])
+    finally:
+        server.stop()
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["live"]["rows"] == 50
     res = runner.invoke(
@@ -185,7 +196,8 @@ def test_changed_plan_is_refused(database_url: str, settings: Settings) -> None:
 
 def test_two_operators_exactly_one_proceeds(database_url: str, settings: Settings) -> None:
     create_documents(database_url, 10)
-    plan = demo_plan()
+    # In-process models: the pre-flight's test embeddings need no server.
+    plan = demo_plan(source__model__provider="local", target__model__provider="local")
     api.adopt(settings, plan)
     inside = threading.Event()
     release = threading.Event()
