@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from migrator import sql as q  # noqa: E402
 from migrator import steps  # noqa: E402
 from migrator.db import connect, ensure_schema  # noqa: E402
-from migrator.embedded import embedded_database_url  # noqa: E402
+from migrator.embedded import embedded_database_url, stop_embedded_database  # noqa: E402
 from migrator.executor import Executor, LockPolicy  # noqa: E402
 from tests.backfill_helpers import make_documents  # noqa: E402
 from tests.conftest import with_database  # noqa: E402
@@ -40,7 +40,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20_000)
     n = ap.parse_args().rows
-    base = embedded_database_url(Path(tempfile.mkdtemp(prefix="capture-cost-")))
+    home = Path(tempfile.mkdtemp(prefix="capture-cost-"))
+    try:
+        run(embedded_database_url(home), n)
+    finally:
+        stop_embedded_database(home)
+
+
+def run(base: str, n: int) -> None:
     with psycopg.connect(base, autocommit=True) as c:
         c.execute("DROP DATABASE IF EXISTS capture_cost WITH (FORCE)")
         c.execute("CREATE DATABASE capture_cost")
