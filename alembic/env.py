@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import create_engine, pool, text
 
 from alembic import context
-from migrator.schema import SCHEMA, metadata
+from migrator.db.schema import SCHEMA, metadata
 
 config = context.config
 
@@ -44,7 +44,7 @@ def _url() -> str:
     if url:
         return url
     from migrator.config import load_settings
-    from migrator.db import resolve_url, sqlalchemy_url
+    from migrator.db.connect import resolve_url, sqlalchemy_url
 
     return sqlalchemy_url(resolve_url(load_settings()))
 

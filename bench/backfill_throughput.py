@@ -41,7 +41,7 @@ from common import (
     wait_workers_ready,
 )
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 from migrator.embedding.local import HashEmbedder
 
 

@@ -26,11 +26,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from migrator import sql as q  # noqa: E402
 from migrator import steps  # noqa: E402
-from migrator.db import connect, ensure_schema  # noqa: E402
-from migrator.embedded import embedded_database_url, stop_embedded_database  # noqa: E402
-from migrator.executor import Executor, LockPolicy  # noqa: E402
+from migrator.db.connect import connect, ensure_schema  # noqa: E402
+from migrator.db.embedded import embedded_database_url, stop_embedded_database  # noqa: E402
+from migrator.db.executor import Executor, LockPolicy  # noqa: E402
+from migrator.ddl import statements as q  # noqa: E402
 from tests.backfill_helpers import make_documents  # noqa: E402
 from tests.conftest import with_database  # noqa: E402
 from tests.helpers import demo_plan  # noqa: E402

@@ -28,17 +28,17 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from migrator.config import Settings, load_settings
-from migrator.corpus import load_corpus
-from migrator.db import ensure_schema
-from migrator.embedded import (
+from migrator.db.connect import ensure_schema
+from migrator.db.embedded import (
     embedded_database_url,
     embedded_redis_url,
     stop_embedded_database,
     stop_embedded_redis,
 )
+from migrator.demo.corpus import load_corpus
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import start_server_process
-from migrator.plan import Plan, load_plan, parse_plan
+from migrator.plan.model import Plan, load_plan, parse_plan
 from migrator.worker.launch import start_workers, stop_workers, worker_command, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent

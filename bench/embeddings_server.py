@@ -18,7 +18,7 @@ import openai
 
 from migrator.embedding.openai_provider import OpenAIProvider
 from migrator.embedding.server import start_server_process
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Self-retrieval recall@10 of the local hash models on the stdlib docstring corpus.
 
 For each sampled document, a query of 8-15 consecutive words is drawn from its body
-(`migrator.corpus.make_query`); a hit is the document itself among the exact top 10 by cosine.
+(`migrator.demo.corpus.make_query`); a hit is the document itself among the exact top 10 by cosine.
 
     .venv/bin/python bench/local_model_recall.py [--queries 2000] [--limit N]
 """
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from migrator.corpus import load_docstrings, make_query
+from migrator.demo.corpus import load_docstrings, make_query
 from migrator.embedding.local import HashEmbedder
 
 MODELS = (("local-hash-old", 256), ("local-hash-new", 384))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 
 SCENARIOS = {
     "rpm": {"rpm": 300, "tpm": None},

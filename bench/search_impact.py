@@ -1,5 +1,5 @@
 """Search latency through the view at a fixed rate: before the backfill, during it, and around
-the cutover. The search load is `migrator.drill` (2 processes, each query embedded by the same
+the cutover. The search load is `migrator.search.drill` (2 processes, each query embedded by the same
 local server the backfill uses, HNSW on the source column); queries are bucketed by the phase
 they started in. Same run, same machine: the ratio during/before is the figure.
 
@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
 
-from migrator import api, backfill, switch
-from migrator.drill import Drill, DrillReport
-from migrator.verify import VerifyFailed, VerifyOptions, verify
+from migrator import api, switch
+from migrator.backfill import monitor as backfill
+from migrator.search.drill import Drill, DrillReport
+from migrator.verify.run import VerifyFailed, VerifyOptions, verify
 
 
 def phase(report: DrillReport, name: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from migrator.config import load_settings  # noqa: E402
 from migrator.embedding.local import HashEmbedder  # noqa: E402
 from migrator.embedding.server import run_server_in_thread  # noqa: E402
 from migrator.errors import MigratorError  # noqa: E402
-from migrator.search import SearchClient  # noqa: E402
+from migrator.search.client import SearchClient  # noqa: E402
 from tests.backfill_helpers import child_pids, kill_workers, make_documents  # noqa: E402
 from tests.reliability_helpers import (  # noqa: E402
     Action,

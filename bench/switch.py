@@ -1,7 +1,7 @@
 """The switch: lock wait and hold time of the cutover/rollback transaction under a search load,
 and what the searches saw (failed queries, rows of another model than the query's).
 
-Backfills and verifies a table, starts `migrator.drill` at a fixed rate, then runs
+Backfills and verifies a table, starts `migrator.search.drill` at a fixed rate, then runs
 cutover -> rollback -> cutover ... `--cycles` times, a second apart.
 
     .venv/bin/python bench/switch.py [--rows 20000] [--cycles 5] [--qps 40]
@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
 
-from migrator import backfill, switch
-from migrator.drill import Drill
-from migrator.verify import VerifyOptions, verify
+from migrator import switch
+from migrator.backfill import monitor as backfill
+from migrator.search.drill import Drill
+from migrator.verify.run import VerifyOptions, verify
 
 
 def main() -> None:

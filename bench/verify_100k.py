@@ -21,15 +21,16 @@ from pathlib import Path
 import psycopg
 from pgvector.psycopg import register_vector
 
-from migrator import state, steps
 from migrator.config import load_settings
-from migrator.corpus import load_docstrings
-from migrator.db import connect, ensure_schema
-from migrator.embedded import embedded_database_url
+from migrator.db import state
+from migrator.db.connect import connect, ensure_schema
+from migrator.db.embedded import embedded_database_url
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
+from migrator.demo.corpus import load_docstrings
 from migrator.embedding.local import HashEmbedder
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan, load_plan, parse_plan
-from migrator.verify import VerifyFailed, VerifyOptions, verify
+from migrator.plan.model import Plan, load_plan, parse_plan
+from migrator.verify.run import VerifyFailed, VerifyOptions, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTS = (None, sysconfig.get_paths()["purelib"], "/usr/lib/python3/dist-packages")

@@ -15,18 +15,19 @@ from typing import Any
 
 import psycopg
 
-from migrator import inspect as insp
-from migrator import ledger, preflight, refresh, state
+from migrator.backfill import ledger, preflight, refresh
 from migrator.config import Settings
-from migrator.db import connect, ensure_schema, resolve_url
-from migrator.embedded import stop_embedded_database, stop_embedded_redis
+from migrator.db import catalog as insp
+from migrator.db import state
+from migrator.db.connect import connect, ensure_schema, resolve_url
+from migrator.db.embedded import stop_embedded_database, stop_embedded_redis
+from migrator.db.executor import Executor, LockPolicy, RunResult
+from migrator.ddl.statements import Statement
+from migrator.ddl.steps import Facts, Step, all_steps
+from migrator.ddl.steps import adopt as adopt_step
 from migrator.errors import ConfigError, MigratorError, PreflightError
-from migrator.estimate import estimate
-from migrator.executor import Executor, LockPolicy, RunResult
-from migrator.plan import Plan
-from migrator.sql import Statement
-from migrator.steps import Facts, Step, all_steps
-from migrator.steps import adopt as adopt_step
+from migrator.plan.estimate import estimate
+from migrator.plan.model import Plan
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
             {**e, "at": e["at"].isoformat()} for e in state.events(conn, plan.name, events_limit)
         ]
         out["progress"] = progress(conn, plan)
-        from migrator.ledger import dead_letters
+        from migrator.backfill.ledger import dead_letters
 
         out["dead_letters"] = dead_letters(conn, plan.name)
         return out

@@ -13,15 +13,18 @@ from typing import Any
 
 from psycopg import sql
 
-from migrator import gate, refresh, state, steps
-from migrator import inspect as insp
 from migrator.api import Context, migration_context
+from migrator.backfill import refresh
 from migrator.config import Settings
+from migrator.db import catalog as insp
+from migrator.db import state
+from migrator.db.executor import RunResult
+from migrator.db.state import State
+from migrator.ddl import steps
+from migrator.ddl.statements import Lock, Statement
 from migrator.errors import PhaseError
-from migrator.executor import RunResult
-from migrator.plan import Plan
-from migrator.sql import Lock, Statement
-from migrator.state import State
+from migrator.plan.model import Plan
+from migrator.verify import gate
 
 
 @dataclass(frozen=True)

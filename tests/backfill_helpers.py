@@ -18,7 +18,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from migrator.embedding.local import HashEmbedder
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from migrator.worker.launch import worker_command
 from tests.helpers import demo_plan
 

@@ -59,7 +59,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    from migrator.embedded import embedded_database_url, stop_embedded_database
+    from migrator.db.embedded import embedded_database_url, stop_embedded_database
 
     home = tmp_path_factory.mktemp("embedded")
     url = embedded_database_url(home)

@@ -9,9 +9,9 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from migrator.corpus import Doc, load_corpus
+from migrator.demo.corpus import Doc, load_corpus
 from migrator.embedding.local import HashEmbedder
-from migrator.plan import Plan, load_plan, parse_plan
+from migrator.plan.model import Plan, load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PLAN = ROOT / "plans" / "local-demo.yaml"

@@ -1,7 +1,7 @@
 """Fault injection for the reliability suite: a private Redis that can be restarted, a private
 PostgreSQL that can go away, an HTTP proxy in front of the embeddings server that answers with
 429s, 5xx, timeouts, connection resets and broken vectors, a concurrent writer with a log, and
-a search load (migrator.drill) whose failed and cross-model counts the tests assert.
+a search load (migrator.search.drill) whose failed and cross-model counts the tests assert.
 
 Owns test processes only; every fault is a real one (a killed server, a reset socket).
 """
@@ -29,11 +29,11 @@ import httpx
 import psycopg
 import redis
 
+from migrator.backfill.preflight import PROBE_TEXT
 from migrator.config import Settings, load_settings
-from migrator.drill import Drill, DrillReport
 from migrator.embedding.server import ServerHandle
-from migrator.plan import Plan
-from migrator.preflight import PROBE_TEXT
+from migrator.plan.model import Plan
+from migrator.search.drill import Drill, DrillReport
 from tests import backfill_helpers
 from tests.backfill_helpers import random_text, unique_plan
 
@@ -375,13 +375,13 @@ class PrivatePostgres:
         self.url = ""
 
     def start(self) -> str:
-        from migrator.embedded import embedded_database_url
+        from migrator.db.embedded import embedded_database_url
 
         self.url = embedded_database_url(self.home)
         return self.url
 
     def stop(self) -> None:
-        from migrator.embedded import stop_embedded_database
+        from migrator.db.embedded import stop_embedded_database
 
         stop_embedded_database(self.home)
 
@@ -489,7 +489,7 @@ def assert_accounting(url: str, n_initial: int, log: WriteLog) -> None:
 def search_load(
     url: str, plan: Plan, *, qps: float = 20, processes: int = 1
 ) -> Iterator[dict[str, Any]]:
-    """A concurrent search load through the plan's view (migrator.drill); the report lands in
+    """A concurrent search load through the plan's view (migrator.search.drill); the report lands in
     the yielded dict as 'report' (a DrillReport) and 'data' (its dict) when the block ends."""
     drill = Drill(url, plan, qps=qps, processes=processes, queries=100)
     drill.start()

@@ -17,13 +17,16 @@ import yaml
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from migrator import api, gate, state, steps
-from migrator import sql as q
+from migrator import api
 from migrator.config import Settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import statements as q
+from migrator.ddl import steps
 from migrator.embedding.local import HashEmbedder
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan
+from migrator.plan.model import Plan
+from migrator.verify import gate
 from tests.helpers import create_documents, demo_plan
 
 

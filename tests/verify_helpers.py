@@ -20,13 +20,14 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from migrator import sql as q
-from migrator import state, steps
-from migrator.corpus import Doc, load_docstrings
-from migrator.db import connect, ensure_schema
+from migrator.db import state
+from migrator.db.connect import connect, ensure_schema
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import statements as q
+from migrator.ddl import steps
+from migrator.demo.corpus import Doc, load_docstrings
 from migrator.embedding.local import HashEmbedder
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.conftest import with_database
 from tests.helpers import demo_plan
 
@@ -139,7 +140,7 @@ def verify_template(pg_server: str) -> Iterator[str]:
 
 
 def _build_template(pg_server: str) -> str:
-    from migrator.index_build import ensure_index
+    from migrator.verify.index_build import ensure_index
 
     name = f"verify_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:

@@ -1,6 +1,6 @@
 """`migrator backfill` (with its progress bar) and `migrator worker` (a thin celery wrapper).
 
-Presentation only: options are parsed here, the work is `migrator.backfill.run`.
+Presentation only: options are parsed here, the work is `migrator.backfill.monitor.run`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 from migrator.cli.common import (
     database_option,
     emit_json,

@@ -15,10 +15,10 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
+from migrator.cli.render import render_plan, render_status
+from migrator.ddl.runbook import render_runbook
+from migrator.ddl.steps import Facts
 from migrator.errors import EXIT_CODES
-from migrator.output import render_plan, render_status
-from migrator.runbook import render_runbook
-from migrator.steps import Facts
 
 
 @click.command("plan")

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from migrator.config import Settings, load_settings
 from migrator.errors import MigratorError
-from migrator.plan import Plan, load_plan
+from migrator.plan.model import Plan, load_plan
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -42,7 +42,7 @@ def demo_cmd(rows: int, workers: int, qps: float, as_json: bool) -> None:
     service and a search load. It works in the `migrator_demo` schema and resets only that.
     Clean up with `migrator db stop` and `rm -rf .migrator`.
     """
-    from migrator.demo import Demo, DemoOptions
+    from migrator.demo.run import Demo, DemoOptions
 
     console = make_console(stderr=as_json)
     summary = Demo(settings_from(), DemoOptions(rows=rows, workers=workers, qps=qps), console).run()

@@ -23,10 +23,10 @@ def exporter_cmd(plan_path: str, host: str, port: int, database_url: str | None)
     """Serve /metrics for PLAN from the database: phase, batches by status, dead letters,
     pending changes, rows written, queue depth and index build progress (see
     docs/operations.md for the names and alerting rules)."""
-    from migrator.backfill import Enqueuer
-    from migrator.broker import broker_url
-    from migrator.db import resolve_url
-    from migrator.exporter import serve
+    from migrator.backfill.broker import broker_url
+    from migrator.backfill.monitor import Enqueuer
+    from migrator.db.connect import resolve_url
+    from migrator.ops.exporter import serve
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)

@@ -17,7 +17,7 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.db import resolve_url
+from migrator.db.connect import resolve_url
 from migrator.errors import ConfigError
 
 
@@ -116,7 +116,7 @@ def serve_search_cmd(
     view: str, host: str, port: int, pool_size: int, database_url: str | None
 ) -> None:
     """Serve GET /search?q=...&k=..., /healthz and /metrics over a migrator view."""
-    from migrator.search_service import serve
+    from migrator.search.service import serve
 
     settings = settings_from(database_url)
     url = resolve_url(settings)
@@ -159,7 +159,7 @@ def drill_cmd(
     Counts failed queries and rows from another model than the query's, and gives latency
     percentiles per phase. Run the phases from another terminal, or with --run.
     """
-    from migrator.drill import run_drill
+    from migrator.search.drill import run_drill
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)

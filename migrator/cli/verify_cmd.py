@@ -20,9 +20,9 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.index_build import BuildProgress, OnProgress
-from migrator.report import render_table, write_report_file
-from migrator.verify import QUERY_MODES, Stage, VerifyFailed, VerifyOptions, verify
+from migrator.verify.index_build import BuildProgress, OnProgress
+from migrator.verify.report import render_table, write_report_file
+from migrator.verify.run import QUERY_MODES, Stage, VerifyFailed, VerifyOptions, verify
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from migrator.embedding.checks import check_vectors_strict
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 Matrix = npt.NDArray[np.float32]
 

@@ -14,7 +14,7 @@ from migrator.embedding.base import Provider
 from migrator.embedding.local import LocalProvider
 from migrator.embedding.openai_provider import OpenAIProvider
 from migrator.errors import ConfigError
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 # Local OpenAI-compatible servers ignore the key, but the openai client insists on one.
 LOOPBACK_DUMMY_KEY = "sk-local-no-key-needed"

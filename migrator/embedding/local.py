@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from migrator.embedding.base import Limits, Matrix, Provider
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 HASHES = 4  # coordinates per feature: smooths collisions between features
 BIGRAM_WEIGHT = 0.7

@@ -31,7 +31,7 @@ from migrator.embedding.errors import (
     RetryableError,
 )
 from migrator.embedding.tokens import estimate_tokens, truncate_to_estimate
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 # 4xx statuses that are about the request's inputs (bisecting the batch can isolate them).
 INPUT_STATUSES = frozenset({400, 413, 422})

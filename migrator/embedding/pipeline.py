@@ -29,7 +29,7 @@ from migrator.embedding.base import Provider
 from migrator.embedding.batching import split_requests
 from migrator.embedding.checks import check_vectors
 from migrator.embedding.errors import InputRejectedError
-from migrator.plan import OverlongPolicy
+from migrator.plan.model import OverlongPolicy
 
 BeforeRequest = Callable[[int, int], None]
 

@@ -13,7 +13,7 @@ from typing import Any
 from celery import signals
 
 from migrator.config import load_settings
-from migrator.embedded import embedded_redis_socket_url, embedded_redis_url
+from migrator.db.embedded import embedded_redis_socket_url, embedded_redis_url
 from migrator.worker.celery_config import TASK_NAME, VISIBILITY_TIMEOUT_S, make_app
 
 __all__ = ["TASK_NAME", "VISIBILITY_TIMEOUT_S", "app", "make_app"]

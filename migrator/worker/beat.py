@@ -14,12 +14,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from migrator import backfill, state
-from migrator.broker import broker_url
+from migrator.backfill import monitor as backfill
+from migrator.backfill.broker import broker_url
 from migrator.config import load_settings
-from migrator.db import connect, resolve_url
+from migrator.db import state
+from migrator.db.connect import connect, resolve_url
 from migrator.errors import ConcurrentRunError
-from migrator.plan import load_plan, parse_plan
+from migrator.plan.model import load_plan, parse_plan
 
 log = logging.getLogger(__name__)
 TASK = "migrator.catch_up"

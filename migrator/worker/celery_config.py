@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from migrator.broker import is_redis
+from migrator.backfill.broker import is_redis
 
 TASK_NAME = "migrator.embed_batch"
 # Redis redelivers an unacked message after this long even while it runs: keep it far above

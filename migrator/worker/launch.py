@@ -13,9 +13,9 @@ import sys
 from collections.abc import Mapping
 from typing import IO
 
-from migrator.broker import broker_url
+from migrator.backfill.broker import broker_url
 from migrator.config import Settings
-from migrator.db import resolve_url
+from migrator.db.connect import resolve_url
 
 
 def worker_command(

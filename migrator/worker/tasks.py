@@ -18,13 +18,13 @@ import psycopg
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from migrator import ledger, work
-from migrator.broker import limiter_redis_url
+from migrator.backfill import ledger, work
+from migrator.backfill.broker import limiter_redis_url
+from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
 from migrator.config import Settings, load_settings
-from migrator.db import connect, resolve_url
+from migrator.db.connect import connect, resolve_url
 from migrator.embedding import Provider, RetryableError, provider_for
-from migrator.plan import Plan, parse_plan
-from migrator.ratelimit import Limiter, NoLimiter, make_limiter
+from migrator.plan.model import Plan, parse_plan
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
         raise
     except Exception as exc:
         return _failed(self, rt, migration, batch_id, exc)
-    from migrator import metrics
+    from migrator.worker import metrics
 
     metrics.batch_finished(out, rt.stats)
     return {"batch": batch_id, "status": out.status, "written": out.written}
@@ -170,7 +170,7 @@ def _failed(
         log.exception("batch %s: cannot reach the database to record a failure", batch_id)
         raise exc from None  # the message is acked; the monitor re-enqueues the stalled batch
     msg = exc.one_line() if hasattr(exc, "one_line") else f"{type(exc).__name__}: {exc}"
-    from migrator import metrics
+    from migrator.worker import metrics
 
     if delay is None:
         log.error("batch %s failed for good: %s", batch_id, msg)

@@ -14,9 +14,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from migrator import api, backfill, state
+from migrator import api
+from migrator.backfill import monitor as backfill
 from migrator.cli import cli
 from migrator.config import Settings, load_settings
+from migrator.db import state
 from migrator.embedding.server import ServerHandle, run_server_in_thread
 from tests.backfill_helpers import (
     POISON,

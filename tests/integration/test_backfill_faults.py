@@ -16,11 +16,11 @@ import psycopg
 import pytest
 import yaml
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
-from migrator.embedded import stop_embedded_redis
+from migrator.db.embedded import stop_embedded_redis
 from migrator.embedding.server import ServerHandle, run_server_in_thread
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.backfill_helpers import (
     ROOT,
     assert_all_fresh,

@@ -12,12 +12,14 @@ import psycopg
 import pytest
 import redis
 
-from migrator import api, backfill, ledger, work
+from migrator import api
+from migrator.backfill import ledger, work
+from migrator.backfill import monitor as backfill
+from migrator.backfill.ratelimit import NoLimiter, RedisLimiter
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
 from migrator.embedding import provider_for
 from migrator.embedding.server import ServerHandle, run_server_in_thread
-from migrator.ratelimit import NoLimiter, RedisLimiter
 from tests.backfill_helpers import assert_all_fresh, make_documents, unique_plan, workers
 
 pytestmark = pytest.mark.integration

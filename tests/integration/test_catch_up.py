@@ -8,7 +8,7 @@ import random
 import psycopg
 import pytest
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
 from migrator.embedding.server import run_server_in_thread
 from migrator.worker.beat import beat_schedule, catch_up_once

@@ -12,12 +12,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrator import api, backfill
+from migrator import api
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl.statements import Statement
 from migrator.errors import DatabaseError
-from migrator.executor import Executor, LockPolicy
-from migrator.sql import Statement
 from tests.backfill_helpers import make_documents, unique_plan
 
 pytestmark = pytest.mark.integration
@@ -143,7 +144,8 @@ def test_the_backfill_monitor_runs_a_pass_again_after_a_deadlock(
 ) -> None:
     """A deadlock (e.g. with the application, on migrator.changes) rolls back one ledger
     statement of a pass: the monitor runs the pass again instead of giving up."""
-    from migrator import ledger, steps
+    from migrator.backfill import ledger
+    from migrator.ddl import steps
 
     make_documents(database_url, 0)
     plan = unique_plan("", source__model__provider="local", target__model__provider="local")

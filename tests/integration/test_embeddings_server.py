@@ -25,7 +25,7 @@ from migrator.embedding.local import HashEmbedder
 from migrator.embedding.openai_provider import OpenAIProvider
 from migrator.embedding.pipeline import embed_texts
 from migrator.embedding.server import ServerHandle, run_server_in_thread
-from migrator.plan import ModelSpec, OverlongPolicy
+from migrator.plan.model import ModelSpec, OverlongPolicy
 
 pytestmark = pytest.mark.integration
 

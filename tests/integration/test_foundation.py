@@ -12,10 +12,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from migrator import api, state
+from migrator import api
 from migrator.cli import cli
 from migrator.config import Settings
-from migrator.db import alembic_config, connect, ensure_schema
+from migrator.db import state
+from migrator.db.connect import alembic_config, connect, ensure_schema
 from migrator.embedding.server import run_server_in_thread
 from migrator.errors import ConcurrentRunError, PhaseError, PlanError, PreflightError
 from tests.helpers import ROOT, create_documents, demo_plan
@@ -233,8 +234,8 @@ def test_phase_state_machine_guards() -> None:
 
 
 def test_executor_retries_lock_timeouts_then_succeeds(database_url: str) -> None:
-    from migrator.executor import Executor, LockPolicy
-    from migrator.steps import expand
+    from migrator.db.executor import Executor, LockPolicy
+    from migrator.ddl.steps import expand
 
     create_documents(database_url, 10)
     ensure_schema(database_url)
@@ -264,9 +265,9 @@ def test_executor_retries_lock_timeouts_then_succeeds(database_url: str) -> None
 
 
 def test_executor_gives_up_cleanly(database_url: str) -> None:
+    from migrator.db.executor import Executor, LockPolicy
+    from migrator.ddl.steps import expand
     from migrator.errors import LockTimeoutError
-    from migrator.executor import Executor, LockPolicy
-    from migrator.steps import expand
 
     create_documents(database_url, 10)
     ensure_schema(database_url)

@@ -11,10 +11,12 @@ import contextlib
 import psycopg
 import pytest
 
-from migrator import api, gate, steps
+from migrator import api
 from migrator.config import Settings
-from migrator.db import connect
-from migrator.executor import Executor, LockPolicy
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
+from migrator.verify import gate
 from tests.backfill_helpers import make_documents, unique_plan
 
 pytestmark = pytest.mark.integration

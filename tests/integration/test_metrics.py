@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from migrator import backfill
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
 from migrator.embedding.server import run_server_in_thread
-from migrator.exporter import MigrationCollector
+from migrator.ops.exporter import MigrationCollector
 from tests.backfill_helpers import make_documents, unique_plan, workers
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,7 @@ EXPORTER_NAMES = {
 def test_exporter_collects_documented_names(database_url: str) -> None:
     make_documents(database_url, 50)
     plan = unique_plan("http://127.0.0.1:9/v1")
-    from migrator.db import ensure_schema
+    from migrator.db.connect import ensure_schema
 
     ensure_schema(database_url)
     families = list(MigrationCollector(database_url, plan, queue_depth=lambda: 3).collect())
@@ -114,7 +114,7 @@ def test_exporter_collects_documented_names(database_url: str) -> None:
 
 
 def test_search_service_metrics_documented() -> None:
-    from migrator.search_service import Metrics
+    from migrator.search.service import Metrics
 
     m = Metrics.create()
     exposed = {

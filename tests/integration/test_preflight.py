@@ -17,10 +17,14 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from migrator import api, backfill, state, steps
+from migrator import api
+from migrator.backfill import monitor as backfill
 from migrator.cli import cli
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
 from migrator.embedding.server import ServerHandle, run_server_in_thread
 from migrator.errors import (
     BrokerError,
@@ -29,9 +33,8 @@ from migrator.errors import (
     PreflightError,
     ProviderError,
 )
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan
-from migrator.verify import verify
+from migrator.plan.model import Plan
+from migrator.verify.run import verify
 from tests.backfill_helpers import make_documents, unique_plan
 from tests.switch_helpers import fill_target, plan_file
 

@@ -18,11 +18,11 @@ from psycopg import sql
 
 from migrator import api, switch
 from migrator.config import Settings
-from migrator.drill import Drill
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import start_server_process
-from migrator.plan import Plan
-from migrator.search import SearchClient, guarded_query
+from migrator.plan.model import Plan
+from migrator.search.client import SearchClient, guarded_query
+from migrator.search.drill import Drill
 from tests.helpers import create_documents
 from tests.switch_helpers import explain_view, free_port, migrated_state, switch_plan
 
@@ -187,9 +187,9 @@ def test_same_dimensions_wrong_model_query_gets_zero_rows_then_retries(
 
 def test_guarded_query_and_phase_buckets_are_pure() -> None:
     """The SQL the library runs, rendered without a database; the drill's bucketing."""
-    from migrator.drill import build_report
-    from migrator.plan import ModelSpec, VectorType
-    from migrator.search import ActiveModel
+    from migrator.plan.model import ModelSpec, VectorType
+    from migrator.search.client import ActiveModel
+    from migrator.search.drill import build_report
 
     model = ActiveModel(
         "public",
@@ -202,7 +202,7 @@ def test_guarded_query_and_phase_buckets_are_pure() -> None:
         3,
         columns=("id", "title"),
     )
-    from migrator.search import guarded_query
+    from migrator.search.client import guarded_query
 
     assert guarded_query(model).as_string(None) == (
         'SELECT "id", "title", "embedding_model" AS _model, "embedding" <=> %(q)s::halfvec '

@@ -18,16 +18,19 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from migrator import api, backfill, ledger, refresh, steps, switch, work
+from migrator import api, switch
+from migrator.backfill import ledger, refresh, work
+from migrator.backfill import monitor as backfill
+from migrator.backfill.ratelimit import NoLimiter
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
+from migrator.ddl.statements import STALE_TEXT_CHANGED, STALE_WRITTEN_ALONE
 from migrator.embedding import provider_for
 from migrator.embedding.local import HashEmbedder
 from migrator.errors import PhaseError
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan
-from migrator.ratelimit import NoLimiter
-from migrator.sql import STALE_TEXT_CHANGED, STALE_WRITTEN_ALONE
+from migrator.plan.model import Plan
 from tests.backfill_helpers import assert_all_fresh, make_documents, unique_plan
 from tests.switch_helpers import mark_verified
 

@@ -11,14 +11,15 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from migrator import state, switch
+from migrator import switch
 from migrator.cli import cli
 from migrator.config import Settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
 from migrator.embedding.local import HashEmbedder
 from migrator.errors import PhaseError
-from migrator.plan import Plan
-from migrator.search import SearchClient
+from migrator.plan.model import Plan
+from migrator.search.client import SearchClient
 from tests.switch_helpers import (
     explain_view,
     mark_verified,
@@ -174,7 +175,7 @@ def test_cutover_needs_a_current_passing_verification(
     refused("cannot cutover: the migration is expanded")
     with contextlib.closing(connect(database_url)) as conn:
         state.set_phase(conn, plan.name, state.State.VERIFIED)
-        from migrator import gate
+        from migrator.verify import gate
 
         gate.record_report(
             conn,

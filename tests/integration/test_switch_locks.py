@@ -12,11 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrator import state, switch
+from migrator import switch
 from migrator.config import Settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
 from migrator.errors import ConcurrentRunError, LockTimeoutError, PhaseError
-from migrator.search import SearchClient
+from migrator.search.client import SearchClient
 from tests.switch_helpers import migrated_state, plan_file, switch_plan, view_catalog
 
 pytestmark = pytest.mark.integration

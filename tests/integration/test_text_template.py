@@ -10,13 +10,14 @@ from collections.abc import Sequence
 import psycopg
 import pytest
 
-from migrator import backfill, ledger, work
+from migrator.backfill import ledger, work
+from migrator.backfill import monitor as backfill
+from migrator.backfill.ratelimit import NoLimiter
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
 from migrator.embedding import Provider, provider_for
 from migrator.embedding.base import Matrix
 from migrator.embedding.server import run_server_in_thread
-from migrator.ratelimit import NoLimiter
 from tests.backfill_helpers import unique_plan
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from migrator.ratelimit import RedisLimiter
+from migrator.backfill.ratelimit import RedisLimiter
 
 pytestmark = pytest.mark.integration
 REDIS = os.environ.get("MIGRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -35,7 +35,7 @@ def test_refund_refills_the_token_bucket_up_to_its_capacity() -> None:
 
 _CHILD = """
 import sys, redis
-from migrator.ratelimit import RedisLimiter
+from migrator.backfill.ratelimit import RedisLimiter
 client = redis.Redis.from_url(sys.argv[1])
 RedisLimiter(client, sys.argv[2], rpm=None, tpm=None).acquire(1, 10)
 sec, usec = client.time()

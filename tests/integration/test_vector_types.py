@@ -15,12 +15,13 @@ import numpy as np
 import psycopg
 import pytest
 
-from migrator import backfill, switch
+from migrator import switch
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import ServerHandle, run_server_in_thread
-from migrator.search import search_once
-from migrator.verify import VerifyOptions, verify
+from migrator.search.client import search_once
+from migrator.verify.run import VerifyOptions, verify
 from tests.backfill_helpers import make_documents, unique_plan, workers
 from tests.helpers import fetch_vectors
 

@@ -19,17 +19,18 @@ import yaml
 from click.testing import CliRunner
 from pgvector.psycopg import register_vector
 
-from migrator import gate, state
 from migrator.cli import cli
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import run_server_in_thread
 from migrator.errors import PhaseError
-from migrator.evaluation import derive_query
-from migrator.plan import Plan
-from migrator.verify import VerifyFailed, VerifyOptions, verify
-from migrator.verify_data import sample_rows
+from migrator.plan.model import Plan
+from migrator.verify import gate
+from migrator.verify.data import sample_rows
+from migrator.verify.metrics import derive_query
+from migrator.verify.run import VerifyFailed, VerifyOptions, verify
 from tests.helpers import demo_plan
 from tests.verify_helpers import (  # noqa: F401  (fixtures)
     ROWS,

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from migrator.config import load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
 from migrator.errors import DatabaseError
-from migrator.executor import Executor, LockPolicy
-from migrator.index_build import BuildProgress, ensure_index, index_info
-from migrator.verify import VerifyFailed, VerifyOptions, verify
+from migrator.verify.index_build import BuildProgress, ensure_index, index_info
+from migrator.verify.run import VerifyFailed, VerifyOptions, verify
 from tests.verify_helpers import (  # noqa: F401  (fixtures)
     local_plan,
     register,

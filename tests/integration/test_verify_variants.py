@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from migrator.config import load_settings
-from migrator.db import connect, ensure_schema
-from migrator.plan import Plan
-from migrator.report import Report
-from migrator.verify import VerifyFailed, VerifyOptions, verify
+from migrator.db.connect import connect, ensure_schema
+from migrator.plan.model import Plan
+from migrator.verify.report import Report
+from migrator.verify.run import VerifyFailed, VerifyOptions, verify
 from tests.verify_helpers import create_table, fill_target, local_plan, register
 
 pytestmark = pytest.mark.integration

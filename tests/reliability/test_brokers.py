@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import api, backfill
+from migrator import api
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings
 from migrator.embedding.server import ServerHandle
 from tests.backfill_helpers import assert_all_fresh, kill_workers, make_documents, wait_for

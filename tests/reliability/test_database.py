@@ -14,13 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import api, backfill, state, switch
+from migrator import api, switch
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db import state
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
 from migrator.embedding.server import ServerHandle
 from migrator.errors import DatabaseError, PhaseError
-from migrator.executor import Executor, LockPolicy
-from migrator.index_build import ensure_index, index_info
+from migrator.verify.index_build import ensure_index, index_info
 from tests.backfill_helpers import assert_all_fresh, kill_workers, make_documents, wait_for
 from tests.reliability_helpers import (
     FaultProxy,

@@ -21,8 +21,8 @@ from migrator import switch
 from migrator.cli import cli
 from migrator.config import Settings
 from migrator.errors import PlanError
-from migrator.plan import parse_plan
-from migrator.search import SearchClient
+from migrator.plan.model import parse_plan
+from migrator.search.client import SearchClient
 from tests.helpers import create_documents, demo_plan
 from tests.switch_helpers import migrated_state, switch_plan
 

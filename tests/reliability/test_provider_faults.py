@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import api, backfill
+from migrator import api
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings
 from migrator.embedding.server import ServerHandle
 from migrator.errors import ProviderError

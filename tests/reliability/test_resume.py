@@ -19,12 +19,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrator import api, backfill, steps, switch
+from migrator import api, switch
+from migrator.backfill import monitor as backfill
 from migrator.config import Settings, load_settings
-from migrator.db import connect
+from migrator.db.connect import connect
+from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import steps
 from migrator.embedding.server import ServerHandle
-from migrator.executor import Executor, LockPolicy
-from migrator.plan import Plan
+from migrator.plan.model import Plan
 from tests.backfill_helpers import assert_all_fresh, kill_workers, make_documents, unique_plan
 from tests.conftest import with_database
 from tests.helpers import create_documents

@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from migrator.cli import cli
-from migrator.plan import load_plan
-from migrator.runbook import commands_in, render_runbook
+from migrator.ddl.runbook import commands_in, render_runbook
+from migrator.plan.model import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from migrator import plan_reference
 from migrator.errors import EXIT_CODES
+from migrator.plan import reference as plan_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_plan_reference_is_current() -> None:
     committed = (ROOT / "docs" / "plan-reference.md").read_text()
     assert committed == plan_reference.render(), (
-        "docs/plan-reference.md is stale: python -m migrator.plan_reference > docs/plan-reference.md"
+        "docs/plan-reference.md is stale: python -m migrator.plan.reference > docs/plan-reference.md"
     )
 
 

@@ -16,7 +16,7 @@ from migrator.embedding.factory import LOOPBACK_DUMMY_KEY, is_loopback_url, prov
 from migrator.embedding.local import LocalProvider
 from migrator.embedding.openai_provider import OpenAIProvider, classify, parse_retry_after
 from migrator.errors import ConfigError, ProviderError
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:1/v1/embeddings")
 ERRORS = {

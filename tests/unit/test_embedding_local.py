@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrator.corpus import Doc, load_docstrings, make_query
+from migrator.demo.corpus import Doc, load_docstrings, make_query
 from migrator.embedding.local import HashEmbedder, LocalProvider, count_tokens, seed_for, truncate
 from migrator.embedding.tokens import estimate_tokens, truncate_to_estimate
-from migrator.plan import ModelSpec
+from migrator.plan.model import ModelSpec
 
 TEXTS = ["Return the JSON decoding of a string.", "Open a socket to the server", "ok", "!!!"]
 

@@ -12,7 +12,7 @@ from migrator.embedding.base import Limits, Matrix, Provider
 from migrator.embedding.errors import PermanentError, RetryableError, WrongCountError
 from migrator.embedding.local import HashEmbedder, count_tokens, truncate
 from migrator.embedding.pipeline import embed_texts
-from migrator.plan import OverlongPolicy
+from migrator.plan.model import OverlongPolicy
 
 
 class FakeProvider(Provider):

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrator.evaluation import (
+from migrator.plan.model import Metric
+from migrator.verify.metrics import (
     ann_recall,
     ann_recall_with_ties,
     derive_query,
@@ -25,7 +26,6 @@ from migrator.evaluation import (
     rowwise_cosine,
     vector_health,
 )
-from migrator.plan import Metric
 
 RANKED = [["a", "b", "c", "d"], ["x", "y", "z", "w"], ["q", "r", "s", "t"]]
 RELEVANT = [{"c"}, {"x", "w"}, {"nothing"}]

@@ -11,7 +11,8 @@ import pytest
 from rich.console import Console
 
 from migrator.errors import ConfigError
-from migrator.report import (
+from migrator.verify.labelled import load_labelled
+from migrator.verify.report import (
     Check,
     Report,
     Status,
@@ -21,8 +22,7 @@ from migrator.report import (
     to_markdown,
     write_report_file,
 )
-from migrator.verify import resolve_labelled
-from migrator.verify_labelled import load_labelled
+from migrator.verify.run import resolve_labelled
 
 
 def sample_report(fail: bool = False) -> Report:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from migrator.report import Status, gate
-from migrator.verify_checks import freshness, health, parity
-from migrator.verify_data import Column
-from migrator.verify_labelled import labelled
+from migrator.verify.checks import freshness, health, parity
+from migrator.verify.data import Column
+from migrator.verify.labelled import labelled
+from migrator.verify.report import Status, gate
 from tests.helpers import demo_plan
 
 PLAN = demo_plan()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from migrator.plan import load_plan
-from migrator.steps import Facts, all_steps
+from migrator.ddl.steps import Facts, all_steps
+from migrator.plan.model import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"

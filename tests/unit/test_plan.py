@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from migrator.errors import PlanError
-from migrator.plan import load_plan, parse_plan
+from migrator.plan.model import load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "plans").glob("*.yaml"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from migrator import preflight, privileges
+from migrator.backfill import preflight
+from migrator.db import privileges
+from migrator.db.catalog import MIN_PGVECTOR, version_tuple
+from migrator.db.state import State
 from migrator.errors import ConfigError, PreflightError, ProviderError
-from migrator.inspect import MIN_PGVECTOR, version_tuple
-from migrator.state import State
 from tests.helpers import demo_plan
 
 

@@ -10,11 +10,11 @@ import httpx
 import numpy as np
 import openai
 
+from migrator.backfill.work import RetryingProvider, Stats
 from migrator.embedding import Limits, Provider
 from migrator.embedding.base import Matrix
 from migrator.embedding.openai_provider import OpenAIProvider
-from migrator.plan import ModelSpec, RetrySpec
-from migrator.work import RetryingProvider, Stats
+from migrator.plan.model import ModelSpec, RetrySpec
 
 
 class Counted(Provider):

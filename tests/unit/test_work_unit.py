@@ -9,12 +9,12 @@ import numpy as np
 import psycopg
 import pytest
 
+from migrator.backfill.ratelimit import NoLimiter
+from migrator.backfill.work import RetryingProvider, Stats, retry_delay, role_spec
 from migrator.embedding import Limits, Provider, RetryableError
 from migrator.embedding.base import Matrix
 from migrator.embedding.errors import InputRejectedError, PermanentError, WrongCountError
-from migrator.plan import RetrySpec
-from migrator.ratelimit import NoLimiter
-from migrator.work import RetryingProvider, Stats, retry_delay, role_spec
+from migrator.plan.model import RetrySpec
 from tests.helpers import demo_plan
 
 RETRY = RetrySpec(max_attempts=4, backoff_base_seconds=1.0, backoff_max_seconds=30.0)
@@ -121,11 +121,10 @@ def test_an_unreachable_budget_redis_is_retryable_not_fatal() -> None:
     """A Redis restart while a batch waits for the shared budget: the batch is retried later
     (it failed for good with redis' ConnectionError, which no retry rule knew)."""
     import redis
-
-    from migrator.ratelimit import RedisLimiter
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
+    from migrator.backfill.ratelimit import RedisLimiter
 
     # Nothing listens on port 1; no client-side retries, so the test is quick.
     client = redis.Redis(

@@ -1,0 +1,400 @@
+"""The batch ledger in migrator.batches: what work exists, who holds it, what is done.
+
+Owns every statement on migrator.batches, migrator.changes (catch-up) and the dead-letter
+replays. The ledger, never the broker, is the truth about completion. Must not call the
+provider or the broker: callers enqueue the ids these functions return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrator.ddl import statements as q
+from migrator.plan.model import Plan
+
+OPEN = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: int
+    role: str
+    kind: str
+    key_lo: str | None
+    key_hi: str | None
+    ids: tuple[str, ...] | None
+    attempts: int
+
+
+def _insert(
+    conn: psycopg.Connection,
+    name: str,
+    role: str,
+    kind: str,
+    *,
+    lo: str | None = None,
+    hi: str | None = None,
+    ids: Sequence[str] | None = None,
+) -> int:
+    row = conn.execute(
+        "INSERT INTO migrator.batches (migration, role, kind, key_lo, key_hi, ids) "
+        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (name, role, kind, lo, hi, list(ids) if ids is not None else None),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# ---- the producer: key ranges by keyset, streaming --------------------------------------------
+
+
+def producer_position(conn: psycopg.Connection, name: str) -> tuple[bool, str | None]:
+    """(finished, last upper bound) of the range batches made so far."""
+    row = conn.execute(
+        "SELECT key_hi FROM migrator.batches WHERE migration = %s AND kind = 'range' "
+        "ORDER BY id DESC LIMIT 1",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return False, None
+    return row[0] is None, row[0]
+
+
+def _next_bound(conn: psycopg.Connection, plan: Plan, lo: str | None) -> str | None:
+    """The key closing a batch of batch_size keys after `lo`; None when fewer remain."""
+    # Qualified as t.pk: a bare ORDER BY pk would sort by the output column pk::text.
+    pk = sql.Identifier("t", plan.table.primary_key)
+    where = sql.SQL("WHERE {} > %(lo)s").format(pk) if lo is not None else sql.SQL("")
+    query = sql.SQL(
+        "SELECT {pk}::text FROM {tbl} AS t {where} ORDER BY {pk} OFFSET %(n)s LIMIT 1"
+    ).format(pk=pk, tbl=q.table_ident(plan), where=where)
+    row = conn.execute(query, {"lo": lo, "n": plan.backfill.batch_size - 1}).fetchone()
+    return None if row is None else str(row[0])
+
+
+def create_range_batches(
+    conn: psycopg.Connection, plan: Plan, *, chunk: int = 50
+) -> Iterator[list[int]]:
+    """Walk the table by key and record range batches, `chunk` per transaction; yields the ids
+    of each committed chunk. Resumes after the last recorded range; the last range is open
+    above (key_hi NULL), so rows inserted later with higher keys belong to it."""
+    done, lo = producer_position(conn, plan.name)
+    while not done:
+        ids: list[int] = []
+        with conn.transaction():
+            for _ in range(chunk):
+                hi = _next_bound(conn, plan, lo)
+                ids.append(_insert(conn, plan.name, "target", "range", lo=lo, hi=hi))
+                lo = hi
+                if hi is None:
+                    done = True
+                    break
+        yield ids
+
+
+# ---- claim, finish, release, fail (the worker's side) -----------------------------------------
+
+
+def claim(conn: psycopg.Connection, name: str, batch_id: int, worker: str) -> Batch | None:
+    """Take the batch (autocommit, short). None when it is done, failed or gone: a redelivered
+    message of a finished batch does nothing. A running batch is taken again on purpose: its
+    holder may be dead, and compare-and-set makes two executions harmless."""
+    row = conn.execute(
+        "UPDATE migrator.batches SET status = 'running', attempts = attempts + 1, "
+        "claimed_at = now(), claimed_by = %s WHERE id = %s AND migration = %s "
+        "AND status IN ('pending', 'running') "
+        "RETURNING id, role, kind, key_lo, key_hi, ids, attempts",
+        (worker, batch_id, name),
+    ).fetchone()
+    if row is None:
+        return None
+    return Batch(
+        int(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        tuple(row[5]) if row[5] is not None else None,
+        int(row[6]),
+    )
+
+
+def finish(
+    conn: psycopg.Connection,
+    batch_id: int,
+    *,
+    total: int,
+    written: int,
+    skipped: int,
+    stale: int,
+    dead: int,
+    tokens: int,
+) -> int:
+    """Mark done (inside the caller's write transaction); returns how many executions finished
+    this batch: more than one means a duplicate delivery ran it again."""
+    row = conn.execute(
+        "UPDATE migrator.batches SET status = 'done', finished_at = now(), "
+        "executions = executions + 1, rows_total = %s, rows_written = rows_written + %s, "
+        "rows_skipped = %s, rows_stale = %s, rows_dead = %s, tokens = tokens + %s, error = NULL "
+        "WHERE id = %s RETURNING executions",
+        (total, written, skipped, stale, dead, tokens, batch_id),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def release(conn: psycopg.Connection, batch_id: int, error: str, delay_s: float) -> None:
+    """Back to pending for a retry in `delay_s`; not 'lost' before then."""
+    conn.execute(
+        "UPDATE migrator.batches SET status = 'pending', error = %s, "
+        "enqueued_at = now() + make_interval(secs => %s) WHERE id = %s AND status = 'running'",
+        (error[:2000], delay_s, batch_id),
+    )
+
+
+def fail(conn: psycopg.Connection, batch_id: int, error: str) -> None:
+    conn.execute(
+        "UPDATE migrator.batches SET status = 'failed', error = %s, finished_at = now() "
+        "WHERE id = %s AND status <> 'done'",
+        (error[:2000], batch_id),
+    )
+
+
+def dead_letter(
+    conn: psycopg.Connection, name: str, role: str, rows: Sequence[tuple[str, str | None, str]]
+) -> None:
+    """Record (pk, text_hash, reason); a row dead again counts one more attempt."""
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO migrator.dead_letters (migration, role, pk, text_hash, reason) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (migration, role, pk) DO UPDATE SET "
+            "text_hash = EXCLUDED.text_hash, reason = EXCLUDED.reason, resolved_at = NULL, "
+            "attempts = migrator.dead_letters.attempts + 1",
+            [(name, role, pk, h, reason[:2000]) for pk, h, reason in rows],
+        )
+
+
+def resolve_dead_letters(
+    conn: psycopg.Connection, name: str, role: str, pks: Sequence[str]
+) -> None:
+    if pks:
+        conn.execute(
+            "UPDATE migrator.dead_letters SET resolved_at = now() WHERE migration = %s "
+            "AND role = %s AND pk = ANY(%s) AND resolved_at IS NULL",
+            (name, role, list(pks)),
+        )
+
+
+# ---- the monitor's side: enqueue, stalls, catch-up, sweep, replays ----------------------------
+
+
+def mark_enqueued(conn: psycopg.Connection, ids: Sequence[int]) -> None:
+    if ids:
+        conn.execute(
+            "UPDATE migrator.batches SET enqueued_at = now() WHERE id = ANY(%s)", (list(ids),)
+        )
+
+
+def to_enqueue(
+    conn: psycopg.Connection, name: str, stall_after: float, *, queue_empty: bool
+) -> list[int]:
+    """Batches whose message is missing: never enqueued; running past `stall_after` (its
+    worker died); or pending past `stall_after` while the queue is empty (message lost)."""
+    rows = conn.execute(
+        "SELECT id FROM migrator.batches WHERE migration = %(m)s AND ("
+        " (status = 'pending' AND enqueued_at IS NULL)"
+        " OR (status = 'running' AND claimed_at < now() - make_interval(secs => %(s)s))"
+        " OR (status = 'pending' AND %(empty)s"
+        "     AND enqueued_at < now() - make_interval(secs => %(s)s))) ORDER BY id",
+        {"m": name, "s": stall_after, "empty": queue_empty},
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def give_up_exhausted(
+    conn: psycopg.Connection, name: str, ids: Sequence[int], max_attempts: int
+) -> list[int]:
+    """Fail the batches among `ids` already tried `max_attempts` times; return the others."""
+    if not ids:
+        return []
+    conn.execute(
+        "UPDATE migrator.batches SET status = 'failed', finished_at = now(), "
+        "error = coalesce(error, 'worker lost') || ' (gave up after ' || attempts || ' attempts)' "
+        "WHERE migration = %s AND id = ANY(%s) AND attempts >= %s",
+        (name, list(ids), max_attempts),
+    )
+    rows = conn.execute(
+        "SELECT id FROM migrator.batches WHERE id = ANY(%s) AND status IN ('pending', 'running')",
+        (list(ids),),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def id_batches(conn: psycopg.Connection, plan: Plan, role: str, pks: Sequence[str]) -> list[int]:
+    """Id batches of at most batch_size keys for `role` (in the caller's transaction)."""
+    return [
+        _insert(conn, plan.name, role, "ids", ids=chunk)
+        for chunk in _chunks(list(pks), plan.backfill.batch_size)
+    ]
+
+
+def batches_from_changes(
+    conn: psycopg.Connection, plan: Plan, roles: Sequence[str], *, limit: int = 10_000
+) -> list[int]:
+    """Turn unprocessed change records into id batches (one per role), marking them processed
+    in the same transaction: a crash leaves either both or neither."""
+    out: list[int] = []
+    with conn.transaction():
+        rows = conn.execute(
+            "WITH c AS (SELECT id FROM migrator.changes WHERE migration = %s "
+            "AND processed_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE migrator.changes ch SET processed_at = now() FROM c WHERE ch.id = c.id "
+            "RETURNING ch.id, ch.pk",
+            (plan.name, limit),
+        ).fetchall()
+        pks = list(dict.fromkeys(r[1] for r in sorted(rows)))
+        for role in roles:
+            for chunk in _chunks(pks, plan.backfill.batch_size):
+                out.append(_insert(conn, plan.name, role, "ids", ids=chunk))
+    return out
+
+
+def sweep(conn: psycopg.Connection, plan: Plan, role: str, column: str) -> list[int]:
+    """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset.
+    Run only when no batch is open: it is the database's own word on what is missing."""
+    pk = sql.Identifier("t", plan.table.primary_key)
+    query = sql.SQL(
+        "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "
+        "AND ({pk} > %(after)s OR %(after)s::text IS NULL) AND NOT EXISTS (SELECT 1 FROM "
+        "migrator.dead_letters d WHERE d.migration = %(m)s AND d.role = %(r)s "
+        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) ORDER BY {pk} LIMIT %(n)s"
+    ).format(
+        pk=pk,
+        tbl=q.table_ident(plan),
+        col=sql.Identifier("t", column),
+        eligible=q.eligible_predicate(plan, "t"),
+    )
+    out: list[int] = []
+    after: str | None = None
+    while True:
+        keys = [
+            str(r[0])
+            for r in conn.execute(
+                query, {"after": after, "m": plan.name, "r": role, "n": plan.backfill.batch_size}
+            ).fetchall()
+        ]
+        if not keys:
+            return out
+        out.append(_insert(conn, plan.name, role, "ids", ids=keys))
+        after = keys[-1]
+
+
+def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:
+    """Id batches for every unresolved dead letter; they are marked resolved now and become
+    unresolved again if they fail again."""
+    out: list[int] = []
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE migrator.dead_letters SET resolved_at = now() WHERE migration = %s "
+            "AND resolved_at IS NULL RETURNING role, pk",
+            (plan.name,),
+        ).fetchall()
+        by_role: dict[str, list[str]] = {}
+        for role, pk in rows:
+            by_role.setdefault(role, []).append(pk)
+        for role, pks in sorted(by_role.items()):
+            for chunk in _chunks(sorted(pks), plan.backfill.batch_size):
+                out.append(_insert(conn, plan.name, role, "ids", ids=chunk))
+    return out
+
+
+def reset_failed(conn: psycopg.Connection, name: str) -> int:
+    """A rerun gives failed batches a fresh start (after the operator fixed the cause)."""
+    cur = conn.execute(
+        "UPDATE migrator.batches SET status = 'pending', attempts = 0, enqueued_at = NULL, "
+        "finished_at = NULL WHERE migration = %s AND status = 'failed'",
+        (name,),
+    )
+    return cur.rowcount
+
+
+def summary(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """Batch counts by status and row counters summed over the ledger."""
+    rows = conn.execute(
+        "SELECT status, count(*), coalesce(sum(rows_written), 0), coalesce(sum(rows_dead), 0), "
+        "coalesce(sum(rows_stale), 0), coalesce(sum(greatest(attempts - 1, 0)), 0) "
+        "FROM migrator.batches WHERE migration = %s GROUP BY status",
+        (name,),
+    ).fetchall()
+    status = {r[0]: int(r[1]) for r in rows}
+    return {
+        "batches": status,
+        "open": sum(status.get(s, 0) for s in OPEN),
+        "failed": status.get("failed", 0),
+        "rows_written": sum(int(r[2]) for r in rows),
+        "rows_dead": sum(int(r[3]) for r in rows),
+        "rows_stale": sum(int(r[4]) for r in rows),
+        "retries": sum(int(r[5]) for r in rows),
+    }
+
+
+def first_error(conn: psycopg.Connection, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT error FROM migrator.batches WHERE migration = %s AND status = 'failed' "
+        "ORDER BY id LIMIT 1",
+        (name,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def pending_changes(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM migrator.changes WHERE migration = %s AND processed_at IS NULL",
+        (name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def row_counts(conn: psycopg.Connection, plan: Plan, column: str) -> dict[str, int]:
+    """Exact counts from the table (one scan): eligible rows, done, pending and empty."""
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE {e}), count(*) FILTER (WHERE {e} AND {c} IS NOT NULL), "
+        "count(*) FILTER (WHERE NOT ({e})) FROM {t}"
+    ).format(e=q.eligible_predicate(plan), c=sql.Identifier(column), t=q.table_ident(plan))
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    eligible, done, empty = (int(x) for x in row)
+    return {
+        "rows_eligible": eligible,
+        "rows_done": done,
+        "rows_pending": eligible - done,
+        "rows_empty": empty,
+    }
+
+
+def dead_letter_count(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s AND resolved_at IS NULL",
+        (name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def dead_letters(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT pk, role, reason, attempts FROM migrator.dead_letters WHERE migration = %s "
+        "AND resolved_at IS NULL ORDER BY id LIMIT %s",
+        (name, limit),
+    ).fetchall()
+    return [{"pk": r[0], "role": r[1], "reason": r[2], "attempts": int(r[3])} for r in rows]

@@ -1,0 +1,304 @@
+"""Read-only inspection of the live database for `migrator plan`: does the plan fit the table?
+
+Only SELECTs against the catalog and a small sample of the table; never a write, never a lock
+stronger than ACCESS SHARE.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrator.ddl import statements as q
+from migrator.ddl.steps import Facts
+from migrator.plan.model import Plan, VectorType
+
+
+@dataclass
+class Finding:
+    level: str  # "error" | "warning" | "info"
+    what: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"level": self.level, "message": self.what}
+
+
+@dataclass
+class Inspection:
+    findings: list[Finding] = field(default_factory=list)
+    pgvector_version: str | None = None
+    server_version: str | None = None
+    rows: int | None = None
+    rows_exact: bool = False
+    sample_texts: list[str] = field(default_factory=list)
+    view_definition: str | None = None
+    facts: Facts = Facts()
+    target_exists: bool = False
+    index_state: str = "absent"  # absent | valid | invalid | other-column
+
+    def error(self, msg: str) -> None:
+        self.findings.append(Finding("error", msg))
+
+    def warn(self, msg: str) -> None:
+        self.findings.append(Finding("warning", msg))
+
+    def info(self, msg: str) -> None:
+        self.findings.append(Finding("info", msg))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+
+# pgvector 0.8.2-0.8.4 fixed a parallel HNSW build overflow and HNSW vacuum corruption ("graph
+# not repaired"): a backfill rewrites every row, so VACUUM runs over the index of the old column.
+MIN_PGVECTOR = (0, 8, 4)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.8.4' -> (0, 8, 4); a suffix such as '0.9.0-dev' is ignored."""
+    return tuple(int(m) for m in re.findall(r"\d+", version.split("-")[0])[:3])
+
+
+def column_types(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum",
+        (schema, table),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _expect_vector(cols: dict[str, str], name: str, vtype: VectorType, dims: int) -> str | None:
+    actual = cols.get(name)
+    wanted = f"{vtype.value}({dims})"
+    if actual is None:
+        return None
+    if actual != wanted:
+        return f"column {name} is {actual}, the plan says {wanted}"
+    return ""
+
+
+def view_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[Facts, str | None]:
+    row = conn.execute(
+        "SELECT c.reloptions, pg_get_userbyid(c.relowner), pg_get_viewdef(c.oid, true), c.relkind "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    if row is None:
+        return Facts(live=True), None
+    options = tuple(tuple(o.split("=", 1)) for o in (row[0] or ()))
+    grants = conn.execute(
+        "SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END, "
+        "g.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, "
+        "aclexplode(c.relacl) g WHERE n.nspname = %s AND c.relname = %s "
+        "AND g.grantee <> c.relowner ORDER BY 1, 2",
+        (schema, name),
+    ).fetchall()
+    facts = Facts(
+        view_options=options,
+        view_owner=row[1],
+        view_grants=tuple((g[0], g[1]) for g in grants),
+        live=True,
+    )
+    return facts, str(row[2]) if row[3] == "v" else f"<not a view: relkind {row[3]}>"
+
+
+def _with_table_facts(
+    conn: psycopg.Connection, plan: Plan, view: Facts, cols: dict[str, str]
+) -> Facts:
+    """The view's facts completed with the table's: indexes of the old column, key type."""
+    srcidx = tuple(
+        n for n, _ in index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
+    )
+    pk_type = cols.get(plan.table.primary_key, "bigint")
+    return Facts(view.view_options, view.view_owner, view.view_grants, srcidx, pk_type, live=True)
+
+
+def live_facts(conn: psycopg.Connection, plan: Plan) -> Facts:
+    """What the phase statements depend on in the live database (see steps.Facts)."""
+    view, _ = view_facts(conn, plan.view_schema, plan.view.name)
+    cols = column_types(conn, plan.table.schema_, plan.table.name)
+    return _with_table_facts(conn, plan, view, cols)
+
+
+def index_on(
+    conn: psycopg.Connection, schema: str, table: str, column: str
+) -> list[tuple[str, bool]]:
+    """(name, valid) of indexes whose only key is `column`."""
+    rows = conn.execute(
+        "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
+        "WHERE n.nspname = %s AND t.relname = %s AND a.attname = %s AND x.indnatts = 1",
+        (schema, table, column),
+    ).fetchall()
+    return [(r[0], bool(r[1])) for r in rows]
+
+
+def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspection:
+    ins = Inspection()
+    schema, table = plan.table.schema_, plan.table.name
+    ins.server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if ext is None:
+        avail = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
+        if avail:
+            ins.error(
+                f"pgvector is available ({avail[0]}) but not installed: CREATE EXTENSION vector"
+            )
+        else:
+            ins.error("pgvector is not available on this server: install pgvector >= 0.8.4")
+    else:
+        ins.pgvector_version = str(ext[0])
+        if version_tuple(ins.pgvector_version) < MIN_PGVECTOR:
+            ins.error(
+                f"pgvector {ins.pgvector_version} is installed; migrator needs "
+                f"{'.'.join(map(str, MIN_PGVECTOR))} or later: 0.8.3 and 0.8.4 fixed HNSW "
+                "index corruption on VACUUM, which the row versions a backfill writes exercise "
+                "(install pgvector >= 0.8.4, then ALTER EXTENSION vector UPDATE)"
+            )
+    cols = column_types(conn, schema, table)
+    if not cols:
+        ins.error(f"table {schema}.{table} does not exist (or is not visible to this user)")
+        return ins
+    pk = conn.execute(
+        "SELECT array_agg(a.attname) FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+        "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = %s::regclass AND x.indisprimary",
+        (f"{_quote(schema)}.{_quote(table)}",),
+    ).fetchone()
+    pk_cols = list(pk[0] or []) if pk else []
+    if pk_cols != [plan.table.primary_key]:
+        ins.error(
+            f"primary key of {schema}.{table} is {pk_cols or 'missing'}, the plan says "
+            f"[{plan.table.primary_key}] (a single-column primary key is required)"
+        )
+    for col in plan.text.columns:
+        if col not in cols:
+            ins.error(f"text column {col} does not exist in {schema}.{table}")
+    problem = _expect_vector(
+        cols, plan.source.column, plan.source.type, plan.source.model.dimensions
+    )
+    if problem is None:
+        ins.error(f"source column {plan.source.column} does not exist in {schema}.{table}")
+    elif problem:
+        ins.error(f"source {problem}")
+    problem = _expect_vector(
+        cols, plan.target.column, plan.target.type, plan.target.model.dimensions
+    )
+    if problem:
+        ins.error(f"target {problem}: choose another target.column")
+    elif problem == "":
+        ins.target_exists = True
+        ins.info(f"target column {plan.target.column} already exists (resumed migration)")
+    for name in plan.view.columns:
+        if name not in cols:
+            ins.error(f"view column {name} does not exist in {schema}.{table}")
+    _inspect_index(conn, plan, ins)
+    facts, viewdef = view_facts(conn, plan.view_schema, plan.view.name)
+    ins.view_definition = viewdef
+    ins.facts = _with_table_facts(conn, plan, facts, cols)
+    if any(
+        k == "security_barrier" and v.lower() in ("true", "on", "1") for k, v in facts.view_options
+    ):
+        ins.warn(
+            f"view {q.view_label(plan)} has security_barrier: PostgreSQL does not flatten "
+            "such views, so searches through it cannot use the vector index (seq scan); "
+            "prefer security_invoker"
+        )
+    if viewdef is not None:
+        have = list(column_types(conn, plan.view_schema, plan.view.name))
+        want = [*plan.view.columns, plan.view.embedding_alias, plan.view.model_alias]
+        if have != want:
+            ins.error(
+                f"view {q.view_label(plan)} exists with columns {have}; migrator manages "
+                f"views shaped {want}: rename the old view or adjust view.columns "
+                "(see docs/adopting-the-view.md)"
+            )
+    if viewdef is None:
+        ins.info(
+            f"view {q.view_label(plan)} does not exist yet: `migrator adopt` (or backfill) "
+            "creates it on the source column"
+        )
+    if not ins.errors and sample > 0:
+        # Only the dry run estimates: a command's pre-flight must not scan the whole table.
+        _count_and_sample(conn, plan, ins, sample)
+    return ins
+
+
+def _inspect_index(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> None:
+    row = conn.execute(
+        "SELECT x.indisvalid, t.relname, a.attname FROM pg_class i "
+        "JOIN pg_namespace n ON n.oid = i.relnamespace JOIN pg_index x ON x.indexrelid = i.oid "
+        "JOIN pg_class t ON t.oid = x.indrelid "
+        "LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
+        "WHERE n.nspname = %s AND i.relname = %s",
+        (plan.table.schema_, plan.index_name),
+    ).fetchone()
+    if row is None:
+        ins.index_state = "absent"
+    elif row[1] != plan.table.name or row[2] != plan.target.column:
+        ins.index_state = "other-column"
+        ins.error(
+            f"index name {plan.index_name} is taken by an index on {row[1]}.{row[2]}: "
+            "set index.name in the plan"
+        )
+    else:
+        ins.index_state = "valid" if row[0] else "invalid"
+        if not row[0]:
+            ins.warn(
+                f"index {plan.index_name} exists but is INVALID (a failed build): "
+                "verify will drop and rebuild it"
+            )
+
+
+def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sample: int) -> None:
+    est = conn.execute(
+        "SELECT greatest(c.reltuples, 0)::bigint FROM pg_class c WHERE c.oid = %s::regclass",
+        (f"{_quote(plan.table.schema_)}.{_quote(plan.table.name)}",),
+    ).fetchone()
+    estimate = int(est[0]) if est else 0
+    if estimate < 2_000_000:
+        cnt = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(q.table_ident(plan))
+        ).fetchone()
+        ins.rows, ins.rows_exact = int(cnt[0]) if cnt else 0, True
+    else:
+        ins.rows = estimate
+    if not ins.rows:
+        ins.warn(f"table {q.table_label(plan)} is empty")
+        return
+    pct = min(100.0, max(0.01, 100.0 * sample * 3 / ins.rows))
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) LIMIT %s").format(
+            q.text_expr(plan), q.table_ident(plan)
+        ),
+        (pct, sample),
+    ).fetchall()
+    ins.sample_texts = [r[0] for r in rows if r[0] is not None]
+
+
+def _quote(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def as_dict(ins: Inspection) -> dict[str, Any]:
+    return {
+        "server_version": ins.server_version,
+        "pgvector_version": ins.pgvector_version,
+        "rows": ins.rows,
+        "rows_exact": ins.rows_exact,
+        "view_definition": ins.view_definition,
+        "target_exists": ins.target_exists,
+        "index_state": ins.index_state,
+        "findings": [f.as_dict() for f in ins.findings],
+    }

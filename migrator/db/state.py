@@ -1,0 +1,224 @@
+"""migrator's own records: the migration row and its phase, the event log, the operator lock.
+
+The phase is a state machine with guards: each command states which phases it may start
+from, and a refusal names the phase and the command to run first. Statements here touch only
+the `migrator` schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from migrator.errors import ConcurrentRunError, PhaseError
+from migrator.plan.model import Plan
+
+
+class State(StrEnum):
+    PLANNED = "planned"
+    EXPANDED = "expanded"
+    BACKFILLED = "backfilled"
+    VERIFIED = "verified"
+    CUT_OVER = "cut_over"
+    ROLLED_BACK = "rolled_back"
+    FINALIZED = "finalized"
+
+
+# command -> phases it may start from (None: the migration may not exist yet)
+ALLOWED: dict[str, frozenset[State | None]] = {
+    "adopt": frozenset({None, State.PLANNED}),
+    "expand": frozenset(
+        {None, State.PLANNED, State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK}
+    ),
+    "backfill": frozenset(
+        {
+            None,
+            State.PLANNED,
+            State.EXPANDED,
+            State.BACKFILLED,
+            State.VERIFIED,
+            State.ROLLED_BACK,
+            State.CUT_OVER,
+        }
+    ),
+    "verify": frozenset(
+        {State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK, State.CUT_OVER}
+    ),
+    "cutover": frozenset({State.VERIFIED, State.ROLLED_BACK}),
+    "rollback": frozenset({State.CUT_OVER}),
+    "finalize": frozenset({State.CUT_OVER}),
+}
+
+NEXT_STEP: dict[State | None, str] = {
+    None: "run `migrator backfill PLAN` to start the migration",
+    State.PLANNED: "run `migrator backfill PLAN`",
+    State.EXPANDED: "run `migrator backfill PLAN` until it completes",
+    State.BACKFILLED: "run `migrator verify PLAN`",
+    State.VERIFIED: "run `migrator cutover PLAN`",
+    State.CUT_OVER: "watch the service; `migrator rollback PLAN` or, later, `migrator finalize PLAN`",
+    State.ROLLED_BACK: "fix what made you roll back, `migrator verify PLAN`, then cutover again",
+    State.FINALIZED: "nothing: this migration is finished",
+}
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    phase: State
+    plan_hash: str
+    plan: dict[str, Any]
+    source_fingerprint: str
+    target_fingerprint: str
+    view_snapshot: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    cutover_at: datetime | None
+
+
+def get_migration(conn: psycopg.Connection, name: str) -> Migration | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT name, phase, plan_hash, plan, source_fingerprint, target_fingerprint, "
+            "view_snapshot, created_at, updated_at, cutover_at FROM migrator.migrations "
+            "WHERE name = %s",
+            (name,),
+        ).fetchone()
+    if row is None:
+        return None
+    row["phase"] = State(row["phase"])
+    return Migration(**row)
+
+
+def guard(command: str, migration: Migration | None) -> None:
+    """Refuse a command the state machine does not allow from the current phase."""
+    phase = migration.phase if migration else None
+    if phase in ALLOWED[command]:
+        return
+    current = phase.value if phase else "not started"
+    raise PhaseError(
+        f"cannot {command}: the migration is {current}",
+        hint=NEXT_STEP.get(phase, "see `migrator status PLAN`"),
+    )
+
+
+def check_plan_unchanged(migration: Migration, plan: Plan) -> None:
+    if migration.plan_hash != plan.plan_hash():
+        raise PhaseError(
+            f"the plan file changed since migration {plan.name!r} started "
+            f"(hash {migration.plan_hash[:12]} -> {plan.plan_hash()[:12]})",
+            hint="restore the original plan, or give the new plan a new name to start a new "
+            "migration (tuning keys such as backfill, verify and cutover may change freely)",
+        )
+
+
+def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED) -> Migration:
+    """Create the migration row if absent; refuse a changed plan for an existing one."""
+    existing = get_migration(conn, plan.name)
+    if existing is not None:
+        check_plan_unchanged(existing, plan)
+        return existing
+    conn.execute(
+        "INSERT INTO migrator.migrations (name, plan_hash, plan, phase, source_fingerprint, "
+        "target_fingerprint) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+        (
+            plan.name,
+            plan.plan_hash(),
+            Jsonb(plan.canonical()),
+            phase.value,
+            plan.source.model.fingerprint(),
+            plan.target.model.fingerprint(),
+        ),
+    )
+    created = get_migration(conn, plan.name)
+    assert created is not None
+    check_plan_unchanged(created, plan)
+    return created
+
+
+def set_phase(conn: psycopg.Connection, name: str, phase: State, **extra: Any) -> None:
+    sets = ["phase = %(phase)s", "updated_at = now()"]
+    params: dict[str, Any] = {"phase": phase.value, "name": name}
+    if phase is State.CUT_OVER:
+        sets.append("cutover_at = now()")
+    if "view_snapshot" in extra:
+        sets.append("view_snapshot = %(snap)s")
+        params["snap"] = Jsonb(extra["view_snapshot"])
+    conn.execute(
+        "UPDATE migrator.migrations SET " + ", ".join(sets) + " WHERE name = %(name)s",
+        params,
+    )
+
+
+def log_event(
+    conn: psycopg.Connection,
+    migration: str,
+    *,
+    operator: str,
+    command: str,
+    result: str,
+    message: str = "",
+    phase_before: str | None = None,
+    phase_after: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO migrator.events (migration, operator, command, phase_before, phase_after, "
+        "result, message, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            migration,
+            operator,
+            command,
+            phase_before,
+            phase_after,
+            result,
+            message,
+            Jsonb(json.loads(json.dumps(details or {}, default=str))),
+        ),
+    )
+
+
+def events(conn: psycopg.Connection, migration: str, limit: int = 50) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT id, at, operator, command, phase_before, phase_after, result, message, details "
+            "FROM migrator.events WHERE migration = %s ORDER BY id DESC LIMIT %s",
+            (migration, limit),
+        ).fetchall()
+    return list(reversed(rows))
+
+
+@contextlib.contextmanager
+def operator_lock(conn: psycopg.Connection, migration: str) -> Iterator[None]:
+    """Session advisory lock: of two operators acting on one migration, exactly one proceeds."""
+    got = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"migrator:{migration}",)
+    ).fetchone()
+    if not got or not got[0]:
+        holder = conn.execute(
+            "SELECT a.application_name, a.client_addr::text, a.pid FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.objid = (hashtextextended(%s, 0) & 4294967295)::bigint::oid AND l.granted "
+            "LIMIT 1",
+            (f"migrator:{migration}",),
+        ).fetchone()
+        who = f" (pid {holder[2]}, {holder[0]})" if holder else ""
+        raise ConcurrentRunError(
+            f"another migrator process is acting on migration {migration!r}{who}",
+            hint="wait for it to finish; nothing was changed by this command",
+        )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(
+                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"migrator:{migration}",)
+            )

@@ -1,0 +1,507 @@
+"""Statement builders on psycopg.sql: identifiers quoted, keywords from closed enums, values bound.
+
+Pure: no connection is needed to build or render a statement (`Statement.render()`), which is
+what makes `migrator plan --offline` a true dry run of what the executor will run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from psycopg import sql
+
+from migrator.plan.model import IndexMethod, ModelSpec, Plan, VectorType, template_parts
+
+SCHEMA = "migrator"
+CHANGES_CHANNEL = "migrator_active_model"
+
+
+class Lock(StrEnum):
+    NONE = "no table lock"
+    ACCESS_SHARE = "ACCESS SHARE"
+    ROW_EXCLUSIVE = "ROW EXCLUSIVE"
+    SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+    SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+    ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement with what an operator needs to judge it before it runs."""
+
+    query: sql.Composable
+    purpose: str
+    lock: Lock = Lock.NONE
+    lock_on: str = ""
+    # DDL runs under lock_timeout and is retried on SQLSTATE 55P03 (lock_not_available).
+    ddl: bool = True
+    # False for statements PostgreSQL refuses inside a transaction block (CONCURRENTLY).
+    transactional: bool = True
+
+    def render(self) -> str:
+        return self.query.as_string(None)
+
+    def lock_text(self) -> str:
+        return f"{self.lock.value} on {self.lock_on}" if self.lock_on else self.lock.value
+
+
+def table_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.table.schema_, plan.table.name)
+
+
+def table_label(plan: Plan) -> str:
+    return f"{plan.table.schema_}.{plan.table.name}"
+
+
+def view_ident(plan: Plan) -> sql.Identifier:
+    return sql.Identifier(plan.view_schema, plan.view.name)
+
+
+def view_label(plan: Plan) -> str:
+    return f"{plan.view_schema}.{plan.view.name}"
+
+
+def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
+    if dims is None:
+        return sql.SQL(vtype.value)
+    return sql.SQL("{}({})").format(sql.SQL(vtype.value), sql.Literal(int(dims)))
+
+
+def _text_col(name: str, alias: str | None) -> sql.Composable:
+    return sql.SQL("{}::text").format(
+        sql.Identifier(alias, name) if alias else sql.Identifier(name)
+    )
+
+
+def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """The SQL expression of the text to embed: NULL when no column it names holds text.
+
+    A template's NULL columns read as '' inside the text; a template whose columns are all
+    NULL or blank yields NULL, not its literal text alone ("Title: "), so it is never sent.
+    """
+    if plan.text.column is not None:
+        return (
+            sql.Identifier(alias, plan.text.column) if alias else sql.Identifier(plan.text.column)
+        )
+    assert plan.text.template is not None
+    parts: list[sql.Composable] = []
+    for kind, value in template_parts(plan.text.template):
+        parts.append(sql.Literal(value) if kind == "literal" else _text_col(value, alias))
+    return sql.SQL("CASE WHEN {} THEN concat({}) END").format(
+        eligible_predicate(plan, alias), sql.SQL(", ").join(parts)
+    )
+
+
+def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Content hash used by the compare-and-set write: a row is written only for its current text."""
+    return sql.SQL("md5({})").format(text_expr(plan, alias))
+
+
+def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
+    """Rows with text worth embedding: at least one column the text names holds non-blank text.
+
+    NULL, empty and whitespace-only text are never sent; nor is a template's literal text
+    alone (judging the whole template would make every row eligible).
+    """
+    tests = [
+        sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(_text_col(c, alias))
+        for c in plan.text.columns
+    ]
+    if len(tests) == 1:
+        return tests[0]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
+
+
+# ---------------------------------------------------------------------------------------------
+# Change capture: a BEFORE trigger on writes of the text columns and of both vector columns.
+#
+# Maintained columns (the new one; after cutover the old one too) belong to migrator: when the
+# text changes and the statement did not write the column, or when anyone but migrator writes
+# the column WITHOUT changing the text (an ORM saving back a vector it loaded before another
+# connection changed the text), the vector is cleared and the row queued in migrator.changes,
+# so the catch-up re-embeds it. The watched column (the old one, before cutover) belongs to the
+# application: it is never touched, but the same two cases are recorded in
+# migrator.stale_sources, so they can be counted and refreshed with the old model.
+# migrator's own writes (compare-and-set on the text's hash) mark themselves with
+# SET LOCAL migrator.writer = '<migration>' and pass through.
+# ---------------------------------------------------------------------------------------------
+
+WRITER_SETTING = "migrator.writer"
+STALE_TEXT_CHANGED = "text changed, old vector not rewritten"
+STALE_WRITTEN_ALONE = "old vector written without its text"
+
+
+def mark_writer(plan: Plan) -> sql.Composable:
+    """migrator's own vector writes say so for the rest of their transaction (SET LOCAL)."""
+    return sql.SQL("SELECT set_config({}, {}, true)").format(
+        sql.Literal(WRITER_SETTING), sql.Literal(plan.name)
+    )
+
+
+def _same(c: str) -> sql.Composable:
+    # Vectors compare as text: the function's search_path (pg_catalog) cannot see pgvector's
+    # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
+    return sql.SQL("NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text").format(c=sql.Identifier(c))
+
+
+def capture_function(
+    plan: Plan, maintained: tuple[str, ...], watched: str | None = None
+) -> sql.Composable:
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
+        for c in plan.text.columns
+    )
+    clears = sql.SQL("").join(
+        sql.SQL(
+            "    IF text_changed THEN\n"
+            "      IF {same} THEN NEW.{c} := NULL; END IF;\n"
+            "    ELSIF NOT ({same}) THEN\n"
+            "      NEW.{c} := NULL; written := true;\n"
+            "    END IF;\n"
+        ).format(c=sql.Identifier(c), same=_same(c))
+        for c in maintained
+    )
+    record: sql.Composable = sql.SQL("")
+    if watched is not None:
+        record = sql.SQL(
+            "    IF NEW.{c} IS NOT NULL AND (text_changed = ({same})) THEN\n"
+            "      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES ({name}, "
+            "NEW.{pk}::text, CASE WHEN text_changed THEN {changed} ELSE {alone} END)\n"
+            "      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, "
+            "detected_at = now(), batched_at = NULL, refreshed_at = NULL;\n"
+            "    END IF;\n"
+        ).format(
+            c=sql.Identifier(watched),
+            same=_same(watched),
+            name=sql.Literal(plan.name),
+            pk=sql.Identifier(plan.table.primary_key),
+            changed=sql.Literal(STALE_TEXT_CHANGED),
+            alone=sql.Literal(STALE_WRITTEN_ALONE),
+        )
+    any_null = sql.SQL(" OR ").join(
+        sql.SQL("NEW.{} IS NULL").format(sql.Identifier(c)) for c in maintained
+    )
+    body = sql.SQL(
+        "\nDECLARE\n"
+        "  text_changed boolean := false;\n"
+        "  written boolean := false;\n"
+        "BEGIN\n"
+        "  IF coalesce(current_setting({guc}, true), '') = {name} THEN RETURN NEW; END IF;\n"
+        "  IF TG_OP = 'UPDATE' THEN\n"
+        "    text_changed := {changed};\n"
+        "{clears}"
+        "{record}"
+        "    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;\n"
+        "  END IF;\n"
+        "  IF {any_null} THEN\n"
+        "    INSERT INTO migrator.changes (migration, pk) VALUES ({name}, NEW.{pk}::text);\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END\n"
+    ).format(
+        guc=sql.Literal(WRITER_SETTING),
+        changed=changed,
+        clears=clears,
+        record=record,
+        any_null=any_null,
+        name=sql.Literal(plan.name),
+        pk=sql.Identifier(plan.table.primary_key),
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(
+        fn=sql.Identifier(SCHEMA, plan.function_name),
+        body=sql.Literal(body.as_string(None)),
+    )
+
+
+def capture_trigger(plan: Plan) -> sql.Composable:
+    # Both vector columns are watched from the start: the function changes at cutover, the
+    # trigger does not.
+    cols = dict.fromkeys((*plan.text.columns, plan.target.column, plan.source.column))
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
+        "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    ).format(
+        trg=sql.Identifier(plan.trigger_name),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        tbl=table_ident(plan),
+        fn=sql.Identifier(SCHEMA, plan.function_name),
+    )
+
+
+def add_target_column(plan: Plan) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+        table_ident(plan),
+        sql.Identifier(plan.target.column),
+        column_type(plan.target.type, plan.target.model.dimensions),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Backfill: read by key range, write through a staging table with a compare-and-set on the text.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_range(
+    plan: Plan, column: str | None = None, *, lo: bool = True, hi: bool = True
+) -> sql.Composable:
+    """Rows of one key range whose vector `column` is still NULL: (pk, pk::text, text, hash).
+
+    A range with no lower (first batch) or no upper bound (last batch) leaves that side out.
+    Only NULL vectors are read: the capture trigger clears the column whenever the text
+    changes, so a non-NULL vector is already fresh and a rerun skips it.
+    """
+    pk = sql.Identifier(plan.table.primary_key)
+    conds: list[sql.Composable] = []
+    if lo:
+        conds.append(sql.SQL("{} > %(lo)s").format(pk))
+    if hi:
+        conds.append(sql.SQL("{} <= %(hi)s").format(pk))
+    conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
+    return sql.SQL(
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY 1"
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        conds=sql.SQL(" AND ").join(conds),
+    )
+
+
+_PK_TYPE_RE = re.compile(r"^[a-z][a-z0-9 _]*(\(\d+(,\d+)?\))?$")
+
+
+def pk_type_sql(pk_type: str) -> sql.Composable:
+    """The primary key's type as read from the catalog (format_type), checked before use."""
+    if not _PK_TYPE_RE.match(pk_type):
+        raise ValueError(f"unsupported primary key type {pk_type!r}")
+    return sql.SQL(pk_type)
+
+
+def _stale_open(plan: Plan, alias: str) -> sql.Composable:
+    """The row has an old vector change capture found stale (not refreshed yet)."""
+    return sql.SQL(
+        "EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = {m} "
+        "AND st.pk = {pk}::text AND st.refreshed_at IS NULL)"
+    ).format(m=sql.Literal(plan.name), pk=sql.Identifier(alias, plan.table.primary_key))
+
+
+def read_ids(
+    plan: Plan, pk_type: str, column: str | None = None, *, stale: bool = False
+) -> sql.Composable:
+    """Like `read_range`, for a list of keys (catch-up, sweep and dead-letter batches).
+
+    `stale` (batches of the source role): also the rows whose old vector change capture
+    recorded as stale, which are not NULL (before cutover the old column is never cleared).
+    """
+    pk = sql.Identifier(plan.table.primary_key)
+    col = sql.Identifier(column or plan.target.column)
+    if stale:
+        cond = sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
+        return sql.SQL(
+            "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
+            "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
+        ).format(
+            pk=pk,
+            text=text_expr(plan, "t"),
+            hash=text_hash_expr(plan, "t"),
+            tbl=table_ident(plan),
+            pkt=pk_type_sql(pk_type),
+            cond=cond,
+        )
+    return sql.SQL(
+        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
+        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
+    ).format(
+        pk=pk,
+        text=text_expr(plan),
+        hash=text_hash_expr(plan),
+        tbl=table_ident(plan),
+        pkt=pk_type_sql(pk_type),
+        col=col,
+    )
+
+
+def create_stage(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
+    # The stage's key has the table's key type, so the UPDATE below joins on the primary key
+    # index instead of casting every row of the table to text.
+    return sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} (pk {pkt}, text_hash text, v {vt}) "
+        "ON COMMIT DELETE ROWS"
+    ).format(
+        stage=stage_ident(pk_type, vtype, dims),
+        pkt=pk_type_sql(pk_type),
+        vt=column_type(vtype, dims),
+    )
+
+
+def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
+    # One stage per (key type, vector type) in a session: a worker may serve several migrations.
+    tag = hashlib.md5(pk_type.encode()).hexdigest()[:6]
+    return sql.Identifier(f"migrator_stage_{tag}_{vtype.value}_{dims}")
+
+
+def cas_update(
+    plan: Plan,
+    column: str,
+    pk_type: str,
+    vtype: VectorType,
+    dims: int,
+    *,
+    stale: bool = False,
+) -> sql.Composable:
+    """Write staged vectors only where the row still holds the text that was embedded.
+
+    `IS NULL` as well: a vector already there is fresh (the capture trigger clears it on every
+    text change), so a duplicated or redelivered batch writes nothing and adds no row versions.
+    `stale` (source role): also over an old vector recorded stale and not refreshed yet, and a
+    staged NULL (the text became blank) clears one; a row whose text became NULL compares
+    equal to its NULL hash. Returns the keys written.
+    """
+    pk = sql.Identifier(plan.table.primary_key)
+    col = sql.Identifier(column)
+    if stale:
+        return sql.SQL(
+            "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s WHERE t.{pk} = s.pk "
+            "AND {hash} IS NOT DISTINCT FROM s.text_hash AND NOT (t.{col} IS NULL AND s.v IS NULL) "
+            "AND (t.{col} IS NULL OR {open}) RETURNING t.{pk}::text"
+        ).format(
+            tbl=table_ident(plan),
+            col=col,
+            pk=pk,
+            hash=text_hash_expr(plan, "t"),
+            stage=stage_ident(pk_type, vtype, dims),
+            open=_stale_open(plan, "t"),
+        )
+    return sql.SQL(
+        "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
+        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
+    ).format(
+        tbl=table_ident(plan),
+        col=col,
+        pk=pk,
+        hash=text_hash_expr(plan, "t"),
+        stage=stage_ident(pk_type, vtype, dims),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Index and view.
+# ---------------------------------------------------------------------------------------------
+
+
+def create_index(plan: Plan) -> sql.Composable:
+    idx = plan.index
+    if idx.method is IndexMethod.HNSW:
+        params = sql.SQL("m = {}, ef_construction = {}").format(
+            sql.Literal(idx.m), sql.Literal(idx.ef_construction)
+        )
+    else:
+        params = sql.SQL("lists = {}").format(sql.Literal(idx.lists or 100))
+    return sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {tbl} USING {method} ({col} {ops}) "
+        "WITH ({params})"
+    ).format(
+        name=sql.Identifier(plan.index_name),
+        tbl=table_ident(plan),
+        method=sql.SQL(idx.method.value),
+        col=sql.Identifier(plan.target.column),
+        ops=sql.SQL(idx.metric.opclass(plan.target.type)),
+        params=params,
+    )
+
+
+def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Composable:
+    return sql.SQL("DROP INDEX {}IF EXISTS {}").format(
+        sql.SQL("CONCURRENTLY " if concurrently else ""), sql.Identifier(schema, name)
+    )
+
+
+def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) -> sql.Composable:
+    cols: list[sql.Composable] = [sql.Identifier(c) for c in plan.view.columns]
+    cols.append(
+        sql.SQL("{}::{} AS {}").format(
+            sql.Identifier(column), sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)
+        )
+    )
+    cols.append(
+        sql.SQL("{}::text AS {}").format(
+            sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias)
+        )
+    )
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
+
+
+def create_or_replace_view(
+    plan: Plan,
+    column: str,
+    vtype: VectorType,
+    fingerprint: str,
+    options: tuple[tuple[str, str], ...] = (),
+) -> sql.Composable:
+    # CREATE OR REPLACE VIEW replaces reloptions with the WITH list given: pass the view's own
+    # options every time so the switch keeps security_barrier / check_option exactly as they were.
+    with_clause: sql.Composable = sql.SQL("")
+    if options:
+        with_clause = sql.SQL(" WITH ({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options
+            )
+        )
+    return sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(
+        view_ident(plan), with_clause, view_select(plan, column, vtype, fingerprint)
+    )
+
+
+def upsert_active_model(
+    plan: Plan, column: str, vtype: VectorType, model: ModelSpec
+) -> sql.Composable:
+    return sql.SQL(
+        "INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, "
+        "fingerprint, model, vector_type, dimensions, switched_at) VALUES ({vs}, {vn}, {m}, "
+        "{col}, {fp}, {model}::jsonb, {vt}, {dims}, now()) "
+        "ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, "
+        "column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, "
+        "model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, "
+        "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at"
+    ).format(
+        vs=sql.Literal(plan.view_schema),
+        vn=sql.Literal(plan.view.name),
+        m=sql.Literal(plan.name),
+        col=sql.Literal(column),
+        fp=sql.Literal(model.fingerprint()),
+        model=sql.Literal(json.dumps(model.model_dump(mode="json"), sort_keys=True)),
+        vt=sql.Literal(vtype.value),
+        dims=sql.Literal(model.dimensions),
+    )
+
+
+def notify_switch(plan: Plan) -> sql.Composable:
+    return sql.SQL("SELECT pg_notify({}, {})").format(
+        sql.Literal(CHANGES_CHANNEL), sql.Literal(view_label(plan))
+    )
+
+
+def drop_trigger(plan: Plan) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+        sql.Identifier(plan.trigger_name), table_ident(plan)
+    )
+
+
+def drop_function(plan: Plan) -> sql.Composable:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+        sql.Identifier(SCHEMA, plan.function_name)
+    )
+
+
+def drop_column(plan: Plan, column: str) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(
+        table_ident(plan), sql.Identifier(column)
+    )

@@ -1,0 +1,1 @@
+"""`migrator demo`: the whole story on embedded services, and its text corpus."""

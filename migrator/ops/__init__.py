@@ -1,0 +1,1 @@
+"""What operators read besides the CLI: the Prometheus exporter."""

@@ -1,0 +1,124 @@
+"""`migrator exporter PLAN`: Prometheus metrics read from the database on each scrape.
+
+What no single worker knows: migration phase, ledger batches by status, rows pending, dead
+letters, unprocessed changes, queue depth, and index build progress. Read-only queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from migrator.plan.model import Plan
+
+PHASES = ("planned", "expanded", "backfilled", "verified", "cut_over", "rolled_back", "finalized")
+
+
+class MigrationCollector(Collector):
+    def __init__(self, url: str, plan: Plan, queue_depth: Any = None) -> None:
+        self.url, self.plan = url, plan
+        self._queue_depth = queue_depth  # callable returning int | None (broker specific)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        name = self.plan.name
+        up = GaugeMetricFamily(
+            "migrator_exporter_up", "1 when the database answered", labels=["migration"]
+        )
+        try:
+            with contextlib.closing(
+                psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            ) as conn:
+                yield from self._from_db(conn)
+            up.add_metric([name], 1)
+        except psycopg.Error:
+            up.add_metric([name], 0)
+        if self._queue_depth is not None:
+            depth = self._queue_depth()
+            if depth is not None:
+                g = GaugeMetricFamily(
+                    "migrator_queue_depth",
+                    "Messages waiting in the queue",
+                    labels=["migration", "queue"],
+                )
+                g.add_metric([name, self.plan.queue], depth)
+                yield g
+        yield up
+
+    def _from_db(self, conn: psycopg.Connection) -> Iterator[GaugeMetricFamily]:
+        name = self.plan.name
+        phase = conn.execute(
+            "SELECT phase FROM migrator.migrations WHERE name = %s", (name,)
+        ).fetchone()
+        g = GaugeMetricFamily(
+            "migrator_phase", "1 for the migration's current phase", labels=["migration", "phase"]
+        )
+        for p in PHASES:
+            g.add_metric([name, p], 1.0 if phase and phase[0] == p else 0.0)
+        yield g
+        batches = GaugeMetricFamily(
+            "migrator_batches", "Ledger batches by status", labels=["migration", "status"]
+        )
+        for status, n in conn.execute(
+            "SELECT status, count(*) FROM migrator.batches WHERE migration = %s GROUP BY status",
+            (name,),
+        ).fetchall():
+            batches.add_metric([name, status], n)
+        yield batches
+        for metric, help_text, query in (
+            (
+                "migrator_dead_letters",
+                "Unresolved dead-lettered rows",
+                "SELECT count(*) FROM migrator.dead_letters WHERE migration = %s "
+                "AND resolved_at IS NULL",
+            ),
+            (
+                "migrator_pending_changes",
+                "Captured changes not yet turned into batches",
+                "SELECT count(*) FROM migrator.changes WHERE migration = %s "
+                "AND processed_at IS NULL",
+            ),
+            (
+                "migrator_rows_written",
+                "Rows written by finished batches",
+                "SELECT coalesce(sum(rows_written), 0) FROM migrator.batches WHERE migration = %s",
+            ),
+        ):
+            row = conn.execute(query, (name,)).fetchone()
+            m = GaugeMetricFamily(metric, help_text, labels=["migration"])
+            m.add_metric([name], float(row[0]) if row else 0.0)
+            yield m
+        build = conn.execute(
+            "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total "
+            "FROM pg_stat_progress_create_index p JOIN pg_class i ON i.oid = p.index_relid "
+            "WHERE i.relname = %s",
+            (self.plan.index_name,),
+        ).fetchone()
+        m = GaugeMetricFamily(
+            "migrator_index_build_progress",
+            "Share of the index build done (0 when no build runs)",
+            labels=["migration", "index"],
+        )
+        share = 0.0
+        if build:
+            done, total = (build[3], build[4]) if build[4] else (build[1], build[2])
+            share = float(done) / float(total) if total else 0.0
+        m.add_metric([name, self.plan.index_name], share)
+        yield m
+
+
+def serve(
+    url: str, plan: Plan, port: int, host: str = "127.0.0.1", queue_depth: Any = None
+) -> None:
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    registry = CollectorRegistry()
+    registry.register(MigrationCollector(url, plan, queue_depth))
+    with make_server(host, port, make_wsgi_app(registry)) as httpd:
+        httpd.serve_forever()
