@@ -26,7 +26,7 @@ def stale_count(conn: psycopg.Connection, name: str) -> int:
             "AND refreshed_at IS NULL",
             (name,),
         ).fetchone()
-    except psycopg.errors.UndefinedTable:  # a read-only caller before schema 0002
+    except psycopg.errors.UndefinedTable:  # a read-only caller before schema 0003
         return 0
     return int(row[0]) if row else 0
 

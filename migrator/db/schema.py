@@ -119,7 +119,7 @@ changes = Table(
     # Kept after processing (marked, not deleted) so verify can measure staleness since a report.
     Column("processed_at", DateTime(timezone=True)),
     # The writing transaction: ids are assigned before commit, so "changed since a report" asks
-    # the report's snapshot which transactions it could not see (NULL: records older than 0002).
+    # the report's snapshot which transactions it could not see (NULL: records older than 0003).
     Column("txid", BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")),
     Index("changes_migration_id_idx", "migration", "id"),
     Index("changes_pending_idx", "migration", "id", postgresql_where=text("processed_at IS NULL")),

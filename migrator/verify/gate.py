@@ -37,7 +37,7 @@ class GateStatus:
 @dataclass(frozen=True)
 class Watermark:
     """Where a report stands in the change queue: the snapshot, and the highest id it saw
-    (for records written before schema 0002, which carry no transaction id)."""
+    (for records written before schema 0003, which carry no transaction id)."""
 
     max_id: int
     snapshot: str
@@ -82,7 +82,7 @@ def gate_status(conn: psycopg.Connection, plan: Plan) -> GateStatus:
     if row is None:
         return GateStatus(None, False, None, 0, 0, 0.0, False)
     # A record counts when the report's snapshot could not see its transaction (committed
-    # after, or still running then); records and reports older than schema 0002: by id.
+    # after, or still running then); records and reports older than schema 0003: by id.
     changed = conn.execute(
         "SELECT count(DISTINCT pk) FROM migrator.changes WHERE migration = %(m)s AND ("
         " (txid IS NOT NULL AND %(snap)s::text IS NOT NULL"
