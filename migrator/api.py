@@ -12,17 +12,16 @@ from typing import Any
 
 import psycopg
 
-from migrator.backfill import expand, ledger
+from migrator.backfill import expand, ledger, preflight, refresh
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state
 from migrator.db.connect import connect, ensure_schema, resolve_url
-from migrator.db.context import migration_context
 from migrator.db.embedded import stop_embedded_database, stop_embedded_redis
 from migrator.db.executor import RunResult
 from migrator.ddl.statements import Statement
 from migrator.ddl.steps import Step, all_steps
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, PreflightError
 from migrator.plan.estimate import estimate
 from migrator.plan.model import Plan
 
@@ -78,14 +77,29 @@ class PlanReport:
     inspection: insp.Inspection | None = None
     estimate: dict[str, Any] | None = None
     extra_findings: list[insp.Finding] = field(default_factory=list)
+    # The pre-flight's blocking problems (catalog, privileges, keys, providers, Redis).
+    problems: list[preflight.Problem] = field(default_factory=list)
 
     @property
     def findings(self) -> list[insp.Finding]:
-        return (self.inspection.findings if self.inspection else []) + self.extra_findings
+        # Errors are the pre-flight's problems (the catalog's among them); then the rest.
+        notes = [
+            f for f in (self.inspection.findings if self.inspection else []) if f.level != "error"
+        ]
+        errors = [insp.Finding("error", p.line()) for p in self.problems]
+        return errors + notes + self.extra_findings
 
     @property
     def ok(self) -> bool:
         return not any(f.level == "error" for f in self.findings)
+
+    def raise_if_not_ok(self) -> None:
+        """The first problem's error (and exit code), with every other problem as a line."""
+        if self.problems:
+            preflight.Result(self.problems).raise_first()
+        errors = [f.what for f in self.findings if f.level == "error"]
+        if errors:
+            raise PreflightError(errors[0], hint="see the findings", more=tuple(errors[1:]))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +110,9 @@ class PlanReport:
             "live": insp.as_dict(self.inspection) if self.inspection else None,
             "estimate": self.estimate,
             "findings": [f.as_dict() for f in self.findings],
+            "problems": [
+                {"message": p.what, "hint": p.hint, "exit_code": p.exit_code} for p in self.problems
+            ],
         }
 
 
@@ -121,20 +138,29 @@ def count_tokens(plan: Plan, settings: Settings, texts: list[str]) -> tuple[list
 
 
 def plan_live(plan: Plan, settings: Settings) -> PlanReport:
+    """The dry run against the database: the same pre-flight every command runs (for the whole
+    migration: both models, every privilege), the statements with live facts, the estimate."""
     url = resolve_url(settings)
     with contextlib.closing(connect(url)) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        ins = insp.inspect(conn, plan)
         migration = _migration_if_schema(conn, plan.name)
-    report = PlanReport(plan, "live", all_steps(plan, ins.facts), inspection=ins)
+        phase = migration.phase if migration else None
+        checked = preflight.check(conn, settings, plan, "plan", phase, sample=500)
+    ins = checked.inspection
+    assert ins is not None
+    report = PlanReport(
+        plan, "live", all_steps(plan, ins.facts), inspection=ins, problems=checked.problems
+    )
+    report.extra_findings += [insp.Finding("warning", w) for w in checked.warnings]
     if migration is not None:
         if migration.plan_hash != plan.plan_hash():
-            report.extra_findings.append(
-                insp.Finding(
-                    "error",
-                    "the plan file changed since this migration started: restore it or "
-                    "give the new plan a new name",
-                )
+            report.problems.insert(
+                0,
+                preflight.Problem(
+                    PreflightError,
+                    "the plan file changed since this migration started",
+                    "restore it or give the new plan a new name",
+                ),
             )
         report.extra_findings.append(
             insp.Finding(
@@ -164,7 +190,7 @@ live_facts = insp.live_facts
 
 def adopt(settings: Settings, plan: Plan) -> RunResult:
     """Register the migration and create (or confirm) the view on the source column."""
-    with migration_context(settings, plan, "adopt") as ctx:
+    with preflight.context(settings, plan, "adopt") as ctx:
         return expand.adopt(ctx)
 
 
@@ -175,9 +201,11 @@ def adopt(settings: Settings, plan: Plan) -> RunResult:
 
 def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[str, Any]:
     url = resolve_url(settings)
-    ensure_schema(url)
     with contextlib.closing(connect(url)) as conn:
-        migration = state.get_migration(conn, plan.name)
+        # Read-only until a migration exists: status never creates migrator's schema.
+        migration = _migration_if_schema(conn, plan.name)
+        if migration is not None:
+            ensure_schema(url)  # an older migrator's schema: upgrade it to read it
         out: dict[str, Any] = {
             "plan": plan_summary(plan),
             "phase": None,
@@ -213,6 +241,9 @@ def progress(conn: psycopg.Connection, plan: Plan) -> dict[str, Any]:
         "duplicate_executions": s["duplicate_executions"],
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "pending_changes": ledger.pending_changes(conn, plan.name),
+        # Old vectors of text the row no longer has (what a rollback would serve).
+        "stale_sources": refresh.stale_count(conn, plan.name),
+        "refresh_source": plan.backfill.refresh_source,
     }
 
 

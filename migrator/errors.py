@@ -4,8 +4,8 @@ MigratorError
  ├── PlanError            exit 2   the plan file is malformed or invalid
  ├── ConfigError          exit 3   settings / environment are wrong
  ├── DatabaseError        exit 4   the database is unreachable or refused a statement
- │    └── LockTimeoutError exit 5  DDL could not get its lock within the attempts allowed
- ├── PreflightError       exit 6   live checks found blocking problems (`plan` live mode)
+ │    └── LockTimeoutError exit 5  DDL could not get its lock (or deadlocked) within the attempts
+ ├── PreflightError       exit 6   pre-flight: the database does not fit the plan (any command)
  ├── PhaseError           exit 7   the state machine forbids this step now (guards)
  ├── ConcurrentRunError   exit 8   another operator holds this migration's lock
  ├── GateFailedError      exit 9   verification ran but a gate failed
@@ -25,10 +25,14 @@ class MigratorError(Exception):
 
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, more: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Further problems found by the same check, one line each (the CLI prints them all).
+        self.more = more
 
     def one_line(self) -> str:
         """The message as one line, with the hint after it when there is one."""
@@ -41,9 +45,17 @@ class MigratorError(Exception):
 class PlanError(MigratorError):
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str = "", field: str = "", hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        field: str = "",
+        hint: str | None = None,
+        more: tuple[str, ...] = (),
+    ):
         where = ":".join(p for p in (path, field) if p)
-        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint, more=more)
         self.path = path
         self.field = field
 
@@ -94,8 +106,8 @@ EXIT_CODES: dict[int, str] = {
     2: "invalid plan file",
     3: "invalid configuration or environment",
     4: "database unreachable or a statement failed",
-    5: "could not acquire a lock within the configured attempts",
-    6: "live pre-flight checks found errors",
+    5: "could not acquire a lock within the configured attempts (lock timeout or deadlock)",
+    6: "pre-flight checks found errors in the database (nothing was changed)",
     7: "the migration is not in a phase that allows this command",
     8: "another migrator process holds this migration's lock",
     9: "verification gate failed",

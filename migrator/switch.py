@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from migrator.backfill import preflight, refresh
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state, view_catalog
-from migrator.db.context import Context, migration_context
+from migrator.db.context import Context
 from migrator.db.executor import RunResult
 from migrator.db.state import State
 from migrator.ddl import statements as q
@@ -41,6 +42,8 @@ class SwitchResult:
     total_ms: float
     report_id: int | None = None
     view_matches_snapshot: bool | None = None
+    # Rows whose old vector is of text they no longer have (migrator.stale_sources), at cutover.
+    stale_sources: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +72,14 @@ def _require_target_index(ctx: Context) -> None:
         )
 
 
-def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | None) -> SwitchResult:
+def _switch(
+    ctx: Context,
+    step: steps.Step,
+    after: State,
+    *,
+    report_id: int | None,
+    stale_sources: int | None = None,
+) -> SwitchResult:
     plan, before = ctx.plan, ctx.migration
     assert before is not None
     retries: list[float] = []
@@ -93,6 +103,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
         round(res.total_ms, 2),
         report_id,
         matches,
+        stale_sources,
     )
     ctx.refresh()
     ctx.event(
@@ -107,6 +118,7 @@ def _switch(ctx: Context, step: steps.Step, after: State, *, report_id: int | No
         retry_backoff_ms=round(sum(retries) * 1000, 1),
         report_id=report_id,
         view_matches_snapshot=matches,
+        stale_sources=stale_sources,
     )
     return result
 
@@ -137,18 +149,40 @@ def view_matches_snapshot(conn: Any, plan: Plan, snapshot: dict[str, Any] | None
 
 def cutover(settings: Settings, plan: Plan) -> SwitchResult:
     """Point the view at the target column, if the latest verification passed and is current."""
-    with migration_context(settings, plan, "cutover") as ctx:
+    with preflight.context(settings, plan, "cutover") as ctx:
         # A refusal raised here is logged by migration_context as an event of this command.
         st = gate.require_current_pass(ctx.conn, plan)
         _require_target_index(ctx)
+        stale = _check_stale_sources(ctx, st.rows_at_report)
         return _switch(
-            ctx, steps.cutover(plan, ctx.facts()), State.CUT_OVER, report_id=st.report_id
+            ctx,
+            steps.cutover(plan, ctx.facts()),
+            State.CUT_OVER,
+            report_id=st.report_id,
+            stale_sources=stale,
         )
+
+
+def _check_stale_sources(ctx: Context, rows: int) -> int:
+    """Old vectors of text their row no longer has would be served again by a rollback. With
+    backfill.refresh_source, refuse while more remain than the gate tolerates for new vectors
+    (verify.max_stale_fraction): the backfill refreshes them. Either way, report the count."""
+    plan = ctx.plan
+    stale = refresh.stale_count(ctx.conn, plan.name)
+    if plan.backfill.refresh_source and refresh.too_many(stale, rows, plan):
+        raise PhaseError(
+            f"{stale:,} rows still hold an old vector ({plan.source.column}) of text they no "
+            f"longer have (more than {plan.verify.max_stale_fraction:.1%} of {rows:,} rows): "
+            "a rollback would serve them",
+            hint="run `migrator backfill PLAN` (backfill.refresh_source re-embeds them with the "
+            "old model) and cut over again, or set backfill.refresh_source: false to accept them",
+        )
+    return stale
 
 
 def rollback(settings: Settings, plan: Plan) -> SwitchResult:
     """Point the view back at the source column (kept fresh by change capture since cutover)."""
-    with migration_context(settings, plan, "rollback") as ctx:
+    with preflight.context(settings, plan, "rollback") as ctx:
         return _switch(ctx, steps.rollback(plan, ctx.facts()), State.ROLLED_BACK, report_id=None)
 
 
@@ -160,7 +194,7 @@ def finalize_allowed_at(migration: state.Migration, plan: Plan) -> datetime | No
 
 def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) -> FinalizeResult:
     """Drop the old column, its indexes and migrator's trigger. Irreversible."""
-    with migration_context(settings, plan, "finalize") as ctx:
+    with preflight.context(settings, plan, "finalize") as ctx:
         migration = ctx.migration
         assert migration is not None
         if migration.phase is State.FINALIZING:
@@ -215,7 +249,8 @@ def _confirm(plan: Plan, yes: bool) -> None:
 
 def refuse_dependents(ctx: Context, column: str, command: str) -> None:
     """DROP COLUMN fails on views or constraints that use the column: find them first."""
-    deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column)
+    names = ctx.facts().capture or ctx.plan.capture
+    deps = view_catalog.column_dependents(ctx.conn, ctx.plan, column, own_trigger=names.trigger)
     if deps:
         raise PreflightError(
             f"cannot {command}: {', '.join(deps)} use{'s' if len(deps) == 1 else ''} "
@@ -250,7 +285,7 @@ def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
     """Abandon the migration: the table, the view and the registry as adopt found them
     (pgroll's rollback of an incomplete migration). Refused while cut over; the statements are
     steps.abort (shown by `migrator plan`); the migration's row stays, phase aborted."""
-    with migration_context(settings, plan, "abort") as ctx:
+    with preflight.context(settings, plan, "abort") as ctx:
         migration = ctx.migration
         assert migration is not None
         before = migration.phase

@@ -24,6 +24,7 @@ from tests.helpers import demo_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = HashEmbedder("local-hash-new", 384)
+OLD = HashEmbedder("local-hash-old", 256)
 POISON = "<<poison>>"
 
 
@@ -56,10 +57,19 @@ def random_text(rng: random.Random, lo: int = 8, hi: int = 40) -> str:
 
 
 def make_documents(
-    url: str, n: int, *, seed: int = 7, empty_every: int = 0, poison_ids: tuple[int, ...] = ()
+    url: str,
+    n: int,
+    *,
+    seed: int = 7,
+    empty_every: int = 0,
+    poison_ids: tuple[int, ...] = (),
+    old_vectors: bool = False,
 ) -> dict[int, str]:
     """documents(id bigint pk, title, body, category, embedding vector(256)) with n rows of
-    synthetic text; every `empty_every`-th body is empty or blank. Returns id -> body."""
+    synthetic text; every `empty_every`-th body is empty or blank. Returns id -> body.
+
+    The old vectors are synthetic (64 random vectors) unless `old_vectors`: then the old
+    model's embedding of each body (what verify's parity needs as a baseline)."""
     rng = random.Random(seed)
     bodies: dict[int, str] = {}
     for i in range(1, n + 1):
@@ -70,6 +80,7 @@ def make_documents(
             body = f"{body} {POISON}"
         bodies[i] = body
     old = np.random.default_rng(seed).standard_normal((64, 256)).astype(np.float32)
+    real = OLD.encode([b if b.strip() else "x" for b in bodies.values()]) if old_vectors else None
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute(
@@ -83,8 +94,9 @@ def make_documents(
             ) as copy,
         ):
             copy.set_types(["int8", "text", "text", "text", "vector"])
-            for i, body in bodies.items():
-                copy.write_row((i, f"doc {i}", body, f"c{i % 7}", old[i % 64]))
+            for j, (i, body) in enumerate(bodies.items()):
+                vec = old[i % 64] if real is None else real[j]
+                copy.write_row((i, f"doc {i}", body, f"c{i % 7}", vec))
         conn.execute("ANALYZE documents")
     return bodies
 
@@ -181,6 +193,24 @@ def assert_all_fresh(url: str, *, dead: set[int] = frozenset()) -> dict[str, int
     ]
     assert not not_null_blank, f"rows that must stay NULL hold vectors: {not_null_blank[:10]}"
     return {"rows": len(rows), "eligible": len(ids)}
+
+
+def assert_old_fresh(url: str, ids: set[int]) -> int:
+    """Rows `ids` (those still present) hold the OLD model's vector of their current text:
+    what a rollback serves. Returns how many were checked."""
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        rows = conn.execute(
+            "SELECT id, body, embedding FROM documents WHERE id = ANY(%s) ORDER BY id",
+            (sorted(ids),),
+        ).fetchall()
+    wrong = []
+    expected = OLD.encode([r[1] for r in rows]) if rows else []
+    for (pk, _, got), exp in zip(rows, expected, strict=True):
+        if got is None or not np.allclose(_array(got), exp, atol=1e-5):
+            wrong.append(pk)
+    assert not wrong, f"{len(wrong)} rows keep an old vector of old text, e.g. {wrong[:10]}"
+    return len(rows)
 
 
 def wait_for(predicate: object, timeout: float, step: float = 0.2) -> bool:

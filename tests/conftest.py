@@ -1,7 +1,7 @@
 """Shared fixtures: an embedded PostgreSQL + pgvector per test session, a fresh database per test.
 
 Set MIGRATOR_TEST_DATABASE_URL to run the integration tests against another server instead
-(a PostgreSQL with pgvector >= 0.8 where the user may CREATE DATABASE).
+(a PostgreSQL with pgvector >= 0.8.4 where the user may CREATE DATABASE).
 """
 
 from __future__ import annotations

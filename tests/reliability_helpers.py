@@ -29,6 +29,7 @@ import httpx
 import psycopg
 import redis
 
+from migrator.backfill.preflight import PROBE_TEXT
 from migrator.config import Settings, load_settings
 from migrator.embedding.server import ServerHandle
 from migrator.plan.model import Plan
@@ -189,6 +190,7 @@ class Action:
     delay: float = 0.0
     mutate: Callable[[dict[str, Any], Request], dict[str, Any]] | None = None
     after: Callable[[], None] | None = None  # called once the answer is on the wire
+    silent: bool = False  # forward without logging it (the pre-flight's test embedding)
 
 
 Policy = Callable[[Request], Action | None]
@@ -263,16 +265,21 @@ class FaultProxy:
                     for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
                 }
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
-                with self._lock:
-                    self._n += 1
-                    n = self._n
                 try:
                     body = json.loads(raw) if raw else {}
                 except ValueError:
                     body = {}
-                req = Request(n, path, body if isinstance(body, dict) else {})
-                action = self.policy(req) if path.endswith("/embeddings") else None
-                action = action or Action()
+                body = body if isinstance(body, dict) else {}
+                # The pre-flight's test embedding is not the backfill's: policies number the
+                # workers' requests (req.n == 1 is the first batch request), so pass it through.
+                probe = body.get("input") == [PROBE_TEXT]
+                if not probe:
+                    with self._lock:
+                        self._n += 1
+                n = self._n
+                req = Request(n, path, body)
+                action = self.policy(req) if path.endswith("/embeddings") and not probe else None
+                action = action or Action(silent=probe)
                 if action.reset:
                     self._note("reset")
                     sock = writer.get_extra_info("socket")
@@ -290,7 +297,8 @@ class FaultProxy:
                 if action.delay:
                     self._note("delay")
                     await asyncio.sleep(action.delay)
-                self._note("forward")
+                if not action.silent:
+                    self._note("forward")
                 resp = await self._client.request(
                     method,
                     path,

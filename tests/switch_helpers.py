@@ -99,6 +99,7 @@ def fill_target(conn: psycopg.Connection, plan: Plan) -> None:
         [r[1] if r[1] and r[1].strip() else "x" for r in rows]
     )
     with conn.transaction():
+        conn.execute(q.mark_writer(plan))  # stands in for the workers: change capture trusts it
         conn.execute("CREATE TEMP TABLE fill_stage (id bigint, v vector) ON COMMIT DROP")
         with (
             conn.cursor() as cur,

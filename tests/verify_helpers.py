@@ -23,6 +23,7 @@ from psycopg import sql
 from migrator.db import state
 from migrator.db.connect import connect, ensure_schema
 from migrator.db.executor import Executor, LockPolicy
+from migrator.ddl import statements as q
 from migrator.ddl import steps
 from migrator.demo.corpus import Doc, load_docstrings
 from migrator.embedding.local import HashEmbedder
@@ -95,6 +96,7 @@ def fill_target(url: str, plan: Plan, n: int = ROWS, empty_every: int = EMPTY_EV
     keep = [i for i, t in enumerate(texts) if t.strip()]
     vecs = HashEmbedder("local-hash-new", 384).encode([texts[i] for i in keep])
     with contextlib.closing(connect(url)) as conn, conn.transaction():
+        conn.execute(q.mark_writer(plan))  # stands in for the workers: change capture trusts it
         conn.execute("CREATE TEMP TABLE stage (id bigint, v vector(384)) ON COMMIT DROP")
         with conn.cursor() as cur, cur.copy("COPY stage FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "vector"])
@@ -178,8 +180,11 @@ def unit_random(n: int, dims: int, seed: int) -> np.ndarray:
 
 
 def set_vectors(url: str, column: str, ids: list[int], vecs: np.ndarray) -> None:
+    """Overwrite vectors as a buggy worker would (marked as migrator's writes, so change
+    capture lets them through): what verify must catch."""
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
+        conn.execute("SELECT set_config(%s, %s, false)", (q.WRITER_SETTING, local_plan().name))
         with conn.cursor() as cur:
             cur.executemany(
                 sql.SQL("UPDATE documents SET {} = %s WHERE id = %s").format(

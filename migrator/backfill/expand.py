@@ -1,4 +1,5 @@
-"""The start of a migration: the read-only checks, adopting the view, expanding the table.
+"""The start of a migration: adopting the view and expanding the table (the read-only checks
+before them are backfill.preflight).
 
 Each runs inside a command's `db.context.Context` (lock held, phase guarded) and goes through the
 one executor; nothing here renders or reads a plan file.
@@ -20,16 +21,12 @@ from migrator.errors import PreflightError
 from migrator.plan.model import Plan
 
 
-def preflight(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
+def inspected(conn: psycopg.Connection, plan: Plan) -> insp.Inspection:
+    """The catalog facts a step needs (the command's pre-flight checked them already; a change
+    since, by another session, is still refused cleanly)."""
     ins = insp.inspect(conn, plan, sample=0)
     if ins.errors:
-        first = ins.errors[0].what
-        more = (
-            f" (and {len(ins.errors) - 1} more: see `migrator plan PLAN`)"
-            if len(ins.errors) > 1
-            else ""
-        )
-        raise PreflightError(first + more, hint="fix the plan or the database, then rerun")
+        raise PreflightError(ins.errors[0].what, hint="fix the plan or the database, then rerun")
     return ins
 
 
@@ -41,7 +38,7 @@ def adopt(ctx: Context) -> RunResult:
     returns to.
     """
     plan = ctx.plan
-    ins = preflight(ctx.conn, plan)
+    ins = inspected(ctx.conn, plan)
     body = ins.facts.view_body
     if body is not None and body.serves != plan.source.column:
         raise PreflightError(

@@ -241,6 +241,14 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[i : i + size])
 
 
+def id_batches(conn: psycopg.Connection, plan: Plan, role: Role, pks: Sequence[str]) -> list[int]:
+    """Id batches of at most batch_size keys for `role` (in the caller's transaction)."""
+    return [
+        _insert(conn, plan.name, role, "ids", ids=chunk)
+        for chunk in _chunks(list(pks), plan.backfill.batch_size)
+    ]
+
+
 def batches_from_changes(
     conn: psycopg.Connection, plan: Plan, roles: Sequence[Role], *, limit: int = 10_000
 ) -> list[int]:

@@ -17,19 +17,22 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrator.backfill import expand, ledger
+from migrator.backfill import expand, ledger, preflight, refresh
 from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
+from migrator.db import errors as dberrors
 from migrator.db import state
 from migrator.db.connect import connect
-from migrator.db.context import Context, migration_context
+from migrator.db.context import Context
+from migrator.db.executor import backoff
 from migrator.db.state import State
-from migrator.errors import BrokerError, ConcurrentRunError, DatabaseError, ProviderError
+from migrator.errors import BrokerError, ConcurrentRunError, ProviderError
 from migrator.plan.model import Plan, Role
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 PHASES_WITH_SOURCE = (State.CUT_OVER, State.ROLLED_BACK)
+TRANSIENT_ATTEMPTS = 10  # passes in a row that may fail on a deadlock or lock timeout
 
 
 @dataclass
@@ -48,13 +51,14 @@ def run(settings: Settings, plan: Plan, opts: Options | None = None) -> dict[str
     """Expand if needed, produce and enqueue, then (unless `wait=False`) monitor to the end."""
     try:
         return _run(settings, plan, opts or Options())
-    except psycopg.OperationalError as exc:
-        # The database went away mid-run (restart, failover): the ledger keeps the work, and
-        # the operator lock died with the session, so a rerun resumes safely.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(
-            f"lost the database connection during the backfill: {first}",
-            hint="rerun `migrator backfill` when the database is back: it resumes where it stopped",
+    except psycopg.Error as exc:
+        # The ledger keeps the work and the operator lock dies with the session, so a rerun
+        # resumes safely whatever happened: a restart or failover, a statement timeout, a cancel.
+        raise dberrors.describe(
+            exc,
+            "the backfill",
+            resume="rerun `migrator backfill` (once the database is back): it resumes where "
+            "it stopped",
         ) from exc
 
 
@@ -63,7 +67,7 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
     enq = Enqueuer(broker_url(settings), plan, stall)
     t0 = time.monotonic()
     try:
-        with migration_context(settings, plan, "backfill") as ctx:
+        with preflight.context(settings, plan, "backfill") as ctx:
             start = _prepare(ctx, enq, opts)
             if not opts.wait:
                 return {
@@ -207,6 +211,7 @@ def _summary(
         "dead_letters": ledger.dead_letter_count(conn, plan.name),
         "duplicate_executions": s["duplicate_executions"],
         "pending_changes": ledger.pending_changes(conn, plan.name),
+        "stale_sources": refresh.stale_count(conn, plan.name),
         "seconds": round(seconds, 2),
         "rows_per_second": round(written / seconds, 1) if seconds > 0 else None,
         "queue": plan.queue,
@@ -235,11 +240,24 @@ class Monitor:
         return [Role.TARGET, Role.SOURCE] if phase in PHASES_WITH_SOURCE else [Role.TARGET]
 
     def loop(self, mark_complete: Callable[[], None]) -> dict[str, Any]:
+        transient = 0
         while True:
             phase = _phase(self.conn, self.plan)
             if phase in (State.FINALIZED, State.ABORTED):
                 break
-            if self.tick(phase):
+            try:
+                done = self.tick(phase)
+                transient = 0
+            except dberrors.TRANSIENT as exc:
+                # A deadlock with the application or a lock timeout rolled back one ledger
+                # statement; every statement of a pass is idempotent, so run the pass again.
+                transient += 1
+                if transient >= TRANSIENT_ATTEMPTS:
+                    raise
+                log.warning("%s; the pass runs again", dberrors.primary(exc))
+                time.sleep(backoff(transient, 0.1, 5.0))
+                continue
+            if done:
                 if not self.complete:
                     mark_complete()
                     self.complete = True
@@ -255,8 +273,11 @@ class Monitor:
     def tick(self, phase: State) -> bool:
         """One pass; True when the database says the backfill is complete."""
         roles = self.roles(phase)
+        refresh_source = self.plan.backfill.refresh_source
         try:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
+            if refresh_source:
+                self.enq.send(self.conn, refresh.batches_from_stale(self.conn, self.plan))
             depth = self.enq.queue_depth()
             lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall, queue_empty=depth == 0)
             lost = ledger.give_up_exhausted(
@@ -282,6 +303,8 @@ class Monitor:
         for role in roles:
             column = self.plan.target.column if role is Role.TARGET else self.plan.source.column
             swept += ledger.sweep(self.conn, self.plan, role, column)
+        if refresh_source:
+            swept += refresh.sweep_stale(self.conn, self.plan)
         if swept:
             log.info("sweep found NULL vectors outside any batch: %d new batches", len(swept))
             with contextlib.suppress(BrokerError):

@@ -7,6 +7,7 @@ no limits and no Redis is at hand.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -146,17 +147,25 @@ class RedisLimiter:
         self.waited = 0.0
 
     def try_acquire(self, requests: int, tokens: int) -> float:
-        """Seconds to wait (0.0: granted and charged)."""
-        ms = self._acquire(
-            keys=[self.key],
-            args=[
-                self.rpm,
-                self.tpm,
-                max(requests, 1) if self.rpm else 0,
-                max(tokens, 0) if self.tpm else 0,
-                BURST,
-            ],
-        )
+        """Seconds to wait (0.0: granted and charged). A Redis that does not answer (a restart)
+        is a RetryableError: the batch goes back to the queue, it is not failed for good."""
+        import redis
+
+        try:
+            ms = self._acquire(
+                keys=[self.key],
+                args=[
+                    self.rpm,
+                    self.tpm,
+                    max(requests, 1) if self.rpm else 0,
+                    max(tokens, 0) if self.tpm else 0,
+                    BURST,
+                ],
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise RetryableError(
+                f"the Redis of the shared rate budget does not answer: {exc}", retry_after=2.0
+            ) from exc
         return float(ms) / 1000.0
 
     def acquire(self, requests: int, tokens: int) -> None:
@@ -177,14 +186,21 @@ class RedisLimiter:
             self._sleep(step)
 
     def pause(self, seconds: float) -> None:
+        import redis
+
         if seconds > 0 and math.isfinite(seconds):
-            self._pause(keys=[self.key], args=[seconds])
+            # Best effort: without Redis the pause is not shared, and the next acquire says so.
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                self._pause(keys=[self.key], args=[seconds])
 
     def refund(self, tokens: int) -> None:
+        import redis
+
         # Without it a tokens-per-minute budget is spent on the estimate (~2-3x the real count
         # for English text): 0.31 of a server's quota measured (bench/quota.py --scenario tpm).
         if self.tpm and tokens > 0:
-            self._refund(keys=[self.key], args=[self.tpm, int(tokens), BURST])
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                self._refund(keys=[self.key], args=[self.tpm, int(tokens), BURST])
 
 
 def bucket_key(migration: str, role: str) -> str:

@@ -19,7 +19,7 @@ import psycopg
 from pgvector import HalfVector
 from psycopg import sql
 
-from migrator.backfill import ledger
+from migrator.backfill import ledger, refresh
 from migrator.backfill.ratelimit import Limiter
 from migrator.db.executor import backoff
 from migrator.ddl import statements as q
@@ -211,7 +211,8 @@ def _read(
         )
         params: dict[str, Any] = {"lo": batch.key_lo, "hi": batch.key_hi}
     else:
-        query = q.read_ids(plan, key.type, rs.column)
+        # Source-role batches also read rows whose old vector was recorded stale (not NULL).
+        query = q.read_ids(plan, key.type, rs.column, stale=rs.role is Role.SOURCE)
         params = {"ids": list(batch.ids or ())}
     return [(r[0], str(r[1]), r[2], r[3]) for r in _execute(conn, query, params).fetchall()]
 
@@ -250,6 +251,7 @@ def run_batch(
     out.tokens, out.requests = emb.tokens, emb.requests
 
     dead = [(rows[i][1], rows[i][3], reason) for i, reason in sorted(emb.failed.items())]
+    cleared: list[int] = []  # source role: an old vector over text that became blank
     for i in emb.skipped_empty:
         text = rows[i][2]
         # The pipeline skips anything Python calls blank; the database's eligibility test only
@@ -258,12 +260,17 @@ def run_batch(
             dead.append((rows[i][1], rows[i][3], "text is only whitespace"))
         else:
             out.skipped += 1
+            if rs.role is Role.SOURCE:
+                cleared.append(i)
     out.dead = len(dead)
 
     _ensure_stage(conn, plan, key, rs)
     stage = q.stage_ident(key.type, rs.vtype, rs.model.dimensions)
     with conn.transaction():
-        if emb.vectors:
+        # Change capture lets through only writes marked as migrator's (SET LOCAL): any other
+        # write of a vector column without its text is an ORM saving back an old vector.
+        _execute(conn, q.mark_writer(plan))
+        if emb.vectors or cleared:
             # The temp stage has no statistics and the new column's `IS NULL` is estimated at
             # 0.5% of the table, so the planner hashes the whole table for every batch: a
             # sequential scan each time, quadratic in the table (185 ms per 500-row batch at
@@ -281,12 +288,25 @@ def run_batch(
                 copy.set_types([key.oid, "text", rs.vtype.value])
                 for i, vec in emb.vectors.items():
                     copy.write_row((rows[i][0], rows[i][3], wrap(vec)))
-            cas = q.cas_update(plan, rs.column, key.type, rs.vtype, rs.model.dimensions)
+                for i in cleared:
+                    copy.write_row((rows[i][0], rows[i][3], None))
+            cas = q.cas_update(
+                plan,
+                rs.column,
+                key.type,
+                rs.vtype,
+                rs.model.dimensions,
+                stale=rs.role is Role.SOURCE,
+            )
             written = [str(r[0]) for r in _execute(conn, cas).fetchall()]
         else:
             written = []
         out.written = len(written)
-        out.stale = len(emb.vectors) - len(written)
+        out.stale = max(0, len(emb.vectors) + len(cleared) - len(written))
+        if rs.role is Role.SOURCE:
+            done = set(written)
+            others = [pk for pk in batch.ids or () if pk not in done]
+            refresh.resolve(conn, plan, key.type, written, others)
         ledger.dead_letter(conn, plan.name, rs.role, dead)
         ledger.resolve_dead_letters(conn, plan.name, rs.role, written)
         executions = ledger.finish(

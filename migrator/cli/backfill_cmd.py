@@ -160,6 +160,12 @@ def backfill_cmd(
         f"{summary['seconds']} s ({summary['rows_per_second'] or 0:,} rows/s); dead letters "
         f"{summary['dead_letters']}; queue {summary['queue']}; phase {summary['phase']}"
     )
+    if summary.get("stale_sources"):
+        click.echo(
+            f"stale old vectors: {summary['stale_sources']:,} rows hold a {plan.source.column} "
+            "of text they no longer have"
+            + ("" if plan.backfill.refresh_source else " (backfill.refresh_source is false)")
+        )
 
 
 @plan_command(

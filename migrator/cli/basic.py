@@ -17,7 +17,7 @@ from migrator.cli.common import (
 from migrator.cli.render import render_plan, render_status
 from migrator.ddl.runbook import render_runbook
 from migrator.ddl.steps import Facts
-from migrator.errors import EXIT_CODES, PreflightError
+from migrator.errors import EXIT_CODES
 
 
 @plan_command(
@@ -33,9 +33,11 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
 
     \b
     Offline (--offline): no database; exit 0 if the plan is valid, 2 if not.
-    Live (default): also inspect the table read-only: columns, types, key, view, index
-    names, pgvector version, row count, and estimate tokens, cost and duration.
-    Exit 6 if the live checks find errors.
+    Live (default): the pre-flight every command runs, for the whole migration, read-only:
+    columns, types, key, view, index names, pgvector >= 0.8.4, the database user's
+    privileges, API keys, a test embedding from each model, the shared Redis; row count and
+    estimate of tokens, cost and duration. Exits with the first problem's code (3
+    configuration, 6 database, 10 provider, 11 Redis).
     """
     plan = read_plan(plan_path)
     report = api.plan_offline(plan) if offline else api.plan_live(plan, settings_from(database_url))
@@ -44,9 +46,9 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
         emit_json(data)
     else:
         render_plan(make_console(), data)
-    if not report.ok:
-        first = next(f for f in report.findings if f.level == "error")
-        raise PreflightError(first.what, hint="see the findings above")
+    # The same problems, messages and exit codes as the pre-flight of the commands that change
+    # things (3 configuration, 6 database, 10 provider, 11 Redis): see docs/exit-codes.md.
+    report.raise_if_not_ok()
 
 
 @plan_command(
@@ -131,6 +133,9 @@ def runbook_cmd(
     facts = Facts()
     if not offline:
         report = api.plan_live(plan, settings_from(database_url))
+        # A runbook for a plan the database cannot run would be wrong: the same problems and
+        # exit codes as `migrator plan`.
+        report.raise_if_not_ok()
         estimate = report.estimate
         if report.inspection is not None:
             facts = report.inspection.facts

@@ -90,10 +90,13 @@ def handle_errors(f: F) -> F:
                         "error": type(exc).__name__,
                         "message": exc.message,
                         "hint": exc.hint,
+                        "more": list(exc.more),
                         "exit_code": exc.exit_code,
                     }
                 )
             click.echo(f"error: {exc.one_line()}", err=True)
+            for line in exc.more:  # further problems of the same pre-flight, one line each
+                click.echo(f"error: {' '.join(line.split())}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: rerun the same command to resume", err=True)

@@ -100,6 +100,16 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
         for k in ("rows_eligible", "rows_done", "rows_pending", "rows_empty"):
             if k in prog:
                 console.print(f"  {k.replace('_', ' ')}: {prog[k]:,}")
+        if prog.get("stale_sources"):
+            action = (
+                "refreshed by the backfill (backfill.refresh_source)"
+                if prog.get("refresh_source")
+                else "NOT refreshed (backfill.refresh_source is false): a rollback serves them"
+            )
+            console.print(
+                f"  stale old vectors: {prog['stale_sources']:,} rows hold an old vector of text "
+                f"they no longer have; {action}"
+            )
     if st.get("dead_letters"):
         t = Table("pk", "reason", "attempts", title="dead letters")
         for d in st["dead_letters"]:

@@ -35,6 +35,13 @@ def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
     )
     if res.view_matches_snapshot is False:
         click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
+    if res.stale_sources:
+        click.echo(
+            f"  warning: {res.stale_sources:,} rows still hold an old vector of text they no "
+            "longer have: a rollback would serve them until `migrator backfill` refreshes them "
+            "(backfill.refresh_source)",
+            err=True,
+        )
 
 
 @plan_command("cutover")

@@ -6,6 +6,7 @@ stronger than ACCESS SHARE.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,6 +53,16 @@ class Inspection:
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.level == "error"]
+
+
+# pgvector 0.8.2-0.8.4 fixed a parallel HNSW build overflow and HNSW vacuum corruption ("graph
+# not repaired"): a backfill rewrites every row, so VACUUM runs over the index of the old column.
+MIN_PGVECTOR = (0, 8, 4)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.8.4' -> (0, 8, 4); a suffix such as '0.9.0-dev' is ignored."""
+    return tuple(int(m) for m in re.findall(r"\d+", version.split("-")[0])[:3])
 
 
 def column_types(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
@@ -189,14 +200,15 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
                 f"pgvector is available ({avail[0]}) but not installed: CREATE EXTENSION vector"
             )
         else:
-            ins.error("pgvector is not available on this server: install pgvector >= 0.8")
+            ins.error("pgvector is not available on this server: install pgvector >= 0.8.4")
     else:
         ins.pgvector_version = str(ext[0])
-        major_minor = tuple(int(p) for p in ins.pgvector_version.split(".")[:2])
-        if major_minor < (0, 8):
-            ins.warn(
-                f"pgvector {ins.pgvector_version}: 0.8 or later is recommended "
-                "(iterative index scans, l1 on hnsw)"
+        if version_tuple(ins.pgvector_version) < MIN_PGVECTOR:
+            ins.error(
+                f"pgvector {ins.pgvector_version} is installed; migrator needs "
+                f"{'.'.join(map(str, MIN_PGVECTOR))} or later: 0.8.3 and 0.8.4 fixed HNSW "
+                "index corruption on VACUUM, which the row versions a backfill writes exercise "
+                "(install pgvector >= 0.8.4, then ALTER EXTENSION vector UPDATE)"
             )
     cols = column_types(conn, schema, table)
     if not cols:
@@ -263,7 +275,8 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
             f"view {q.view_label(plan)} does not exist yet: `migrator adopt` (or backfill) "
             "creates it on the source column"
         )
-    if not ins.errors:
+    if not ins.errors and sample > 0:
+        # Only the dry run estimates: a command's pre-flight must not scan the whole table.
         _count_and_sample(conn, plan, ins, sample)
     return ins
 

@@ -8,7 +8,7 @@ Phase packages (backfill, verify, switch) open it; it knows nothing of any of th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from migrator.db import catalog as insp
 from migrator.db import state
 from migrator.db.connect import connect, ensure_schema, resolve_url
 from migrator.db.executor import Executor, LockPolicy
+from migrator.db.state import State
 from migrator.ddl.steps import Facts
 from migrator.errors import MigratorError
 from migrator.plan.model import Plan
@@ -73,24 +74,37 @@ class Context:
         return insp.live_facts(self.conn, self.plan)
 
 
+# Read-only checks run after the phase guard and before anything changes (migrator's own schema
+# included); raise a MigratorError to refuse. backfill.preflight.require is the one the
+# commands pass (through backfill.preflight.context): db itself calls no provider or broker.
+Checks = Callable[[psycopg.Connection, Settings, Plan, str, State | None], object]
+
+
 @contextlib.contextmanager
-def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
-    """Connect, upgrade our schema, take the operator lock, guard the phase, log the outcome."""
+def migration_context(
+    settings: Settings, plan: Plan, command: str, *, checks: Checks | None = None
+) -> Iterator[Context]:
+    """Connect, take the operator lock, guard the phase, run `checks`, then upgrade migrator's
+    schema and hand over; log the outcome. Nothing changes in the database (not even
+    migrator's own schema) before the phase guard and the checks pass."""
     url = resolve_url(settings)
-    ensure_schema(url)
     conn = connect(url)
     try:
         with state.operator_lock(conn, plan.name):
-            migration = state.get_migration(conn, plan.name)
+            migration = _migration_if_schema(conn, plan.name)
             if migration is not None:
                 state.check_plan_unchanged(migration, plan)
             ctx = Context(settings, plan, url, conn, command, migration)
             try:
                 state.guard(command, migration)
+                if checks is not None:
+                    checks(conn, settings, plan, command, migration.phase if migration else None)
             except MigratorError as exc:
                 if migration is not None:
                     ctx.event("refused", exc.one_line(), before=migration.phase.value)
                 raise
+            ensure_schema(url)
+            ctx.refresh()
             try:
                 yield ctx
             except MigratorError as exc:
@@ -105,3 +119,11 @@ def migration_context(settings: Settings, plan: Plan, command: str) -> Iterator[
                 raise
     finally:
         conn.close()
+
+
+def _migration_if_schema(conn: psycopg.Connection, name: str) -> state.Migration | None:
+    """The migration's row, or None before migrator's schema exists (nothing created yet)."""
+    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return None
+    return state.get_migration(conn, name)

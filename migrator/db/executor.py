@@ -19,8 +19,9 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
+from migrator.db import errors as dberrors
 from migrator.ddl.statements import Statement
-from migrator.errors import DatabaseError, LockTimeoutError, MigratorError
+from migrator.errors import LockTimeoutError, MigratorError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ def _nothing_applied(group: list[Statement]) -> str:
         "nothing else of this step was applied; an interrupted CONCURRENTLY statement can "
         "leave an INVALID index, which a rerun drops or rebuilds"
     )
+
+
+def _rerun(group: list[Statement]) -> str:
+    return f"rerun the command ({_nothing_applied(group)})"
 
 
 def partial_hint(done: list[list[Statement]], failed: list[Statement]) -> str:
@@ -167,17 +172,25 @@ class Executor:
                     (t_end - t0) * 1000,
                     len(group),
                 )
-            except pgerr.LockNotAvailable:
+            except dberrors.TRANSIENT as exc:
+                # A lock timeout, a deadlock victim or a serialisation failure: PostgreSQL
+                # rolled the transaction back because of another one, so running it again
+                # later is safe and usually succeeds.
                 if attempt == policy.attempts:
-                    raise LockTimeoutError(
-                        f"could not lock for {group[0].purpose!r} after {attempt} attempts of "
-                        f"{policy.lock_timeout_ms} ms",
-                        hint="a long transaction holds a conflicting lock; find it in "
-                        f"pg_stat_activity, or rerun later ({_nothing_applied(group)})",
-                    ) from None
+                    if isinstance(exc, pgerr.LockNotAvailable):
+                        raise LockTimeoutError(
+                            f"could not lock for {group[0].purpose!r} after {attempt} attempts "
+                            f"of {policy.lock_timeout_ms} ms",
+                            hint="a long transaction holds a conflicting lock; find it in "
+                            f"pg_stat_activity, or rerun later ({_nothing_applied(group)})",
+                        ) from None
+                    raise dberrors.describe(
+                        exc, repr(group[0].purpose), resume=_rerun(group)
+                    ) from exc
                 delay = backoff(attempt, policy.backoff_base_s, policy.backoff_max_s)
                 log.info(
-                    "lock timeout on %r, attempt %d; retrying in %.2fs",
+                    "%s on %r, attempt %d; retrying in %.2fs",
+                    type(exc).__name__,
                     group[0].purpose,
                     attempt,
                     delay,
@@ -185,18 +198,9 @@ class Executor:
                 if on_retry:
                     on_retry(attempt, delay)
                 self._sleep(delay)
-            except psycopg.OperationalError as exc:
-                raise DatabaseError(
-                    f"lost the database during {group[0].purpose!r}: {exc}".strip(),
-                    hint=f"rerun the command when the database is back ({_nothing_applied(group)})",
-                ) from exc
             except psycopg.Error as exc:
-                diag = getattr(exc, "diag", None)
-                detail = getattr(diag, "message_primary", None) or str(exc)
-                raise DatabaseError(
-                    f"{group[0].purpose!r} failed: {detail}",
-                    hint=_nothing_applied(group),
-                ) from exc
+                # A statement timeout or a cancel is not a lost connection: say which it was.
+                raise dberrors.describe(exc, repr(group[0].purpose), resume=_rerun(group)) from exc
         raise AssertionError("unreachable")
 
     def _execute(self, st: Statement) -> None:

@@ -121,6 +121,9 @@ changes = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Kept after processing (marked, not deleted) so verify can measure staleness since a report.
     Column("processed_at", DateTime(timezone=True)),
+    # The writing transaction: ids are assigned before commit, so "changed since a report" asks
+    # the report's snapshot which transactions it could not see (NULL: records older than 0003).
+    Column("txid", BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")),
     Index("changes_migration_id_idx", "migration", "id"),
     Index("changes_pending_idx", "migration", "id", postgresql_where=text("processed_at IS NULL")),
 )
@@ -139,8 +142,27 @@ reports = Table(
     Column("passed", Boolean, nullable=False),
     Column("report", JSONB, nullable=False),
     Column("changes_watermark", BigInteger, nullable=False, server_default="0"),
+    Column("changes_snapshot", Text),  # pg_current_snapshot() when the checks began
     Column("rows_at_report", BigInteger, nullable=False, server_default="0"),
     Index("reports_migration_id_idx", "migration", "id"),
+)
+
+# Rows whose old (source) vector is of text they no longer have, seen by change capture before
+# cutover; `backfill.refresh_source` re-embeds them with the old model (see docs/backfill.md).
+stale_sources = Table(
+    "stale_sources",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("migration", Text, nullable=False),
+    Column("pk", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("batched_at", DateTime(timezone=True)),
+    Column("refreshed_at", DateTime(timezone=True)),
+    Index("stale_sources_key_idx", "migration", "pk", unique=True),
+    Index(
+        "stale_sources_open_idx", "migration", "id", postgresql_where=text("refreshed_at IS NULL")
+    ),
 )
 
 active_models = Table(

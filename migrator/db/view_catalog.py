@@ -236,9 +236,12 @@ def _attnum(conn: psycopg.Connection, plan: Plan, column: str) -> int | None:
     return int(row[0]) if row else None
 
 
-def column_dependents(conn: psycopg.Connection, plan: Plan, column: str) -> list[str]:
+def column_dependents(
+    conn: psycopg.Connection, plan: Plan, column: str, *, own_trigger: str | None = None
+) -> list[str]:
     """Objects that stop `ALTER TABLE ... DROP COLUMN column` (normal dependencies): views,
-    constraints, statistics, policies. Indexes of the column alone are dropped with it."""
+    constraints, statistics, policies, triggers. Indexes of the column alone are dropped with
+    it, and so is `own_trigger` (the migration's change capture, dropped in the same step)."""
     attnum = _attnum(conn, plan, column)
     if attnum is None:
         return []
@@ -248,7 +251,9 @@ def column_dependents(conn: psycopg.Connection, plan: Plan, column: str) -> list
         "ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END "
         "FROM pg_depend d LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass "
         "AND r.oid = d.objid WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %s "
-        "AND d.refobjsubid = %s AND d.deptype = 'n' ORDER BY 1",
-        (_table_oid(conn, plan), attnum),
+        "AND d.refobjsubid = %s AND d.deptype = 'n' AND NOT (d.classid = 'pg_trigger'::regclass "
+        "AND d.objid IN (SELECT t.oid FROM pg_trigger t WHERE t.tgrelid = d.refobjid "
+        "AND t.tgname = %s)) ORDER BY 1",
+        (_table_oid(conn, plan), attnum, own_trigger),
     ).fetchall()
     return [r[0] for r in rows]

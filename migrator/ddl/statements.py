@@ -81,21 +81,29 @@ def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
     return sql.SQL("{}({})").format(sql.SQL(vtype.value), sql.Literal(int(dims)))
 
 
+def _text_col(name: str, alias: str | None) -> sql.Composable:
+    return sql.SQL("{}::text").format(
+        sql.Identifier(alias, name) if alias else sql.Identifier(name)
+    )
+
+
 def text_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
-    """The SQL expression of the text to embed; NULL columns of a template read as ''."""
+    """The SQL expression of the text to embed: NULL when no column it names holds text.
 
-    def col(name: str) -> sql.Identifier:
-        return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
+    A template's NULL columns read as '' inside the text; a template whose columns are all
+    NULL or blank yields NULL, not its literal text alone ("Title: "), so it is never sent.
+    """
     if plan.text.column is not None:
-        return col(plan.text.column)
+        return (
+            sql.Identifier(alias, plan.text.column) if alias else sql.Identifier(plan.text.column)
+        )
     assert plan.text.template is not None
     parts: list[sql.Composable] = []
     for kind, value in template_parts(plan.text.template):
-        parts.append(
-            sql.Literal(value) if kind == "literal" else sql.SQL("{}::text").format(col(value))
-        )
-    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
+        parts.append(sql.Literal(value) if kind == "literal" else _text_col(value, alias))
+    return sql.SQL("CASE WHEN {} THEN concat({}) END").format(
+        eligible_predicate(plan, alias), sql.SQL(", ").join(parts)
+    )
 
 
 def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
@@ -104,41 +112,103 @@ def text_hash_expr(plan: Plan, alias: str | None = None) -> sql.Composable:
 
 
 def eligible_predicate(plan: Plan, alias: str | None = None) -> sql.Composable:
-    """Rows with text worth embedding: NULL, empty and whitespace-only text are never sent."""
-    return sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(text_expr(plan, alias))
+    """Rows with text worth embedding: at least one column the text names holds non-blank text.
+
+    NULL, empty and whitespace-only text are never sent; nor is a template's literal text
+    alone (judging the whole template would make every row eligible).
+    """
+    tests = [
+        sql.SQL("btrim(coalesce({}, ''), E' \\t\\r\\n') <> ''").format(_text_col(c, alias))
+        for c in plan.text.columns
+    ]
+    if len(tests) == 1:
+        return tests[0]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
 
 
 # ---------------------------------------------------------------------------------------------
-# Change capture: a BEFORE trigger that, when the embedded text changes, clears every vector
-# column the view may point at (unless the application wrote a fresh one in the same statement)
-# and queues the row in migrator.changes, so the catch-up re-embeds it within a bounded lag.
+# Change capture: a BEFORE trigger on writes of the text columns and of both vector columns.
+#
+# Maintained columns (the new one; after cutover the old one too) belong to migrator: when the
+# text changes and the statement did not write the column, or when anyone but migrator writes
+# the column WITHOUT changing the text (an ORM saving back a vector it loaded before another
+# connection changed the text), the vector is cleared and the row queued in migrator.changes,
+# so the catch-up re-embeds it. The watched column (the old one, before cutover) belongs to the
+# application: it is never touched, but the same two cases are recorded in
+# migrator.stale_sources, so they can be counted and refreshed with the old model.
+# migrator's own writes (compare-and-set on the text's hash) mark themselves with
+# SET LOCAL migrator.writer = '<migration>' and pass through.
 # ---------------------------------------------------------------------------------------------
+
+WRITER_SETTING = "migrator.writer"
+STALE_TEXT_CHANGED = "text changed, old vector not rewritten"
+STALE_WRITTEN_ALONE = "old vector written without its text"
+
+
+def mark_writer(plan: Plan) -> sql.Composable:
+    """migrator's own vector writes say so for the rest of their transaction (SET LOCAL)."""
+    return sql.SQL("SELECT set_config({}, {}, true)").format(
+        sql.Literal(WRITER_SETTING), sql.Literal(plan.name)
+    )
+
+
+def _same(c: str) -> sql.Composable:
+    # Vectors compare as text: the function's search_path (pg_catalog) cannot see pgvector's
+    # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
+    return sql.SQL("NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text").format(c=sql.Identifier(c))
 
 
 def capture_function(
-    plan: Plan, maintained: tuple[str, ...], names: CaptureNames | None = None
+    plan: Plan,
+    maintained: tuple[str, ...],
+    watched: str | None = None,
+    names: CaptureNames | None = None,
 ) -> sql.Composable:
     changed = sql.SQL(" OR ").join(
         sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
         for c in plan.text.columns
     )
-    # Vectors compare as text: the function's search_path (pg_catalog) cannot see pgvector's
-    # "=" operator, and IS NOT DISTINCT FROM on the vector type itself fails to resolve.
     clears = sql.SQL("").join(
         sql.SQL(
-            "    IF NEW.{c}::text IS NOT DISTINCT FROM OLD.{c}::text THEN NEW.{c} := NULL; "
-            "END IF;\n"
-        ).format(c=sql.Identifier(c))
+            "    IF text_changed THEN\n"
+            "      IF {same} THEN NEW.{c} := NULL; END IF;\n"
+            "    ELSIF NOT ({same}) THEN\n"
+            "      NEW.{c} := NULL; written := true;\n"
+            "    END IF;\n"
+        ).format(c=sql.Identifier(c), same=_same(c))
         for c in maintained
     )
+    record: sql.Composable = sql.SQL("")
+    if watched is not None:
+        record = sql.SQL(
+            "    IF NEW.{c} IS NOT NULL AND (text_changed = ({same})) THEN\n"
+            "      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES ({name}, "
+            "NEW.{pk}::text, CASE WHEN text_changed THEN {changed} ELSE {alone} END)\n"
+            "      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, "
+            "detected_at = now(), batched_at = NULL, refreshed_at = NULL;\n"
+            "    END IF;\n"
+        ).format(
+            c=sql.Identifier(watched),
+            same=_same(watched),
+            name=sql.Literal(plan.name),
+            pk=sql.Identifier(plan.table.primary_key),
+            changed=sql.Literal(STALE_TEXT_CHANGED),
+            alone=sql.Literal(STALE_WRITTEN_ALONE),
+        )
     any_null = sql.SQL(" OR ").join(
         sql.SQL("NEW.{} IS NULL").format(sql.Identifier(c)) for c in maintained
     )
     body = sql.SQL(
-        "\nBEGIN\n"
+        "\nDECLARE\n"
+        "  text_changed boolean := false;\n"
+        "  written boolean := false;\n"
+        "BEGIN\n"
+        "  IF coalesce(current_setting({guc}, true), '') = {name} THEN RETURN NEW; END IF;\n"
         "  IF TG_OP = 'UPDATE' THEN\n"
-        "    IF NOT ({changed}) THEN RETURN NEW; END IF;\n"
+        "    text_changed := {changed};\n"
         "{clears}"
+        "{record}"
+        "    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;\n"
         "  END IF;\n"
         "  IF {any_null} THEN\n"
         "    INSERT INTO migrator.changes (migration, pk) VALUES ({name}, NEW.{pk}::text);\n"
@@ -146,8 +216,10 @@ def capture_function(
         "  RETURN NEW;\n"
         "END\n"
     ).format(
+        guc=sql.Literal(WRITER_SETTING),
         changed=changed,
         clears=clears,
+        record=record,
         any_null=any_null,
         name=sql.Literal(plan.name),
         pk=sql.Identifier(plan.table.primary_key),
@@ -163,12 +235,15 @@ def capture_function(
 
 def capture_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Composable:
     n = names or plan.capture
+    # Both vector columns are watched from the start: the function changes at cutover, the
+    # trigger does not.
+    cols = dict.fromkeys((*plan.text.columns, plan.target.column, plan.source.column))
     return sql.SQL(
         "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
         "FOR EACH ROW EXECUTE FUNCTION {fn}()"
     ).format(
         trg=sql.Identifier(n.trigger),
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in plan.text.columns),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         tbl=table_ident(plan),
         fn=sql.Identifier(SCHEMA, n.function),
     )
@@ -224,9 +299,37 @@ def pk_type_sql(pk_type: str) -> sql.Composable:
     return sql.SQL(pk_type)
 
 
-def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composable:
-    """Like `read_range`, for a list of keys (catch-up, sweep and dead-letter batches)."""
+def _stale_open(plan: Plan, alias: str) -> sql.Composable:
+    """The row has an old vector change capture found stale (not refreshed yet)."""
+    return sql.SQL(
+        "EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = {m} "
+        "AND st.pk = {pk}::text AND st.refreshed_at IS NULL)"
+    ).format(m=sql.Literal(plan.name), pk=sql.Identifier(alias, plan.table.primary_key))
+
+
+def read_ids(
+    plan: Plan, pk_type: str, column: str | None = None, *, stale: bool = False
+) -> sql.Composable:
+    """Like `read_range`, for a list of keys (catch-up, sweep and dead-letter batches).
+
+    `stale` (batches of the source role): also the rows whose old vector change capture
+    recorded as stale, which are not NULL (before cutover the old column is never cleared).
+    """
     pk = sql.Identifier(plan.table.primary_key)
+    col = sql.Identifier(column or plan.target.column)
+    if stale:
+        cond = sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
+        return sql.SQL(
+            "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
+            "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
+        ).format(
+            pk=pk,
+            text=text_expr(plan, "t"),
+            hash=text_hash_expr(plan, "t"),
+            tbl=table_ident(plan),
+            pkt=pk_type_sql(pk_type),
+            cond=cond,
+        )
     return sql.SQL(
         "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
         "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
@@ -236,7 +339,7 @@ def read_ids(plan: Plan, pk_type: str, column: str | None = None) -> sql.Composa
         hash=text_hash_expr(plan),
         tbl=table_ident(plan),
         pkt=pk_type_sql(pk_type),
-        col=sql.Identifier(column or plan.target.column),
+        col=col,
     )
 
 
@@ -260,16 +363,37 @@ def stage_ident(pk_type: str, vtype: VectorType, dims: int) -> sql.Identifier:
 
 
 def cas_update(
-    plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int
+    plan: Plan,
+    column: str,
+    pk_type: str,
+    vtype: VectorType,
+    dims: int,
+    *,
+    stale: bool = False,
 ) -> sql.Composable:
     """Write staged vectors only where the row still holds the text that was embedded.
 
     `IS NULL` as well: a vector already there is fresh (the capture trigger clears it on every
     text change), so a duplicated or redelivered batch writes nothing and adds no row versions.
-    Returns the keys written.
+    `stale` (source role): also over an old vector recorded stale and not refreshed yet, and a
+    staged NULL (the text became blank) clears one; a row whose text became NULL compares
+    equal to its NULL hash. Returns the keys written.
     """
     pk = sql.Identifier(plan.table.primary_key)
     col = sql.Identifier(column)
+    if stale:
+        return sql.SQL(
+            "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s WHERE t.{pk} = s.pk "
+            "AND {hash} IS NOT DISTINCT FROM s.text_hash AND NOT (t.{col} IS NULL AND s.v IS NULL) "
+            "AND (t.{col} IS NULL OR {open}) RETURNING t.{pk}::text"
+        ).format(
+            tbl=table_ident(plan),
+            col=col,
+            pk=pk,
+            hash=text_hash_expr(plan, "t"),
+            stage=stage_ident(pk_type, vtype, dims),
+            open=_stale_open(plan, "t"),
+        )
     return sql.SQL(
         "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
         "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
@@ -413,7 +537,7 @@ def record_phase(
 
 
 # migrator's own rows of one migration; the migrations row and the event log stay (history).
-LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports")
+LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports", "stale_sources")
 
 
 def delete_ledger(plan: Plan, table: str) -> sql.Composable:

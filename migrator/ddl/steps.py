@@ -92,8 +92,8 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
             tbl,
         ),
         Statement(
-            q.capture_function(plan, (plan.target.column,), names),
-            "change capture: clear stale vectors and queue changed rows",
+            q.capture_function(plan, (plan.target.column,), plan.source.column, names),
+            "change capture: clear stale new vectors, queue changed rows, record stale old ones",
             Lock.NONE,
             "",
         ),
@@ -153,15 +153,41 @@ def backfill(plan: Plan, facts: Facts = Facts()) -> Step:
             ddl=False,
         ),
     )
+    src = plan.source
+    refresh = (
+        Statement(
+            q.read_ids(plan, facts.pk_type, src.column, stale=True),
+            f"workers, source role: read rows whose {src.column} is NULL or recorded stale",
+            Lock.ACCESS_SHARE,
+            tbl,
+            ddl=False,
+        ),
+        Statement(
+            q.cas_update(
+                plan, src.column, facts.pk_type, src.type, src.model.dimensions, stale=True
+            ),
+            f"workers, source role: compare-and-set write of {src.column} with {src.model.name}",
+            Lock.ROW_EXCLUSIVE,
+            tbl,
+            ddl=False,
+        ),
+    )
+    notes = [
+        "Each batch: claim in migrator.batches, read, embed, COPY into migrator_stage, "
+        "UPDATE, mark done, in one transaction per batch.",
+        "Every UPDATE writes a new row version: expect the heap to grow until VACUUM.",
+        "Workers' writes run with SET LOCAL migrator.writer: change capture trusts only those.",
+    ]
+    if plan.backfill.refresh_source:
+        notes.append(
+            f"backfill.refresh_source: rows whose {src.column} is of text they no longer have "
+            f"are re-embedded with {src.model.name} before cutover (source-role batches)."
+        )
     return Step(
         Phase.BACKFILL,
         f"fill {tgt.column} with {tgt.model.name} through queue {plan.queue}",
-        fwd,
-        notes=(
-            "Each batch: claim in migrator.batches, read, embed, COPY into migrator_stage, "
-            "UPDATE, mark done, in one transaction per batch.",
-            "Every UPDATE writes a new row version: expect the heap to grow until VACUUM.",
-        ),
+        fwd + refresh,
+        notes=tuple(notes),
     )
 
 
@@ -216,8 +242,9 @@ def cutover(plan: Plan, facts: Facts = Facts()) -> Step:
         plan, tgt.column, tgt.type, tgt.model, facts, type_changes=_type_changes(plan)
     )
     keep_old = Statement(
-        q.capture_function(plan, (tgt.column, src.column), _names(plan, facts)),
-        f"change capture now also keeps {src.column} fresh (for rollback)",
+        q.capture_function(plan, (tgt.column, src.column), names=_names(plan, facts)),
+        f"change capture now also keeps {src.column} fresh (for rollback) instead of "
+        "recording its stale vectors",
     )
     back = view_sql.switch(
         plan, src.column, src.type, src.model, facts, type_changes=_type_changes(plan)

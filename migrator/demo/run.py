@@ -85,7 +85,7 @@ def reset(url: str, plan: Plan) -> None:
         conn.execute("DELETE FROM migrator.migrations WHERE name = %s", (plan.name,))
         conn.execute(
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                sql.Identifier("migrator", plan.function_name)
+                sql.Identifier("migrator", plan.capture.function)
             )
         )
 

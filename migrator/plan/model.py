@@ -193,6 +193,9 @@ class BackfillSpec(Frozen):
     queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] | None = None
     # A claimed batch not finished after this long is considered lost and enqueued again.
     stall_after_seconds: Annotated[int, Field(ge=10)] = 600
+    # Re-embed with the OLD model the rows change capture finds with an old vector of text they
+    # no longer have, before cutover, so a rollback serves fresh vectors (docs/backfill.md).
+    refresh_source: bool = True
 
 
 class IndexSpec(Frozen):

@@ -262,7 +262,14 @@ class SearchClient:
 
 
 def guarded_query(model: ActiveModel) -> sql.Composed:
-    """SELECT cols, model, distance FROM view WHERE model = fp ORDER BY distance LIMIT k."""
+    """SELECT cols, model, distance FROM view WHERE model = fp AND vector IS NOT NULL
+    ORDER BY distance LIMIT k.
+
+    `IS NOT NULL`: rows without a vector (empty text, not embedded yet) have no distance; a
+    sequential scan would return them last when fewer than k rows have one. HNSW and IVFFlat
+    never index NULLs, so the planner still serves the query from the index (EXPLAIN checked
+    in tests/integration/test_search.py).
+    """
     cols: list[sql.Composable] = [sql.Identifier(c) for c in model.columns]
     emb = sql.Identifier(model.embedding_alias)
     qv = sql.SQL("%(q)s::{}").format(sql.SQL(model.vector_type.value))
@@ -270,7 +277,8 @@ def guarded_query(model: ActiveModel) -> sql.Composed:
     cols.append(sql.SQL("{} AS _model").format(sql.Identifier(model.model_alias)))
     cols.append(sql.SQL("{} {} {} AS _distance").format(emb, op, qv))
     return sql.SQL(
-        "SELECT {cols} FROM {view} WHERE {m} = %(fp)s ORDER BY {emb} {op} {qv} LIMIT %(k)s"
+        "SELECT {cols} FROM {view} WHERE {m} = %(fp)s AND {emb} IS NOT NULL "
+        "ORDER BY {emb} {op} {qv} LIMIT %(k)s"
     ).format(
         cols=sql.SQL(", ").join(cols),
         view=sql.Identifier(model.view_schema, model.view_name),

@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from migrator.backfill import ledger
+from migrator.backfill import ledger, refresh
 from migrator.ddl import statements as q
 from migrator.plan.model import IndexMethod, IterativeScan, Plan, Role, VectorType
 from migrator.verify.data import Column
@@ -76,7 +76,45 @@ def coverage(conn: psycopg.Connection, plan: Plan) -> tuple[Check, int]:
         summary,
         details,
         time.perf_counter() - t0,
+        over=eligible,
     ), total
+
+
+def old_vectors(conn: psycopg.Connection, plan: Plan, rows: int) -> Check:
+    """Rows whose old vector is of text they no longer have (change capture's records): what a
+    rollback would serve. Gated like staleness at cutover when backfill.refresh_source is on."""
+    t0 = time.perf_counter()
+    stale = refresh.stale_count(conn, plan.name)
+    details: dict[str, Any] = {
+        "stale": stale,
+        "rows": rows,
+        "refresh_source": plan.backfill.refresh_source,
+        **refresh.stale_reasons(conn, plan.name),
+    }
+    summary = f"{stale:,} of {rows:,} rows hold an old vector of text they no longer have"
+    if not plan.backfill.refresh_source:
+        return Check(
+            "old_vectors",
+            "old vectors (rollback)",
+            float(stale),
+            None,
+            "",
+            Status.SKIP,
+            summary + "; not gated (backfill.refresh_source is false): a rollback serves them",
+            tuple(details.items()),
+            time.perf_counter() - t0,
+        )
+    return gate(
+        "old_vectors",
+        "old vectors (rollback)",
+        stale / rows if rows else None,
+        plan.verify.max_stale_fraction,
+        "<=",
+        summary + " (refreshed by the backfill)",
+        details,
+        time.perf_counter() - t0,
+        over=rows,
+    )
 
 
 def health(target: Column, plan: Plan) -> Check:
@@ -114,6 +152,7 @@ def health(target: Column, plan: Plan) -> Check:
         summary,
         details,
         time.perf_counter() - t0,
+        over=h.rows,
     )
 
 
@@ -151,6 +190,7 @@ def freshness(
         summary,
         details,
         seconds,
+        over=len(ok),
     )
 
 
@@ -216,6 +256,7 @@ def index_recall(
             f"index {plan.index_name} is {index_state}: no recall can be measured",
             {"index": plan.index_name, "state": index_state},
             time.perf_counter() - t0,
+            over=len(queries),
         )
     if len(queries) == 0 or len(target.ids) == 0:
         return gate(
@@ -227,6 +268,7 @@ def index_recall(
             "no queries or no vectors",
             {"index": plan.index_name, "state": index_state},
             time.perf_counter() - t0,
+            over=min(len(queries), len(target.ids)),
         )
     pos = target.position()
     lat: list[float] = []
@@ -269,7 +311,15 @@ def index_recall(
     at = ", ".join(f"{a}={b}" for a, b in settings.items())
     summary = f"recall@{k} {recall:.3f} over {len(ann)} queries at {at}"
     return gate(
-        "index", "index recall", recall, threshold, ">=", summary, details, time.perf_counter() - t0
+        "index",
+        "index recall",
+        recall,
+        threshold,
+        ">=",
+        summary,
+        details,
+        time.perf_counter() - t0,
+        over=len(ann),
     )
 
 
@@ -311,8 +361,9 @@ def parity(
     ratio new/old against the plan, and the overlap of the two top-k lists."""
     old = hit_rate_at_k(old_top, own, k)
     new = hit_rate_at_k(new_top, own, k)
+    # No baseline (the old model found none of its own rows) is not a pass: the source vectors
+    # are stale, NULL or of another model, and a ratio to zero says nothing.
     r = ratio(new, old)
-    figure = r if r is not None else (1.0 if new >= old else 0.0)
     details = {
         "queries": len(own),
         "not_embedded": not_embedded,
@@ -321,16 +372,24 @@ def parity(
         "ratio": r,
         f"overlap@{k}": overlap_at_k(old_top, new_top, k),
     }
-    summary = f"recall@{k} old {old:.3f}, new {new:.3f}; ratio {figure:.3f} over {len(own)} rows"
+    if r is None:
+        summary = (
+            f"recall@{k} old {old:.3f}: the old model found none of its own rows, so there is "
+            f"no baseline (source vectors stale, NULL or of another model?); new {new:.3f} "
+            f"over {len(own)} rows"
+        )
+    else:
+        summary = f"recall@{k} old {old:.3f}, new {new:.3f}; ratio {r:.3f} over {len(own)} rows"
     return gate(
         "parity",
         "model parity",
-        figure,
+        r,
         plan.verify.min_recall_ratio,
         ">=",
         summary,
         details,
         seconds,
+        over=len(own),
     )
 
 

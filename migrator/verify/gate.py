@@ -1,8 +1,13 @@
 """The verification gate shared by `verify` (which records reports) and `cutover` (which checks).
 
 A report is current when it passed and few rows changed since: the change queue keeps every
-captured change (processed ones are marked, not deleted), so "changed since" is a count of
-change records after the report's watermark, against the row count at report time.
+captured change (processed ones are marked, not deleted), so "changed since" is a count of the
+rows of change records the report could not see, against the row count at report time.
+
+"Could not see" is judged by transaction, not by id: ids come from a sequence when the change
+is written, so a transaction still open at report time can commit a LOWER id afterwards. Each
+record carries its writer's transaction id; the report keeps `pg_current_snapshot()` taken
+before the checks; a record counts when that snapshot does not see its transaction.
 """
 
 from __future__ import annotations
@@ -29,11 +34,24 @@ class GateStatus:
     current: bool
 
 
-def changes_watermark(conn: psycopg.Connection, migration: str) -> int:
+@dataclass(frozen=True)
+class Watermark:
+    """Where a report stands in the change queue: the snapshot, and the highest id it saw
+    (for records written before schema 0003, which carry no transaction id)."""
+
+    max_id: int
+    snapshot: str
+
+
+def changes_watermark(conn: psycopg.Connection, migration: str) -> Watermark:
+    """Read it before the checks run: every change the snapshot cannot see counts later."""
     row = conn.execute(
-        "SELECT coalesce(max(id), 0) FROM migrator.changes WHERE migration = %s", (migration,)
+        "SELECT coalesce(max(id), 0), pg_current_snapshot()::text FROM migrator.changes "
+        "WHERE migration = %s",
+        (migration,),
     ).fetchone()
-    return int(row[0]) if row else 0
+    assert row is not None
+    return Watermark(int(row[0]), str(row[1]))
 
 
 def record_report(
@@ -43,13 +61,13 @@ def record_report(
     passed: bool,
     report: dict[str, Any],
     rows: int,
-    watermark: int,
+    watermark: Watermark,
 ) -> int:
     """Store a report; `watermark` must be read before the checks ran (changes after it count)."""
     row = conn.execute(
-        "INSERT INTO migrator.reports (migration, passed, report, changes_watermark, rows_at_report)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (plan.name, passed, Jsonb(report), watermark, rows),
+        "INSERT INTO migrator.reports (migration, passed, report, changes_watermark, "
+        "changes_snapshot, rows_at_report) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (plan.name, passed, Jsonb(report), watermark.max_id, watermark.snapshot, rows),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -57,15 +75,20 @@ def record_report(
 
 def gate_status(conn: psycopg.Connection, plan: Plan) -> GateStatus:
     row = conn.execute(
-        "SELECT id, passed, created_at, changes_watermark, rows_at_report FROM migrator.reports "
-        "WHERE migration = %s ORDER BY id DESC LIMIT 1",
+        "SELECT id, passed, created_at, changes_watermark, rows_at_report, changes_snapshot "
+        "FROM migrator.reports WHERE migration = %s ORDER BY id DESC LIMIT 1",
         (plan.name,),
     ).fetchone()
     if row is None:
         return GateStatus(None, False, None, 0, 0, 0.0, False)
+    # A record counts when the report's snapshot could not see its transaction (committed
+    # after, or still running then); records and reports older than schema 0003: by id.
     changed = conn.execute(
-        "SELECT count(DISTINCT pk) FROM migrator.changes WHERE migration = %s AND id > %s",
-        (plan.name, row[3]),
+        "SELECT count(DISTINCT pk) FROM migrator.changes WHERE migration = %(m)s AND ("
+        " (txid IS NOT NULL AND %(snap)s::text IS NOT NULL"
+        "  AND NOT pg_visible_in_snapshot(txid::text::xid8, %(snap)s::text::pg_snapshot))"
+        " OR ((txid IS NULL OR %(snap)s::text IS NULL) AND id > %(mark)s))",
+        {"m": plan.name, "snap": row[5], "mark": row[3]},
     ).fetchone()
     n_changed = int(changed[0]) if changed else 0
     rows = int(row[4])

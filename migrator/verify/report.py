@@ -69,9 +69,16 @@ def gate(
     summary: str,
     details: dict[str, Any],
     seconds: float = 0.0,
+    *,
+    over: int,
 ) -> Check:
-    """A check whose verdict follows from figure vs threshold; a missing figure fails."""
-    if figure is None:
+    """A check whose verdict follows from figure vs threshold, measured `over` that many rows,
+    vectors or queries. A missing figure fails; so does a gate over nothing (0 of 0 is not a
+    pass: an empty table, every query failing to embed, or no vector read measures nothing)."""
+    if over <= 0:
+        ok = False
+        summary = f"nothing to measure: {summary}"
+    elif figure is None:
         ok = False
     elif comparison == ">=":
         ok = figure >= threshold

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from migrator.backfill import preflight
 from migrator.config import Settings
 from migrator.db import state
 from migrator.db.catalog import index_info
-from migrator.db.context import Context, migration_context
+from migrator.db.context import Context
 from migrator.embedding import Provider, provider_for
 from migrator.errors import ConfigError, GateFailedError
 from migrator.plan.model import Plan
@@ -77,7 +78,7 @@ def verify(
     """Run the gate; return the outcome on a pass, raise VerifyFailed (stored) on a failure."""
     if options.query_mode not in QUERY_MODES:
         raise ConfigError(f"unknown query mode {options.query_mode!r}", hint="use span or text")
-    with migration_context(settings, plan, "verify") as ctx:
+    with preflight.context(settings, plan, "verify") as ctx:
         outcome = _verify(ctx, options, on_stage or (lambda _s: None), on_index_progress)
     if not outcome.report.passed:
         raise VerifyFailed(outcome)
@@ -116,6 +117,7 @@ def _verify(
     index_state = index_info(conn, plan).state
     with timer.part("coverage"):
         cov, rows = checks.coverage(conn, plan)
+        old = checks.old_vectors(conn, plan, rows)
     with timer.part("read target vectors"):
         target = data.load_column(conn, plan, plan.target.column, plan.target.model.dimensions)
     with timer.part("read source vectors"):
@@ -134,7 +136,7 @@ def _verify(
         k=plan.verify.k,
         sample=opts.sample or plan.verify.sample_size,
         seed=plan.verify.seed if opts.seed is None else opts.seed,
-        checks=(cov, health, *found),
+        checks=(cov, health, old, *found),
         index_build=build.as_details() if build else (),
         seconds=time.perf_counter() - t0,
         timings=tuple(timer.parts.items()),
@@ -242,7 +244,11 @@ def resolve_labelled(name: str, plan_dir: Path | None) -> Path:
 
 
 def _record(
-    ctx: Context, report: Report, rows: int, watermark: int, build: IndexResult | None
+    ctx: Context,
+    report: Report,
+    rows: int,
+    watermark: gate.Watermark,
+    build: IndexResult | None,
 ) -> VerifyOutcome:
     plan, conn = ctx.plan, ctx.conn
     report_id = gate.record_report(

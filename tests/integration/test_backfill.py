@@ -23,6 +23,7 @@ from migrator.embedding.server import ServerHandle, run_server_in_thread
 from tests.backfill_helpers import (
     POISON,
     assert_all_fresh,
+    assert_old_fresh,
     current_rows,
     make_documents,
     random_text,
@@ -181,6 +182,10 @@ def test_concurrent_inserts_updates_deletes_during_backfill(
     assert_all_fresh(database_url)
     rows = current_rows(database_url)
     deleted = log["deleted"]
+    # The writer changed text without writing the old model's vector: each such row got its
+    # old vector refreshed (backfill.refresh_source), so a rollback would serve fresh vectors.
+    assert final["stale_sources"] == 0
+    assert assert_old_fresh(database_url, log["text"] - deleted) > 0
     assert not deleted & set(rows), "a deleted row came back"
     # Row accounting: initial + inserted - deleted (deleted ids are distinct initial rows).
     assert len(rows) == n + len(log["inserted"]) - len(deleted)

@@ -18,8 +18,10 @@ from migrator.config import Settings
 from migrator.db import state
 from migrator.db.connect import alembic_config, connect, ensure_schema
 from migrator.db.context import migration_context
+from migrator.embedding.server import run_server_in_thread
 from migrator.errors import ConcurrentRunError, PhaseError, PlanError, PreflightError
 from tests.helpers import ROOT, create_documents, demo_plan
+from tests.switch_helpers import plan_file
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +62,16 @@ def test_alembic_cli_with_shipped_ini(database_url: str) -> None:
     assert out.returncode == 0, out.stderr
     with psycopg.connect(database_url) as conn:
         v = conn.execute("SELECT version_num FROM migrator.alembic_version").fetchone()
-    assert v == ("0002",)
+    assert v == ("0003",)
 
 
 def test_live_plan_reports_rows_tokens_cost_time(database_url: str, settings: Settings) -> None:
     create_documents(database_url, 500)
-    report = api.plan_live(demo_plan(), settings)
+    server = run_server_in_thread()  # the pre-flight asks each model for a test embedding
+    try:
+        report = api.plan_live(demo_plan(server.url), settings)
+    finally:
+        server.stop()
     data = report.as_dict()
     assert report.ok, data["findings"]
     assert data["live"]["rows"] == 500 and data["live"]["rows_exact"]
@@ -98,12 +104,17 @@ def test_live_plan_finds_mismatches(database_url: str, settings: Settings) -> No
     assert not report.ok
 
 
-def test_cli_plan_live_json_and_exit_codes(database_url: str, settings: Settings) -> None:
+def test_cli_plan_live_json_and_exit_codes(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
     create_documents(database_url, 50)
     runner = CliRunner()
-    res = runner.invoke(
-        cli, ["plan", str(ROOT / "plans/local-demo.yaml"), "--json", "--database-url", database_url]
-    )
+    server = run_server_in_thread()
+    try:
+        path = plan_file(demo_plan(server.url), tmp_path)
+        res = runner.invoke(cli, ["plan", path, "--json", "--database-url", database_url])
+    finally:
+        server.stop()
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["live"]["rows"] == 50
     res = runner.invoke(
@@ -188,7 +199,8 @@ def test_changed_plan_is_refused(database_url: str, settings: Settings) -> None:
 
 def test_two_operators_exactly_one_proceeds(database_url: str, settings: Settings) -> None:
     create_documents(database_url, 10)
-    plan = demo_plan()
+    # In-process models: the pre-flight's test embeddings need no server.
+    plan = demo_plan(source__model__provider="local", target__model__provider="local")
     api.adopt(settings, plan)
     inside = threading.Event()
     release = threading.Event()

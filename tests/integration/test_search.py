@@ -11,15 +11,19 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
+from pgvector.psycopg import register_vector
+from psycopg import sql
 
-from migrator import switch
+from migrator import api, switch
 from migrator.config import Settings
 from migrator.embedding.local import HashEmbedder
 from migrator.embedding.server import start_server_process
 from migrator.plan.model import Plan
-from migrator.search.client import SearchClient
+from migrator.search.client import SearchClient, guarded_query
 from migrator.search.drill import Drill
+from tests.helpers import create_documents
 from tests.switch_helpers import explain_view, free_port, migrated_state, switch_plan
 
 pytestmark = pytest.mark.integration
@@ -205,7 +209,7 @@ def test_guarded_query_and_phase_buckets_are_pure() -> None:
     assert guarded_query(model).as_string(None) == (
         'SELECT "id", "title", "embedding_model" AS _model, "embedding" <=> %(q)s::halfvec '
         'AS _distance FROM "public"."documents_search" WHERE "embedding_model" = %(fp)s '
-        'ORDER BY "embedding" <=> %(q)s::halfvec LIMIT %(k)s'
+        'AND "embedding" IS NOT NULL ORDER BY "embedding" <=> %(q)s::halfvec LIMIT %(k)s'
     )
     t0 = 1000.0
     timeline = [(t0 - 5, "verified"), (t0 + 2, "cut_over")]
@@ -222,3 +226,37 @@ def test_guarded_query_and_phase_buckets_are_pure() -> None:
     cut = d["phases"][1]
     assert cut["queries"] == 3 and cut["failed"] == 1 and cut["cross_model_rows"] == 2
     assert cut["hit_rate"] == 0.5 and cut["model_switch_retries"] == 1 and d["errors"] == ["boom"]
+
+
+def test_rows_without_a_vector_are_skipped_and_the_index_still_serves(
+    settings: Settings, database_url: str
+) -> None:
+    """Fewer than k vectors (empty-text rows hold NULL): the search returns the rows that have
+    one, never a NULL distance; with the index in place the guarded query still uses it."""
+    plan = switch_plan()
+    create_documents(database_url, 12, empty_every=3)  # rows 1, 4, 7, 10: blank, no vector
+    api.adopt(settings, plan)
+    with SearchClient(database_url, view="documents_search") as client:
+        result = client.search(QUERY, k=20)
+        ids = {h.row["id"] for h in result.hits}
+    assert len(result.hits) == 8 and ids.isdisjoint({1, 4, 7, 10})
+    assert all(h.distance >= 0 for h in result.hits)
+
+    src = plan.source.model
+    model = client.active_model()
+    vec = HashEmbedder(src.name, src.dimensions).encode([QUERY])[0]
+    with psycopg.connect(database_url) as conn:
+        register_vector(conn)
+        conn.execute(
+            "CREATE INDEX documents_embedding_hnsw_idx ON documents "
+            "USING hnsw (embedding vector_cosine_ops)"
+        )
+        conn.execute("SET enable_seqscan = off")  # the table is tiny: ask whether it CAN
+        explain = "\n".join(
+            r[0]
+            for r in conn.execute(
+                sql.SQL("EXPLAIN ") + guarded_query(model),
+                {"q": vec, "fp": model.fingerprint, "k": 5},
+            ).fetchall()
+        )
+    assert "Index Scan using documents_embedding_hnsw_idx" in explain, explain

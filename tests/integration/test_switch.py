@@ -196,7 +196,12 @@ def test_cutover_needs_a_current_passing_verification(
 
     with contextlib.closing(connect(database_url)) as conn:
         mark_verified(conn, plan, 1500)
-    res = switch.cutover(settings, plan)
+    # The edited rows still hold old vectors of their old text (nothing refreshed them): with
+    # backfill.refresh_source a rollback must not serve them, so cutover refuses...
+    refused("45 rows still hold an old vector")
+    # ...unless the plan accepts them (a tuning key: same migration); the count is reported.
+    res = switch.cutover(settings, switch_plan(backfill__refresh_source=False))
+    assert res.stale_sources == 45
     assert res.report_id is not None and _phase(database_url, plan) == "cut_over"
     with pytest.raises(PhaseError, match="cannot cutover: the migration is cut_over"):
         switch.cutover(settings, plan)

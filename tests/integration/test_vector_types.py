@@ -77,7 +77,8 @@ def test_lifecycle_for_every_vector_type(
     source_type: str,
     target_type: str,
 ) -> None:
-    make_documents(database_url, 3000, empty_every=101)
+    # Real old-model vectors: verify's parity needs the old model's recall as its baseline.
+    make_documents(database_url, 3000, empty_every=101, old_vectors=True)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE documents ALTER COLUMN embedding TYPE {source_type}(256)")
         conn.execute("ANALYZE documents")  # the rewrite dropped the statistics
@@ -104,7 +105,7 @@ def test_lifecycle_for_every_vector_type(
         again = backfill.run(st, plan, backfill.Options(poll_seconds=0.2))
         assert again["complete"] and again["dead_letters"] == 0, again
     _assert_column(database_url, "embedding_v2", NEW, ATOL[target_type])
-    # The old column's vectors were synthetic; the revised rows were re-embedded by the old model.
+    # The revised rows were re-embedded by the old model (catch-up after cutover).
     revised = _assert_column(database_url, "embedding", OLD, ATOL[source_type], "id % 7 = 0")
     assert revised > 400
     env = {"MIGRATOR_LOCAL_KEY": "x"}

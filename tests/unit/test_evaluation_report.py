@@ -27,7 +27,7 @@ from migrator.verify.run import resolve_labelled
 
 def sample_report(fail: bool = False) -> Report:
     checks = (
-        gate("coverage", "coverage", 1.0, 1.0, ">=", "100 of 100 rows", {"done": 100}),
+        gate("coverage", "coverage", 1.0, 1.0, ">=", "100 of 100 rows", {"done": 100}, over=100),
         gate(
             "health",
             "vector health",
@@ -36,6 +36,7 @@ def sample_report(fail: bool = False) -> Report:
             "<=",
             "bad | <rows>",
             {"zero": 3 if fail else 0},
+            over=100,
         ),
         Check("labelled", "labelled queries", None, None, "", Status.SKIP, "none"),
     )
@@ -57,12 +58,14 @@ def sample_report(fail: bool = False) -> Report:
 
 
 def test_gate_verdicts() -> None:
-    assert gate("x", "x", 0.95, 0.9, ">=", "", {}).status is Status.PASS
-    assert gate("x", "x", 0.85, 0.9, ">=", "", {}).status is Status.FAIL
-    assert gate("x", "x", 0.0, 0.0, "<=", "", {}).status is Status.PASS
-    assert gate("x", "x", None, 0.0, "<=", "", {}).status is Status.FAIL  # no figure, no pass
+    assert gate("x", "x", 0.95, 0.9, ">=", "", {}, over=1).status is Status.PASS
+    assert gate("x", "x", 0.85, 0.9, ">=", "", {}, over=1).status is Status.FAIL
+    assert gate("x", "x", 0.0, 0.0, "<=", "", {}, over=1).status is Status.PASS
+    assert (
+        gate("x", "x", None, 0.0, "<=", "", {}, over=1).status is Status.FAIL
+    )  # no figure, no pass
     with pytest.raises(ValueError):
-        gate("x", "x", 1.0, 1.0, "==", "", {})
+        gate("x", "x", 1.0, 1.0, "==", "", {}, over=1)
 
 
 def test_passed_and_failed_lists() -> None:

@@ -49,3 +49,19 @@ def test_statement_builders_use_psycopg_for_composition_only() -> None:
             for mod in mods:
                 if mod.split(".")[0] == "psycopg":
                     assert mod == "psycopg.sql", f"{path.name} imports {mod}"
+
+
+def test_commands_open_their_context_through_the_preflight() -> None:
+    # db.context.migration_context runs the read-only checks only when handed them: a command
+    # that opened it directly would change the database before checking what can be checked.
+    import ast
+
+    opened = []
+    for path in (ROOT / "migrator").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+                if name == "migration_context":
+                    opened.append(path.relative_to(ROOT).as_posix())
+    assert opened == ["migrator/backfill/preflight.py"], opened

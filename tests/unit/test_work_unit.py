@@ -115,3 +115,25 @@ def test_no_limiter_pause_delays_only_this_process() -> None:
     lim.pause(0.5)
     lim.acquire(1, 10)
     assert len(slept) == 1 and 0.4 < slept[0] <= 0.5
+
+
+def test_an_unreachable_budget_redis_is_retryable_not_fatal() -> None:
+    """A Redis restart while a batch waits for the shared budget: the batch is retried later
+    (it failed for good with redis' ConnectionError, which no retry rule knew)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from migrator.backfill.ratelimit import RedisLimiter
+
+    # Nothing listens on port 1; no client-side retries, so the test is quick.
+    client = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    limiter = RedisLimiter(client, "migrator:ratelimit:test:target", rpm=60, tpm=None)
+    with pytest.raises(RetryableError) as err:
+        limiter.acquire(1, 10)
+    assert "Redis" in err.value.one_line()
+    assert retry_delay(err.value, 0, RETRY) is not None
+    limiter.pause(1.0)  # best effort: a pause that cannot be shared is not an error
+    limiter.refund(5)

@@ -8,12 +8,25 @@ SELECT pg_notify('migrator_active_model', 'public.documents_search');
 -- phase: expand
 -- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.documents]
 ALTER TABLE "public"."documents" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(384);
--- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+-- change capture: clear stale new vectors, queue changed rows, record stale old ones [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''demo-local'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    text_changed := NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF NEW."embedding" IS NOT NULL AND (text_changed = (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text)) THEN
+      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES (''demo-local'', NEW."id"::text, CASE WHEN text_changed THEN ''text changed, old vector not rewritten'' ELSE ''old vector written without its text'' END)
+      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, detected_at = now(), batched_at = NULL, refreshed_at = NULL;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
@@ -22,7 +35,7 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.documents]
-CREATE OR REPLACE TRIGGER "migrator_demo_local_68651ed9_capture" BEFORE INSERT OR UPDATE OF "body" ON "public"."documents" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_demo_local_68651ed9_capture" BEFORE INSERT OR UPDATE OF "body", "embedding_v2", "embedding" ON "public"."documents" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"();
 -- phase: expand (backward)
 DROP TRIGGER IF EXISTS "migrator_demo_local_68651ed9_capture" ON "public"."documents";
 DROP FUNCTION IF EXISTS "migrator"."migrator_demo_local_68651ed9_capture_fn"();
@@ -34,6 +47,10 @@ SELECT "id", "id"::text, "body", md5("body") FROM "public"."documents" WHERE "id
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_384" (pk bigint, text_hash text, v vector(384)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.documents]
 UPDATE "public"."documents" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_384" AS s WHERE t."id" = s.pk AND md5("t"."body") = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
+-- workers, source role: read rows whose embedding is NULL or recorded stale [tx; ACCESS SHARE on public.documents]
+SELECT t."id", t."id"::text, "t"."body", md5("t"."body") FROM "public"."documents" AS t WHERE t."id" = ANY(%(ids)s::text[]::bigint[]) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'demo-local' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) ORDER BY 1;
+-- workers, source role: compare-and-set write of embedding with local-hash-old [tx; ROW EXCLUSIVE on public.documents]
+UPDATE "public"."documents" AS t SET "embedding" = s.v FROM "migrator_stage_428fda_vector_256" AS s WHERE t."id" = s.pk AND md5("t"."body") IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'demo-local' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) RETURNING t."id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '256MB';
@@ -50,13 +67,26 @@ CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "bod
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding_v2', 'local-hash-new@384:8d1ec6840d11', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 384, "max_inputs_per_request": 256, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "local-hash-new", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 384, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.documents_search');
--- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+-- change capture now also keeps embedding fresh (for rollback) instead of recording its stale vectors [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''demo-local'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
@@ -80,11 +110,24 @@ CREATE OR REPLACE VIEW "public"."documents_search" AS SELECT "id", "title", "bod
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'documents_search', 'demo-local', 'embedding_v2', 'local-hash-new@384:8d1ec6840d11', '{"api_key_env": "MIGRATOR_LOCAL_KEY", "base_url": "http://127.0.0.1:8765/v1", "dimensions": 384, "max_inputs_per_request": 256, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "local-hash-new", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 384, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.documents_search');
 CREATE OR REPLACE FUNCTION "migrator"."migrator_demo_local_68651ed9_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''demo-local'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''demo-local'', NEW."id"::text);
@@ -126,3 +169,5 @@ DELETE FROM "migrator"."batches" WHERE migration = 'demo-local';
 DELETE FROM "migrator"."dead_letters" WHERE migration = 'demo-local';
 -- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
 DELETE FROM "migrator"."reports" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
+DELETE FROM "migrator"."stale_sources" WHERE migration = 'demo-local';

@@ -8,12 +8,25 @@ SELECT pg_notify('migrator_active_model', 'public.kb_search');
 -- phase: expand
 -- add embedding_nomic (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.kb_chunks]
 ALTER TABLE "public"."kb_chunks" ADD COLUMN IF NOT EXISTS "embedding_nomic" halfvec(768);
--- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+-- change capture: clear stale new vectors, queue changed rows, record stale old ones [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''kb-nomic-halfvec'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    text_changed := NEW."content" IS DISTINCT FROM OLD."content";
+    IF text_changed THEN
+      IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text) THEN
+      NEW."embedding_nomic" := NULL; written := true;
+    END IF;
+    IF NEW."embedding" IS NOT NULL AND (text_changed = (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text)) THEN
+      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text, CASE WHEN text_changed THEN ''text changed, old vector not rewritten'' ELSE ''old vector written without its text'' END)
+      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, detected_at = now(), batched_at = NULL, refreshed_at = NULL;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
@@ -22,7 +35,7 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.kb_chunks]
-CREATE OR REPLACE TRIGGER "migrator_kb_nomic_halfvec_cd3c6a2a_capture" BEFORE INSERT OR UPDATE OF "content" ON "public"."kb_chunks" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_kb_nomic_halfvec_cd3c6a2a_capture" BEFORE INSERT OR UPDATE OF "content", "embedding_nomic", "embedding" ON "public"."kb_chunks" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
 -- phase: expand (backward)
 DROP TRIGGER IF EXISTS "migrator_kb_nomic_halfvec_cd3c6a2a_capture" ON "public"."kb_chunks";
 DROP FUNCTION IF EXISTS "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"();
@@ -34,6 +47,10 @@ SELECT "chunk_id", "chunk_id"::text, "content", md5("content") FROM "public"."kb
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_halfvec_768" (pk bigint, text_hash text, v halfvec(768)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.kb_chunks]
 UPDATE "public"."kb_chunks" AS t SET "embedding_nomic" = s.v FROM "migrator_stage_428fda_halfvec_768" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") = s.text_hash AND t."embedding_nomic" IS NULL RETURNING t."chunk_id"::text;
+-- workers, source role: read rows whose embedding is NULL or recorded stale [tx; ACCESS SHARE on public.kb_chunks]
+SELECT t."chunk_id", t."chunk_id"::text, "t"."content", md5("t"."content") FROM "public"."kb_chunks" AS t WHERE t."chunk_id" = ANY(%(ids)s::text[]::bigint[]) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'kb-nomic-halfvec' AND st.pk = "t"."chunk_id"::text AND st.refreshed_at IS NULL)) ORDER BY 1;
+-- workers, source role: compare-and-set write of embedding with text-embedding-ada-002 [tx; ROW EXCLUSIVE on public.kb_chunks]
+UPDATE "public"."kb_chunks" AS t SET "embedding" = s.v FROM "migrator_stage_428fda_vector_1536" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'kb-nomic-halfvec' AND st.pk = "t"."chunk_id"::text AND st.refreshed_at IS NULL)) RETURNING t."chunk_id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '512MB';
@@ -52,13 +69,26 @@ CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "con
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding_nomic', 'nomic-embed-text@768:2ba2f6919e46', '{"api_key_env": "OLLAMA_API_KEY", "base_url": "http://ollama.internal:11434/v1", "dimensions": 768, "max_inputs_per_request": 64, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "nomic-embed-text", "normalize": true, "overlong": "dead_letter", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": 0.0}'::jsonb, 'halfvec', 768, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.kb_search');
--- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+-- change capture now also keeps embedding fresh (for rollback) instead of recording its stale vectors [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''kb-nomic-halfvec'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."content" IS DISTINCT FROM OLD."content";
+    IF text_changed THEN
+      IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text) THEN
+      NEW."embedding_nomic" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
@@ -86,11 +116,24 @@ CREATE OR REPLACE VIEW "public"."kb_search" AS SELECT "chunk_id", "doc_id", "con
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'kb_search', 'kb-nomic-halfvec', 'embedding_nomic', 'nomic-embed-text@768:2ba2f6919e46', '{"api_key_env": "OLLAMA_API_KEY", "base_url": "http://ollama.internal:11434/v1", "dimensions": 768, "max_inputs_per_request": 64, "max_tokens_per_input": 2048, "max_tokens_per_request": 300000, "name": "nomic-embed-text", "normalize": true, "overlong": "dead_letter", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": false, "usd_per_million_tokens": 0.0}'::jsonb, 'halfvec', 768, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.kb_search');
 CREATE OR REPLACE FUNCTION "migrator"."migrator_kb_nomic_halfvec_cd3c6a2a_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''kb-nomic-halfvec'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."content" IS DISTINCT FROM OLD."content") THEN RETURN NEW; END IF;
-    IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."content" IS DISTINCT FROM OLD."content";
+    IF text_changed THEN
+      IF NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text THEN NEW."embedding_nomic" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_nomic"::text IS NOT DISTINCT FROM OLD."embedding_nomic"::text) THEN
+      NEW."embedding_nomic" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_nomic" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''kb-nomic-halfvec'', NEW."chunk_id"::text);
@@ -132,3 +175,5 @@ DELETE FROM "migrator"."batches" WHERE migration = 'kb-nomic-halfvec';
 DELETE FROM "migrator"."dead_letters" WHERE migration = 'kb-nomic-halfvec';
 -- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
 DELETE FROM "migrator"."reports" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
+DELETE FROM "migrator"."stale_sources" WHERE migration = 'kb-nomic-halfvec';

@@ -8,12 +8,25 @@ SELECT pg_notify('migrator_active_model', 'public.articles_search');
 -- phase: expand
 -- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.articles]
 ALTER TABLE "public"."articles" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(1024);
--- change capture: clear stale vectors and queue changed rows [tx; no table lock]
+-- change capture: clear stale new vectors, queue changed rows, record stale old ones [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''articles-3large'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF NEW."embedding" IS NOT NULL AND (text_changed = (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text)) THEN
+      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES (''articles-3large'', NEW."id"::text, CASE WHEN text_changed THEN ''text changed, old vector not rewritten'' ELSE ''old vector written without its text'' END)
+      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, detected_at = now(), batched_at = NULL, refreshed_at = NULL;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
@@ -22,24 +35,34 @@ BEGIN
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
-CREATE OR REPLACE TRIGGER "migrator_articles_3large_3ed041da_capture" BEFORE INSERT OR UPDATE OF "title", "body" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_articles_3large_3ed041da_capture" BEFORE INSERT OR UPDATE OF "title", "body", "embedding_v2", "embedding" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 -- phase: expand (backward)
 DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
 DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.articles]
-SELECT "id", "id"::text, concat("title"::text, '
+SELECT "id", "id"::text, CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
-', "body"::text), md5(concat("title"::text, '
+', "body"::text) END, md5(CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
-', "body"::text)) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
+', "body"::text) END) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_1024" (pk bigint, text_hash text, v vector(1024)) ON COMMIT DELETE ROWS;
 -- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles]
-UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(concat("t"."title"::text, '
+UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
 
-', "t"."body"::text)) = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
+', "t"."body"::text) END) = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
+-- workers, source role: read rows whose embedding is NULL or recorded stale [tx; ACCESS SHARE on public.articles]
+SELECT t."id", t."id"::text, CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
+
+', "t"."body"::text) END, md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
+
+', "t"."body"::text) END) FROM "public"."articles" AS t WHERE t."id" = ANY(%(ids)s::text[]::bigint[]) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'articles-3large' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) ORDER BY 1;
+-- workers, source role: compare-and-set write of embedding with text-embedding-3-small [tx; ROW EXCLUSIVE on public.articles]
+UPDATE "public"."articles" AS t SET "embedding" = s.v FROM "migrator_stage_428fda_vector_1536" AS s WHERE t."id" = s.pk AND md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
+
+', "t"."body"::text) END) IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'articles-3large' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) RETURNING t."id"::text;
 -- phase: index
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '2GB';
@@ -56,13 +79,26 @@ CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
--- change capture now also keeps embedding fresh (for rollback) [tx; no table lock]
+-- change capture now also keeps embedding fresh (for rollback) instead of recording its stale vectors [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''articles-3large'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
@@ -86,11 +122,24 @@ CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at;
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
 CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
+DECLARE
+  text_changed boolean := false;
+  written boolean := false;
 BEGIN
+  IF coalesce(current_setting(''migrator.writer'', true), '''') = ''articles-3large'' THEN RETURN NEW; END IF;
   IF TG_OP = ''UPDATE'' THEN
-    IF NOT (NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body") THEN RETURN NEW; END IF;
-    IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
+    IF text_changed THEN
+      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
+    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
+      NEW."embedding_v2" := NULL; written := true;
+    END IF;
+    IF text_changed THEN
+      IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
+    ELSIF NOT (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text) THEN
+      NEW."embedding" := NULL; written := true;
+    END IF;
+    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
   IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
@@ -132,3 +181,5 @@ DELETE FROM "migrator"."batches" WHERE migration = 'articles-3large';
 DELETE FROM "migrator"."dead_letters" WHERE migration = 'articles-3large';
 -- delete this migration's rows of migrator.reports [tx; ROW EXCLUSIVE on migrator.reports]
 DELETE FROM "migrator"."reports" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
+DELETE FROM "migrator"."stale_sources" WHERE migration = 'articles-3large';
