@@ -8,11 +8,12 @@ so the view, the registry and the phase can never disagree. Renders nothing (the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from migrator.backfill import preflight, refresh
+from migrator.bridge import store as bridge_store
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state, view_catalog
@@ -44,6 +45,8 @@ class SwitchResult:
     view_matches_snapshot: bool | None = None
     # Rows whose old vector is of text they no longer have (migrator.stale_sources), at cutover.
     stale_sources: int | None = None
+    # Rollback through a bridge: new-model queries mapped into the old column (docs/bridge.md).
+    bridge_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,10 +183,19 @@ def _check_stale_sources(ctx: Context, rows: int) -> int:
     return stale
 
 
-def rollback(settings: Settings, plan: Plan) -> SwitchResult:
-    """Point the view back at the source column (kept fresh by change capture since cutover)."""
+def rollback(settings: Settings, plan: Plan, *, bridge: bool | None = None) -> SwitchResult:
+    """Point the view back at the source column (kept fresh by change capture since cutover).
+    `bridge`: serve it to new-model queries through the newest bridge (None: only when a
+    bridge stands in for a retired old model, docs/bridge.md)."""
     with preflight.context(settings, plan, "rollback") as ctx:
-        return _switch(ctx, steps.rollback(plan, ctx.facts()), State.ROLLED_BACK, report_id=None)
+        step = steps.rollback(plan, ctx.facts())
+        chosen = bridge_store.rollback_bridge(ctx.conn, plan, bridge)
+        if chosen is not None:
+            step = replace(
+                step, forward=(*step.forward, *bridge_store.switch_statements(plan, chosen))
+            )
+        res = _switch(ctx, step, State.ROLLED_BACK, report_id=None)
+        return replace(res, bridge_id=chosen)
 
 
 def finalize_allowed_at(migration: state.Migration, plan: Plan) -> datetime | None:

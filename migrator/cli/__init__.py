@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "migrator.cli.verify_cmd",
     "migrator.cli.demo_cmd",
     "migrator.cli.ops_cmd",
+    "migrator.cli.bridge_cmd",
 )
 
 

@@ -33,6 +33,12 @@ def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
         f"  lock wait {res.lock_wait_ms:.1f} ms, lock held {res.hold_ms:.1f} ms, "
         f"{res.attempts} attempt(s), total {res.total_ms:.1f} ms"
     )
+    if res.bridge_id is not None:
+        click.echo(
+            f"  queries: the new model through bridge {res.bridge_id}, mapped into "
+            f"{res.column}; rows changed since cutover hold bridged vectors if the old model "
+            "is gone (docs/bridge.md)"
+        )
     if res.view_matches_snapshot is False:
         click.echo("  warning: the view differs from the snapshot taken at adopt", err=True)
     if res.stale_sources:
@@ -55,11 +61,21 @@ def cutover_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None
     _print_switch(switch.cutover(settings_from(database_url), plan), as_json)
 
 
-@plan_command("rollback")
-def rollback_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
+@plan_command(
+    "rollback",
+    click.option(
+        "--bridge/--no-bridge",
+        default=None,
+        help="Serve the old column to new-model queries through the newest bridge (default: "
+        "only when a bridge stands in for a retired old model).",
+    ),
+)
+def rollback_cmd(
+    plan_path: str, bridge: bool | None, database_url: str | None, as_json: bool
+) -> None:
     """Switch the search view back to the old column (kept fresh since cutover)."""
     plan = read_plan(plan_path)
-    _print_switch(switch.rollback(settings_from(database_url), plan), as_json)
+    _print_switch(switch.rollback(settings_from(database_url), plan, bridge=bridge), as_json)
 
 
 @plan_command(

@@ -10,9 +10,11 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -177,4 +179,36 @@ active_models = Table(
     Column("vector_type", Text, nullable=False),
     Column("dimensions", Integer, nullable=False),
     Column("switched_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The bridge the search side applies to new-model queries (0004); NULL: none.
+    Column("bridge_id", BigInteger),
+)
+
+# Fitted maps from the new model's space into the old one (bridge mode, docs/bridge.md).
+bridges = Table(
+    "bridges",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("from_fingerprint", Text, nullable=False),
+    Column("to_fingerprint", Text, nullable=False),
+    Column("from_model", JSONB, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("dims_in", Integer, nullable=False),
+    Column("dims_out", Integer, nullable=False),
+    Column("weights", LargeBinary, nullable=False),  # float32, little-endian, dims_in x dims_out
+    Column("bias", LargeBinary, nullable=False),  # float32, dims_out
+    Column("train_rows", Integer, nullable=False),
+    Column("holdout_rows", Integer, nullable=False),
+    Column("retention", Float),
+    Column("figures", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The old model is gone: catch-up of the old column and verify's baseline use this bridge.
+    Column("replaces_source", Boolean, nullable=False, server_default=text("false")),
+    Index("bridges_migration_id_idx", "migration", "id"),
 )

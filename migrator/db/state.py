@@ -46,6 +46,12 @@ ALLOWED: dict[str, frozenset[State | None]] = {
         {State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK, State.CUT_OVER}
     ),
     "cutover": frozenset({State.VERIFIED, State.ROLLED_BACK}),
+    # Bridge mode (migrator.bridging): fit needs backfilled rows; on/off need the old column.
+    "bridge-fit": frozenset(
+        {State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK, State.CUT_OVER}
+    ),
+    "bridge-on": frozenset({State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK}),
+    "bridge-off": frozenset({State.EXPANDED, State.BACKFILLED, State.VERIFIED, State.ROLLED_BACK}),
     "rollback": frozenset({State.CUT_OVER}),
     # finalizing: a finalize that stopped part-way; the rerun completes it.
     "finalize": frozenset({State.CUT_OVER, State.FINALIZING}),

@@ -482,7 +482,7 @@ def upsert_active_model(
         "ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, "
         "column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, "
         "model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, "
-        "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at"
+        "dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at, bridge_id = NULL"
     ).format(
         vs=sql.Literal(plan.view_schema),
         vn=sql.Literal(plan.view.name),

@@ -175,7 +175,8 @@ def restore_registry(plan: Plan, prior: RegistryRow | None) -> Statement:
         query = sql.SQL(
             "UPDATE migrator.active_models SET migration = {m}, column_name = {c}, "
             "fingerprint = {fp}, model = {model}::jsonb, vector_type = {vt}, dimensions = {d}, "
-            "switched_at = {at}::timestamptz WHERE view_schema = {vs} AND view_name = {vn}"
+            "switched_at = {at}::timestamptz, bridge_id = NULL WHERE view_schema = {vs} "
+            "AND view_name = {vn}"
         ).format(
             m=sql.Literal(prior.migration),
             c=sql.Literal(prior.column),

@@ -64,7 +64,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
 
-TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl"})
+TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl", "bridge"})
 
 # Re-exported: the vocabularies live in plan_types, the model here.
 __all__ = [
@@ -242,6 +242,19 @@ class CutoverSpec(Frozen):
     rollback_window_hours: Annotated[float, Field(ge=0)] = 24.0
 
 
+class BridgeSpec(Frozen):
+    """Bridge mode (docs/bridge.md): new-model queries mapped into the old index."""
+
+    # Paired rows (both vectors set) read to fit the map, in bounded chunks.
+    sample_rows: Annotated[int, Field(ge=10, le=1_000_000)] = 5000
+    # Fewer paired rows than this and `bridge fit` refuses: the figures would mean nothing.
+    min_rows: Annotated[int, Field(ge=10)] = 200
+    # One paired row in this many is held out to choose the method and measure retention.
+    holdout_every: Annotated[int, Field(ge=2, le=100)] = 5
+    # `bridge on` refuses (unless --force) below this share of the new model's recall@k.
+    min_retention: Annotated[float, Field(ge=0, le=1)] = 0.85
+
+
 class DdlSpec(Frozen):
     lock_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 500
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 0
@@ -262,6 +275,7 @@ class Plan(Frozen):
     verify: VerifySpec = VerifySpec()
     cutover: CutoverSpec = CutoverSpec()
     ddl: DdlSpec = DdlSpec()
+    bridge: BridgeSpec = BridgeSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:

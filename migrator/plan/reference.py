@@ -99,6 +99,14 @@ DESCRIPTIONS: dict[str, str] = {
     "ddl.lock_timeout_ms": "Lock timeout of each DDL attempt.",
     "ddl.statement_timeout_ms": "Statement timeout (0 = none).",
     "ddl.attempts": "Attempts before giving up (nothing applied).",
+    "bridge": "Bridge mode: new-model queries mapped into the old index (tuning; docs/bridge.md).",
+    "bridge.sample_rows": "Paired rows (old and new vector both set) `bridge fit` reads, in "
+    "bounded chunks.",
+    "bridge.min_rows": "`bridge fit` refuses with fewer paired rows than this.",
+    "bridge.holdout_every": "One paired row in this many is held out: it chooses the method "
+    "and measures retention.",
+    "bridge.min_retention": "`bridge on` refuses (unless `--force`) when the bridge keeps less "
+    "than this share of the new model's recall@k.",
 }
 
 

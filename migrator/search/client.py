@@ -24,9 +24,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from migrator.bridge import store as bridge_store
+from migrator.bridge.store import StoredBridge
 from migrator.embedding.base import Matrix, Provider
 from migrator.embedding.factory import provider_for
-from migrator.errors import ConfigError, DatabaseError
+from migrator.errors import ConfigError, DatabaseError, MigratorError
 from migrator.plan.model import Metric, ModelSpec, Plan, VectorType, parse_plan
 
 _providers: dict[tuple[int, str, str | None], Provider] = {}
@@ -63,6 +65,20 @@ class ActiveModel:
     model_alias: str = "embedding_model"
     columns: tuple[str, ...] = ()
     metric: Metric = Metric.COSINE
+    # Bridge mode: queries are embedded with the bridge's model and mapped into this column's
+    # space; the guard still compares the column's own fingerprint.
+    bridge: StoredBridge | None = None
+
+    @property
+    def bridge_id(self) -> int | None:
+        return None if self.bridge is None else self.bridge.id
+
+    def same_serving(self, other: ActiveModel) -> bool:
+        return (self.fingerprint, self.vector_type, self.bridge_id) == (
+            other.fingerprint,
+            other.vector_type,
+            other.bridge_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,7 @@ class SearchResult:
     fingerprint: str  # the model the query was embedded with
     model_switch_retries: int
     elapsed_ms: float = 0.0
+    bridge_id: int | None = None  # the bridge the query went through (None: none)
 
     @property
     def mixed(self) -> int:
@@ -125,6 +142,7 @@ class SearchClient:
         self.registry_ttl = registry_ttl
         self.max_switch_retries = max_switch_retries
         self._cache = _Cache()
+        self._bridges: dict[int, StoredBridge] = {}
 
     # ---- connections ----
     def _get_pool(self) -> ConnectionPool:
@@ -178,7 +196,7 @@ class SearchClient:
             try:
                 row = cur.execute(
                     "SELECT a.migration, a.column_name, a.fingerprint, a.model, a.vector_type, "
-                    "a.dimensions, m.plan FROM migrator.active_models a "
+                    "a.dimensions, a.bridge_id, m.plan FROM migrator.active_models a "
                     "LEFT JOIN migrator.migrations m ON m.name = a.migration "
                     "WHERE a.view_schema = %s AND a.view_name = %s",
                     (self.view_schema, self.view_name),
@@ -191,6 +209,8 @@ class SearchClient:
                     hint="run `migrator adopt PLAN` to create the view and register its model",
                 )
             model = _active_model(self.view_schema, self.view_name, row)
+            if row.get("bridge_id") is not None:
+                model = replace(model, bridge=self._bridge(conn, int(row["bridge_id"]), model))
             if not model.columns:  # no readable plan: serve the view's other columns
                 cols = cur.execute(
                     "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
@@ -203,12 +223,35 @@ class SearchClient:
                 )
         return model
 
+    def _bridge(self, conn: psycopg.Connection, bridge_id: int, model: ActiveModel) -> StoredBridge:
+        """The registry's bridge, checked against the column it must map into (cached by id:
+        a stored bridge never changes)."""
+        found = self._bridges.get(bridge_id)
+        if found is None:
+            found = bridge_store.get(conn, bridge_id)
+            if found is None:
+                raise DatabaseError(f"the registry names bridge {bridge_id}, which is not stored")
+            self._bridges[bridge_id] = found
+        if found.to_fingerprint != model.fingerprint or found.map.dims_out != model.dimensions:
+            raise DatabaseError(
+                f"bridge {bridge_id} maps into {found.to_fingerprint}, but the view serves "
+                f"{model.fingerprint}",
+                hint="run `migrator bridge off PLAN`",
+            )
+        return found
+
     # ---- searching ----
     def embed(self, text: str, model: ActiveModel) -> Matrix:
+        """The query vector for `model`'s column: its own model's, or, bridged, the bridge's
+        query model's mapped into the column's space and normalised."""
         if not text or not text.strip():
             raise ValueError("the query is empty")
-        provider = shared_provider(model.model, self.environ)
-        return provider.embed_strict([text], normalize=model.model.normalize)
+        if model.bridge is None:
+            provider = shared_provider(model.model, self.environ)
+            return provider.embed_strict([text], normalize=model.model.normalize)
+        spec = model.bridge.from_model
+        raw = shared_provider(spec, self.environ).embed_strict([text], normalize=spec.normalize)
+        return model.bridge.map.apply(raw, normalize=model.model.normalize)
 
     def search(self, text: str, k: int = 10) -> SearchResult:
         """Top-k rows of the view for `text`, embedded with the model the view serves now."""
@@ -216,7 +259,16 @@ class SearchClient:
         model = self.active_model()
         retries = 0
         while True:
-            vec = self.embed(text, model)[0]
+            try:
+                vec = self.embed(text, model)[0]
+            except MigratorError:
+                # The model did not answer: a bridge switched on meanwhile (the old model's
+                # sunset) serves the query; otherwise the error stands.
+                latest = self.active_model(refresh=True)
+                if latest.same_serving(model) or retries >= self.max_switch_retries:
+                    raise
+                model, retries = latest, retries + 1
+                continue
             error: psycopg.Error | None = None
             try:
                 hits = self.query(vec, model, k)
@@ -226,7 +278,7 @@ class SearchClient:
             if hits:
                 break
             latest = self.active_model(refresh=True)
-            if latest.fingerprint == model.fingerprint and latest.vector_type == model.vector_type:
+            if latest.same_serving(model):
                 if error is not None:
                     raise DatabaseError(f"search on {self.view_name} failed: {error}") from error
                 break  # genuinely no rows
@@ -236,7 +288,8 @@ class SearchClient:
                     hint="retry the search",
                 )
             model, retries = latest, retries + 1
-        return SearchResult(hits, model.fingerprint, retries, (time.perf_counter() - t0) * 1000)
+        elapsed = (time.perf_counter() - t0) * 1000
+        return SearchResult(hits, model.fingerprint, retries, elapsed, model.bridge_id)
 
     def query(self, vector: np.ndarray, model: ActiveModel, k: int) -> list[Hit]:
         """The guarded query: zero rows unless the view serves `model` (no distance computed)."""

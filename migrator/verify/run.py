@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from migrator.backfill import preflight
+from migrator.bridge import store as bridge_store
+from migrator.bridge.provider import bridged
 from migrator.config import Settings
 from migrator.db import state
 from migrator.db.catalog import index_info
@@ -22,7 +24,7 @@ from migrator.db.context import Context
 from migrator.embedding import Provider, provider_for
 from migrator.errors import ConfigError, GateFailedError
 from migrator.plan.model import Plan
-from migrator.verify import checks, data, gate
+from migrator.verify import bridge_check, checks, data, gate
 from migrator.verify import labelled as verify_labelled
 from migrator.verify.index_build import IndexResult, OnProgress, ensure_index
 from migrator.verify.report import Check, Report
@@ -124,7 +126,7 @@ def _verify(
         source = data.load_column(conn, plan, plan.source.column, plan.source.model.dimensions)
     with timer.part("vector health"):
         health = checks.health(target, plan)
-    with _providers(plan, ctx.settings) as (old_p, new_p):
+    with _providers(ctx) as (old_p, new_p):
         found = _run_samples(ctx, opts, timer, index_state, source, target, old_p, new_p)
     report = Report(
         migration=plan.name,
@@ -149,8 +151,16 @@ def _verify(
 
 
 @contextlib.contextmanager
-def _providers(plan: Plan, settings: Settings) -> Iterator[tuple[Provider, Provider]]:
-    old = provider_for(plan.source.model, settings.environ)
+def _providers(ctx: Context) -> Iterator[tuple[Provider, Provider]]:
+    plan, settings = ctx.plan, ctx.settings
+    # A retired old model (`bridge on --old-model-gone`): the bridge it is served through
+    # is the baseline.
+    stand_in = bridge_store.replacing_source(ctx.conn, plan)
+    old = (
+        bridged(stand_in, plan.source.model, settings.environ)
+        if stand_in
+        else provider_for(plan.source.model, settings.environ)
+    )
     try:
         new = provider_for(plan.target.model, settings.environ)
         try:
@@ -202,7 +212,9 @@ def _run_samples(
         idx = checks.index_recall(conn, plan, index_state, target, q_new[keep], k, new_top)
     with timer.part("labelled queries"):
         lab = _labelled(plan, opts, source, target, old_p, new_p)
-    return [fresh, idx, par, lab]
+    with timer.part("bridge"):
+        bridge = bridge_check.verify_hook(conn, plan, own, q_old[keep], q_new[keep], source, target)
+    return [fresh, idx, par, lab, bridge]
 
 
 def _labelled(

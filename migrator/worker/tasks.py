@@ -21,11 +21,13 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from migrator.backfill import ledger, work
 from migrator.backfill.broker import limiter_redis_url
 from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
+from migrator.bridge import store
+from migrator.bridge.provider import bridged
 from migrator.config import Settings, load_settings
 from migrator.db import state
 from migrator.db.connect import connect, resolve_url
 from migrator.embedding import Provider, RetryableError, provider_for
-from migrator.plan.model import Plan
+from migrator.plan.model import Plan, Role
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class Runtime:
     settings: Settings
     conn: psycopg.Connection | None = None
     plans: dict[str, tuple[float, Plan]] = field(default_factory=dict)
-    providers: dict[tuple[str, str], Provider] = field(default_factory=dict)
+    providers: dict[tuple[str, str, int | None], Provider] = field(default_factory=dict)
     limiters: dict[tuple[str, str], Limiter] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
 
@@ -71,10 +73,18 @@ class Runtime:
         return plan
 
     def provider(self, plan: Plan, rs: work.RoleSpec) -> Provider:
-        key = (plan.name, rs.role)
+        # The old model retired (`bridge on --old-model-gone`): its bridge stands in for it.
+        stand_in = (
+            store.replacing_source(self.connection(), plan) if rs.role is Role.SOURCE else None
+        )
+        key = (plan.name, rs.role, stand_in.id if stand_in else None)
         found = self.providers.get(key)
         if found is None or found.fingerprint != rs.model.fingerprint():
-            inner = provider_for(rs.model, self.settings.environ)
+            inner = (
+                bridged(stand_in, rs.model, self.settings.environ)
+                if stand_in
+                else provider_for(rs.model, self.settings.environ)
+            )
             found = work.RetryingProvider(
                 inner, self.limiter(plan, rs), plan.backfill.retry, self.stats
             )
