@@ -9,7 +9,6 @@ Renders nothing (the CLI does).
 from __future__ import annotations
 
 import time
-import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ class FitOutcome:
     scores: tuple[tuple[str, float], ...]
     figures: dict[str, Any]
     fit_seconds: float
-    peak_mib: float
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,24 +85,19 @@ def fit(
         seed = plan.verify.seed if seed is None else seed
         keys: list[str] = []
         t0 = time.perf_counter()
-        tracemalloc.start()
-        try:
-            result = bfit.fit_pairs(
-                sample.paired_chunks(
-                    conn,
-                    plan,
-                    rows=rows or cfg.sample_rows,
-                    seed=seed,
-                    holdout_every=cfg.holdout_every,
-                    keys=keys,
-                ),
-                plan.target.model.dimensions,
-                plan.source.model.dimensions,
-                k=plan.verify.k,
-            )
-            peak = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
+        result = bfit.fit_pairs(
+            sample.paired_chunks(
+                conn,
+                plan,
+                rows=rows or cfg.sample_rows,
+                seed=seed,
+                holdout_every=cfg.holdout_every,
+                keys=keys,
+            ),
+            plan.target.model.dimensions,
+            plan.source.model.dimensions,
+            k=plan.verify.k,
+        )
         seconds = time.perf_counter() - t0
         notes: list[str] = []
         figs = _evaluate(ctx, result, keys[: result.holdout_rows], seed, plan_dir, notes)
@@ -113,7 +106,6 @@ def fit(
             "holdout_pair_recall": result.holdout_recall,
             "candidates": dict(result.scores),
             "seconds": round(seconds, 3),
-            "peak_mib": round(peak, 1),
         }
         bridge_id = store.save(conn, plan, result, figs)
         ctx.event(
@@ -133,7 +125,6 @@ def fit(
             result.scores,
             figs,
             round(seconds, 3),
-            round(peak, 1),
             tuple(notes),
         )
 

@@ -51,7 +51,7 @@ def fit_cmd(
     click.echo(
         f"bridge {res.bridge_id}: {res.method}, {res.train_rows:,} training rows, "
         f"{res.holdout_rows:,} held out (of {res.paired_rows:,} paired); fit "
-        f"{res.fit_seconds:.2f} s, peak {res.peak_mib:.0f} MiB"
+        f"{res.fit_seconds:.2f} s (read + fit)"
     )
     for name in ("documents", "labelled"):
         d = figs.get(name)
