@@ -63,7 +63,7 @@ def test_bridge_fit_on_guard_cutover_rollback(settings: Settings, database_url: 
     # Refused under the plan's threshold (set just above what was measured), unless forced.
     strict = _with(plan, min_retention=min(1.0, retention + 0.01))
     if retention + 0.01 <= 1.0:
-        with pytest.raises(GateFailedError, match="bridge.min_retention"):
+        with pytest.raises(GateFailedError, match=r"bridge\.min_retention"):
             bridging.bridge_on(settings, strict)
         assert _registry(database_url)[2] is None  # nothing changed
     on = bridging.bridge_on(settings, strict, force=True)
@@ -88,7 +88,7 @@ def test_bridge_fit_on_guard_cutover_rollback(settings: Settings, database_url: 
         assert after.model_switch_retries == 1 and after.bridge_id is None
         assert after.fingerprint == new_fp and {h.model for h in after.hits} == {new_fp}
 
-        with pytest.raises(PhaseError, match="bridge-on|cut_over"):
+        with pytest.raises(PhaseError, match=r"bridge-on|cut_over"):
             bridging.bridge_on(settings, plan, force=True)
 
         back = switch.rollback(settings, plan, bridge=True)
