@@ -3,22 +3,30 @@ one on backfilled rows, measure it against a re-embed, and switch the search sid
 
 The switch is one transaction (registry bridge_id + NOTIFY), like cutover's: the view keeps
 serving the old column with its old fingerprint; only how queries are embedded changes.
-Renders nothing (the CLI does).
+These commands do not take the migration's operator lock, which a running backfill holds for
+its whole run (the sunset case needs `bridge on` then): they take a lock of their own, and the
+switch locks the registry row (FOR UPDATE), so it is ordered with a concurrent cutover or
+rollback and checks what the view serves under that lock. Renders nothing (the CLI does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from psycopg import sql
 
 from migrator.backfill import preflight
 from migrator.bridge import fit as bfit
 from migrator.bridge import sample, store
 from migrator.config import Settings
+from migrator.db import state
+from migrator.db.connect import connect, ensure_schema, resolve_url
 from migrator.db.context import Context
 from migrator.ddl import statements as q
 from migrator.ddl.statements import Lock, Statement
@@ -73,7 +81,7 @@ def fit(
     plan_dir: Path | None = None,
 ) -> FitOutcome:
     """Fit on a sample of paired rows, compare on the held-out ones, store the bridge."""
-    with preflight.context(settings, plan, "bridge-fit") as ctx:
+    with _context(settings, plan, "bridge-fit") as ctx:
         conn, cfg = ctx.conn, plan.bridge
         paired = sample.paired_count(conn, plan)
         if paired < cfg.min_rows:
@@ -244,6 +252,27 @@ def _labelled(
 # ---- the switch -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
+    url = resolve_url(settings)
+    conn = connect(url)
+    try:
+        with state.operator_lock(conn, f"{plan.name}#bridge"):
+            migration = state.get_migration(conn, plan.name) if _has_schema(conn) else None
+            if migration is not None:
+                state.check_plan_unchanged(migration, plan)
+            state.guard(command, migration)
+            ensure_schema(url)
+            yield Context(settings, plan, url, conn, command, migration)
+    finally:
+        conn.close()
+
+
+def _has_schema(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
+    return bool(row and row[0])
+
+
 def _registry_statements(
     plan: Plan, bridge_id: int | None, replaces: int | None, *, touch_source: bool
 ) -> tuple[Statement, ...]:
@@ -288,7 +317,7 @@ def bridge_on(
     settings: Settings, plan: Plan, *, force: bool = False, old_model_gone: bool = False
 ) -> BridgeSwitch:
     """Embed queries with the new model and map them into the old column, atomically."""
-    with preflight.context(settings, plan, "bridge-on") as ctx:
+    with _context(settings, plan, "bridge-on") as ctx:
         column, fp, _ = _served(ctx)
         bridge = store.latest(ctx.conn, plan)
         if bridge is None:
@@ -322,7 +351,7 @@ def bridge_on(
 
 def bridge_off(settings: Settings, plan: Plan, *, force: bool = False) -> BridgeSwitch:
     """Embed queries with the old model again (the old model must answer)."""
-    with preflight.context(settings, plan, "bridge-off") as ctx:
+    with _context(settings, plan, "bridge-off") as ctx:
         column, fp, active = _served(ctx)
         current = store.get(ctx.conn, active) if active is not None else None
         if current is not None and current.replaces_source:
@@ -348,9 +377,26 @@ def _apply(
     *,
     touch_source: bool,
 ) -> BridgeSwitch:
-    plan = ctx.plan
+    plan, conn = ctx.plan, ctx.conn
     stmts = _registry_statements(plan, bridge_id, replaces, touch_source=touch_source)
-    res = ctx.executor().run(stmts, ctx.cutover_policy())
+    t0 = time.perf_counter()
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", (f"{plan.cutover.lock_timeout_ms}ms",)
+        )
+        row = conn.execute(
+            "SELECT column_name FROM migrator.active_models WHERE view_schema = %s AND "
+            "view_name = %s AND migration = %s FOR UPDATE",
+            (plan.view_schema, plan.view.name, plan.name),
+        ).fetchone()
+        if row is None or row[0] != plan.source.column:
+            raise PhaseError(
+                f"{q.view_label(plan)} switched to {row[0] if row else 'nothing'} meanwhile",
+                hint="a cutover ran at the same time; nothing was changed",
+            )
+        for st in stmts:
+            conn.execute(cast(sql.Composed, st.query))
+    hold_ms = (time.perf_counter() - t0) * 1000
     query_model = plan.target.model.fingerprint() if bridge_id else fp
     phase = ctx.migration.phase.value if ctx.migration else None
     ctx.event(
@@ -362,8 +408,7 @@ def _apply(
         bridge_id=bridge_id,
         forced=force,
         replaces_source=replaces is not None,
-        attempts=res.attempts,
-        hold_ms=round(res.hold_ms, 2),
+        hold_ms=round(hold_ms, 2),
     )
     return BridgeSwitch(
         command,
@@ -374,6 +419,6 @@ def _apply(
         retention,
         force,
         replaces is not None,
-        res.attempts,
-        round(res.hold_ms, 2),
+        1,
+        round(hold_ms, 2),
     )
