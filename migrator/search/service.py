@@ -102,6 +102,7 @@ def create_app(client: SearchClient, *, max_k: int = MAX_K) -> Starlette:
                 "model": result.fingerprint,
                 "k": k,
                 "retries": result.model_switch_retries,
+                "bridge": result.bridge_id,  # new-model query mapped into the old column
                 "elapsed_ms": round(result.elapsed_ms, 3),
                 "results": _jsonable(as_rows(result)),
             }
@@ -120,6 +121,7 @@ def create_app(client: SearchClient, *, max_k: int = MAX_K) -> Starlette:
                 "view": f"{model.view_schema}.{model.view_name}",
                 "model": model.fingerprint,
                 "column": model.column_name,
+                "bridge": model.bridge_id,
             }
         )
 
