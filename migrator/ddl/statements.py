@@ -537,7 +537,7 @@ def record_phase(
 
 
 # migrator's own rows of one migration; the migrations row and the event log stay (history).
-LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports", "stale_sources")
+LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports", "stale_sources", "bridges")
 
 
 def delete_ledger(plan: Plan, table: str) -> sql.Composable:

@@ -354,7 +354,7 @@ def abort(plan: Plan, facts: Facts = Facts()) -> Step:
     notes = [
         "Allowed before cutover and after a rollback; refused while cut over (roll back first).",
         "One transaction for the table, the view, the registry and the phase aborted; then "
-        "migrator's rows of this migration (queued changes, batches, dead letters, reports) "
+        "migrator's rows of this migration (queued changes, batches, dead letters, reports, bridges) "
         "in a second one, so the table's lock is not held while they are deleted. The "
         "migration's row and its event log are kept.",
     ]

@@ -171,3 +171,5 @@ DELETE FROM "migrator"."dead_letters" WHERE migration = 'demo-local';
 DELETE FROM "migrator"."reports" WHERE migration = 'demo-local';
 -- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
+DELETE FROM "migrator"."bridges" WHERE migration = 'demo-local';

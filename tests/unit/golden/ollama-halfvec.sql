@@ -177,3 +177,5 @@ DELETE FROM "migrator"."dead_letters" WHERE migration = 'kb-nomic-halfvec';
 DELETE FROM "migrator"."reports" WHERE migration = 'kb-nomic-halfvec';
 -- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
+DELETE FROM "migrator"."bridges" WHERE migration = 'kb-nomic-halfvec';

@@ -183,3 +183,5 @@ DELETE FROM "migrator"."dead_letters" WHERE migration = 'articles-3large';
 DELETE FROM "migrator"."reports" WHERE migration = 'articles-3large';
 -- delete this migration's rows of migrator.stale_sources [tx; ROW EXCLUSIVE on migrator.stale_sources]
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
+DELETE FROM "migrator"."bridges" WHERE migration = 'articles-3large';
