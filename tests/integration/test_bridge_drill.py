@@ -155,7 +155,6 @@ def test_sunset_drill_bridge_on_cutover_rollback_cutover(
     phases = [p["phase"] for p in data["phases"]]
     # The backfill ends while the load runs; rollback -> verify again -> the second cutover.
     assert phases[-5:] == ["verified", "cut_over", "rolled_back", "verified", "cut_over"], phases
-    print(data)
     for p in data["phases"]:
         assert p["queries"] > 0 and p["hit_rate"] > 0, p
     with psycopg.connect(database_url) as conn:
