@@ -235,6 +235,7 @@ class Monitor:
         self.conn, self.plan, self.enq, self.stall, self.opts = conn, plan, enq, stall, opts
         self.start, self.t0 = start, t0
         self.complete = False
+        self.expired = 0  # batches re-enqueued because their lease expired
 
     def roles(self, phase: State) -> list[Role]:
         return [Role.TARGET, Role.SOURCE] if phase in PHASES_WITH_SOURCE else [Role.TARGET]
@@ -278,14 +279,7 @@ class Monitor:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
             if refresh_source:
                 self.enq.send(self.conn, refresh.batches_from_stale(self.conn, self.plan))
-            depth = self.enq.queue_depth()
-            lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall, queue_empty=depth == 0)
-            lost = ledger.give_up_exhausted(
-                self.conn, self.plan.name, lost, self.plan.backfill.retry.max_attempts
-            )
-            if lost:
-                log.warning("re-enqueueing %d lost or stalled batches", len(lost))
-            self.enq.send(self.conn, lost)
+            self.requeue_lost()
         except BrokerError as exc:
             # The ledger keeps the work; the next pass (or the stall check) sends it again.
             log.warning("%s", exc.one_line())
@@ -311,6 +305,29 @@ class Monitor:
                 self.enq.send(self.conn, swept)
             return False
         return True
+
+    def requeue_lost(self) -> None:
+        """Send again the batches whose message or worker is gone, logging each batch once: a
+        running batch whose lease expired goes back to pending in the same statement."""
+        name = self.plan.name
+        for b in ledger.expire_leases(self.conn, name, self.stall):
+            log.warning(
+                "re-enqueueing batch %d: the lease of %s expired %.0f s ago (worker lost)",
+                b.id,
+                b.worker or "?",
+                b.seconds_late,
+            )
+            self.expired += 1
+        fresh = set(ledger.to_enqueue(self.conn, name, 1e9, queue_empty=False))
+        depth = self.enq.queue_depth()
+        lost = ledger.to_enqueue(self.conn, name, self.stall, queue_empty=depth == 0)
+        for batch_id in lost:
+            if batch_id not in fresh:
+                log.warning("re-enqueueing batch %d: its message is lost (queue empty)", batch_id)
+        lost = ledger.give_up_exhausted(
+            self.conn, name, lost, self.plan.backfill.retry.max_attempts
+        )
+        self.enq.send(self.conn, lost)
 
     def report(self, s: dict[str, Any], changes: int) -> None:
         if self.opts.on_progress is None:

@@ -20,6 +20,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from migrator.backfill import ledger, work
 from migrator.backfill.broker import limiter_redis_url
+from migrator.backfill.lease import Heartbeat
 from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
 from migrator.config import Settings, load_settings
 from migrator.db import state
@@ -43,6 +44,7 @@ class Runtime:
     providers: dict[tuple[str, str], Provider] = field(default_factory=dict)
     limiters: dict[tuple[str, str], Limiter] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
+    heartbeats: dict[float, Heartbeat] = field(default_factory=dict)
 
     def connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -58,6 +60,17 @@ class Runtime:
                 self.conn.close()
             finally:
                 self.conn = None
+
+    def heartbeat(self, plan: Plan) -> Heartbeat:
+        """The lease keeper of this process (its own connection), for the plan's lease."""
+        lease = plan.backfill.lease_seconds
+        found = self.heartbeats.get(lease)
+        if found is None:
+            url = resolve_url(self.settings)
+            found = self.heartbeats[lease] = Heartbeat(
+                lambda: connect(url, application_name="migrator-heartbeat"), lease
+            )
+        return found
 
     def plan(self, name: str) -> Plan:
         # Cached briefly: an operator may change tuning keys (limits, concurrency) mid-run.
@@ -137,6 +150,7 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
             provider=lambda rs: rt.provider(plan, rs),
             limiter=lambda rs: rt.limiter(plan, rs),
             worker=_worker_id(),
+            keep_lease=rt.heartbeat(plan).hold,
         )
     except Retry:
         raise
@@ -170,10 +184,10 @@ def _failed(
 
     if delay is None:
         log.error("batch %s failed for good: %s", batch_id, msg)
-        work.give_up(conn, batch_id, exc)
+        work.give_up(conn, batch_id, exc, worker=_worker_id())
         metrics.batch_failed()
         return {"batch": batch_id, "status": "failed", "error": msg}
     log.warning("batch %s: %s; retry %d in %.1fs", batch_id, msg, retries + 1, delay)
-    ledger.release(conn, batch_id, msg, delay)
+    ledger.release(conn, batch_id, msg, delay, worker=_worker_id())
     metrics.batch_retried()
     raise task.retry(countdown=delay, exc=exc)
