@@ -385,6 +385,63 @@ def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A failed batch whose cool-down is over: `failures` rounds so far, the last error."""
+
+    batch: Batch
+    failures: int
+    error: str
+
+
+def failed_due(conn: psycopg.Connection, name: str, cooldown_s: float) -> list[Failed]:
+    """Failed batches whose cool-down (`cooldown_s` doubled per failure round, at most an
+    hour) has passed since they failed: the follower retries or dead-letters them."""
+    rows = conn.execute(
+        "SELECT id, role, kind, key_lo, key_hi, ids, attempts, failures, coalesce(error, '') "
+        "FROM migrator.batches WHERE migration = %s AND status = 'failed' AND finished_at < "
+        "now() - make_interval(secs => least(%s * power(2, least(failures, 20)), 3600.0)) "
+        "ORDER BY id",
+        (name, cooldown_s),
+    ).fetchall()
+    return [
+        Failed(
+            Batch(
+                int(r[0]),
+                Role(r[1]),
+                r[2],
+                r[3],
+                r[4],
+                tuple(r[5]) if r[5] is not None else None,
+                int(r[6]),
+            ),
+            int(r[7]),
+            str(r[8]),
+        )
+        for r in rows
+    ]
+
+
+def retry_round(conn: psycopg.Connection, batch_id: int) -> bool:
+    """A failed batch back to pending for one more round (attempts start over)."""
+    cur = conn.execute(
+        "UPDATE migrator.batches SET status = 'pending', attempts = 0, enqueued_at = NULL, "
+        "finished_at = NULL, failures = failures + 1 WHERE id = %s AND status = 'failed'",
+        (batch_id,),
+    )
+    return cur.rowcount == 1
+
+
+def mark_dead(conn: psycopg.Connection, batch_id: int, rows_dead: int) -> None:
+    """A batch whose rows became dead letters: closed for good (`--retry-dead-letters` makes
+    new batches of them)."""
+    conn.execute(
+        "UPDATE migrator.batches SET status = 'dead', failures = failures + 1, rows_dead = %s, "
+        "finished_at = now() WHERE id = %s AND status = 'failed'",
+        (rows_dead, batch_id),
+    )
+
+
 def reset_failed(conn: psycopg.Connection, name: str) -> int:
     """A rerun gives failed batches a fresh start (after the operator fixed the cause)."""
     cur = conn.execute(

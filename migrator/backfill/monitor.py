@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrator.backfill import expand, ledger, preflight, refresh
+from migrator.backfill import expand, ledger, preflight, refresh, work
 from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
 from migrator.db import errors as dberrors
@@ -184,7 +184,7 @@ def catch_up_pass(conn: psycopg.Connection, settings: Settings, plan: Plan) -> d
     enq = Enqueuer(broker_url(settings), plan, stall)
     try:
         with _monitor_lock(conn, plan.name):
-            mon = Monitor(conn, plan, enq, stall, Options(), {}, time.monotonic())
+            mon = Monitor(conn, plan, enq, stall, Options(follow=True), {}, time.monotonic())
             complete = mon.tick(phase)
             if complete:
                 _try_mark_complete(conn, plan, settings.operator)
@@ -236,6 +236,10 @@ class Monitor:
         self.start, self.t0 = start, t0
         self.complete = False
         self.expired = 0  # batches re-enqueued because their lease expired
+        self.retried = 0  # failed batches retried after their cool-down
+        # The follower and the beat catch-up never stop on failed batches (a foreground
+        # `backfill` run does: exit 10 with the first error).
+        self.keep_going = opts.follow
 
     def roles(self, phase: State) -> list[Role]:
         return [Role.TARGET, Role.SOURCE] if phase in PHASES_WITH_SOURCE else [Role.TARGET]
@@ -280,6 +284,8 @@ class Monitor:
             if refresh_source:
                 self.enq.send(self.conn, refresh.batches_from_stale(self.conn, self.plan))
             self.requeue_lost()
+            if self.keep_going:
+                self.retry_failed()
         except BrokerError as exc:
             # The ledger keeps the work; the next pass (or the stall check) sends it again.
             log.warning("%s", exc.one_line())
@@ -288,6 +294,8 @@ class Monitor:
         self.report(s, changes)
         if s["open"] or changes:
             return False
+        if s["failed"] and self.keep_going:
+            return False  # cooling down: retried (or dead-lettered) by a later pass
         if s["failed"]:
             raise ProviderError(
                 f"{s['failed']} batches failed: {ledger.first_error(self.conn, self.plan.name)}",
@@ -328,6 +336,39 @@ class Monitor:
             self.conn, name, lost, self.plan.backfill.retry.max_attempts
         )
         self.enq.send(self.conn, lost)
+
+    def retry_failed(self) -> None:
+        """The follower never gives up: a failed batch (a provider outage longer than the
+        retry policy, a 401) is retried after a cool-down that doubles each round; after
+        `dead_after_failures` rounds its rows become dead letters and the batch closes."""
+        bf = self.plan.backfill
+        for f in ledger.failed_due(self.conn, self.plan.name, bf.failed_cooldown_seconds):
+            rounds = f.failures + 1
+            if rounds < bf.dead_after_failures:
+                if ledger.retry_round(self.conn, f.batch.id):
+                    log.warning(
+                        "retrying failed batch %d (round %d of %d): %s",
+                        f.batch.id,
+                        rounds + 1,
+                        bf.dead_after_failures,
+                        f.error,
+                    )
+                    self.retried += 1
+                continue
+            reason = f"failed {rounds} rounds: {f.error}"
+            rows = work.batch_rows(self.conn, self.plan, f.batch)
+            with self.conn.transaction():
+                ledger.dead_letter(
+                    self.conn, self.plan.name, f.batch.role, [(pk, h, reason) for pk, h in rows]
+                )
+                ledger.mark_dead(self.conn, f.batch.id, len(rows))
+            log.error(
+                "batch %d failed %d rounds: its %d rows are dead letters (%s)",
+                f.batch.id,
+                rounds,
+                len(rows),
+                f.error,
+            )
 
     def report(self, s: dict[str, Any], changes: int) -> None:
         if self.opts.on_progress is None:

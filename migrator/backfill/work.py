@@ -355,6 +355,12 @@ def _run_claimed(
     return out
 
 
+def batch_rows(conn: psycopg.Connection, plan: Plan, batch: ledger.Batch) -> list[tuple[str, str]]:
+    """(pk, text hash) of the rows a batch would still embed now (to dead-letter them)."""
+    rs = role_spec(plan, batch.role)
+    return [(r[1], r[3] or "") for r in _read(conn, plan, batch, rs, key_info(conn, plan))]
+
+
 def _as_is(vec: Any) -> Any:
     return vec
 
