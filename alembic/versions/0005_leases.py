@@ -1,6 +1,7 @@
 """Leases on running batches (a worker renews its lease while it runs the batch, so a batch
 whose worker died is re-enqueued within seconds), failure rounds of failed batches (the
-catch-up retries them after a cool-down and dead-letters their rows after N rounds).
+catch-up retries them after a cool-down and dead-letters their rows after N rounds), and the
+plan version (tuning included) each batch was last claimed with.
 
 Revision ID: 0005
 Revises: 0003
@@ -26,6 +27,8 @@ def upgrade() -> None:
     # All nullable or with a constant default: instant on PostgreSQL 11+, no table rewrite.
     op.add_column("batches", sa.Column("lease_token", sa.Text()), schema=S)
     op.add_column("batches", sa.Column("lease_until", TS), schema=S)
+    # The stored plan's version (tuning included) the claiming worker ran the batch with.
+    op.add_column("batches", sa.Column("plan_version", sa.Text()), schema=S)
     op.add_column(
         "batches",
         sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
@@ -35,5 +38,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("batches", "failures", schema=S)
+    op.drop_column("batches", "plan_version", schema=S)
     op.drop_column("batches", "lease_until", schema=S)
     op.drop_column("batches", "lease_token", schema=S)

@@ -102,7 +102,13 @@ def create_range_batches(
 
 
 def claim(
-    conn: psycopg.Connection, name: str, batch_id: int, worker: str, lease_s: float
+    conn: psycopg.Connection,
+    name: str,
+    batch_id: int,
+    worker: str,
+    lease_s: float,
+    *,
+    plan_version: str | None = None,
 ) -> Batch | None:
     """Take the batch with a fresh lease of `lease_s` (autocommit, short). None when it is
     done, failed or gone (a redelivered message of a finished batch does nothing) and when a
@@ -112,11 +118,11 @@ def claim(
     row = conn.execute(
         "UPDATE migrator.batches SET status = 'running', attempts = attempts + 1, "
         "claimed_at = now(), claimed_by = %(w)s, lease_token = gen_random_uuid()::text, "
-        "lease_until = now() + make_interval(secs => %(l)s) "
+        "lease_until = now() + make_interval(secs => %(l)s), plan_version = %(v)s "
         "WHERE id = %(id)s AND migration = %(m)s AND (status = 'pending' OR "
         "(status = 'running' AND (lease_until IS NULL OR lease_until < now()))) "
         "RETURNING id, role, kind, key_lo, key_hi, ids, attempts, lease_token",
-        {"w": worker, "l": lease_s, "id": batch_id, "m": name},
+        {"w": worker, "l": lease_s, "id": batch_id, "m": name, "v": plan_version},
     ).fetchone()
     if row is None:
         return None

@@ -22,7 +22,8 @@ from migrator.embedding.errors import RetryableError
 # 0.895 of a server's quota (bench/quota.py); 3% keeps room for a few requests in flight.
 BURST = 0.03
 
-# KEYS[1]: the bucket hash. ARGV: rpm, tpm (0 = unlimited), requests, tokens, burst.
+# KEYS[1]: the bucket hash, KEYS[2]: grants by limits. ARGV: rpm, tpm (0 = unlimited),
+# requests, tokens, burst.
 # Returns milliseconds to wait (0 = granted and charged).
 _ACQUIRE = """
 local key = KEYS[1]
@@ -59,6 +60,11 @@ for i = 1, 2 do
   end
 end
 redis.call('PEXPIRE', key, 600000)
+if wait == 0 then
+  -- Grants by the limits they were charged under: shows that every worker follows the plan.
+  redis.call('HINCRBY', KEYS[2], ARGV[1] .. '/' .. ARGV[2], 1)
+  redis.call('PEXPIRE', KEYS[2], 600000)
+end
 return wait
 """
 
@@ -153,7 +159,7 @@ class RedisLimiter:
 
         try:
             ms = self._acquire(
-                keys=[self.key],
+                keys=[self.key, self.key + ":grants"],
                 args=[
                     self.rpm,
                     self.tpm,

@@ -229,6 +229,7 @@ def run_batch(
     limiter: Callable[[RoleSpec], Limiter],
     worker: str = "local",
     keep_lease: Callable[[ledger.Batch], AbstractContextManager[Any]] | None = None,
+    plan_version: str | None = None,
 ) -> BatchOutcome:
     """Run one batch to the end, or raise (EmbeddingError, psycopg.Error) leaving it running:
     the caller releases it for a retry or fails it. `conn` must be in autocommit mode.
@@ -236,7 +237,9 @@ def run_batch(
     heartbeat); status "held" when a live worker holds it, "lease-lost" when another worker
     took it over before this one committed (nothing of this run is committed then)."""
     t0 = time.perf_counter()
-    batch = ledger.claim(conn, plan.name, batch_id, worker, plan.backfill.lease_seconds)
+    batch = ledger.claim(
+        conn, plan.name, batch_id, worker, plan.backfill.lease_seconds, plan_version=plan_version
+    )
     if batch is None:
         status = "held" if ledger.held_by(conn, batch_id) else "not-open"
         return BatchOutcome(batch_id, status)

@@ -93,6 +93,7 @@ batches = Table(
     Column("lease_token", Text),
     Column("lease_until", DateTime(timezone=True)),
     Column("failures", Integer, nullable=False, server_default="0"),
+    Column("plan_version", Text),
     Index("batches_migration_status_idx", "migration", "status"),
 )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,6 @@ from migrator.plan.model import Plan
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
-PLAN_TTL_S = 15.0
 
 
 @dataclass
@@ -40,9 +38,9 @@ class Runtime:
     pid: int
     settings: Settings
     conn: psycopg.Connection | None = None
-    plans: dict[str, tuple[float, Plan]] = field(default_factory=dict)
-    providers: dict[tuple[str, str], Provider] = field(default_factory=dict)
-    limiters: dict[tuple[str, str], Limiter] = field(default_factory=dict)
+    plans: dict[str, tuple[str, Plan]] = field(default_factory=dict)
+    providers: dict[tuple[str, str], tuple[Any, Provider]] = field(default_factory=dict)
+    limiters: dict[tuple[str, str], tuple[Any, Limiter]] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
     heartbeats: dict[float, Heartbeat] = field(default_factory=dict)
 
@@ -73,47 +71,78 @@ class Runtime:
         return found
 
     def plan(self, name: str) -> Plan:
-        # Cached briefly: an operator may change tuning keys (limits, concurrency) mid-run.
+        """The stored plan, reloaded whenever its version changed: an operator may change
+        tuning keys (limits, retry policy, lease) mid-run, and every worker follows from its
+        next batch. One short query per batch compares the version."""
+        conn = self.connection()
         cached = self.plans.get(name)
-        if cached is not None and time.monotonic() - cached[0] < PLAN_TTL_S:
-            return cached[1]
-        plan = state.stored_plan(self.connection(), name)
-        if plan is None:
+        version = state.plan_version(conn, name)
+        if version is None:
             raise LookupError(f"migration {name!r} is not registered in this database")
-        self.plans[name] = (time.monotonic(), plan)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = state.stored_plan_versioned(conn, name)
+        if found is None:
+            raise LookupError(f"migration {name!r} is not registered in this database")
+        plan, version = found
+        if cached is not None:
+            log.warning(
+                "%s: the stored plan changed (version %s): limits rpm=%s tpm=%s, retry %s",
+                name,
+                version[:8],
+                plan.backfill.requests_per_minute,
+                plan.backfill.tokens_per_minute,
+                plan.backfill.retry.max_attempts,
+            )
+        self.plans[name] = (version, plan)
         return plan
 
+    def version(self, name: str) -> str | None:
+        cached = self.plans.get(name)
+        return cached[0] if cached else None
+
     def provider(self, plan: Plan, rs: work.RoleSpec) -> Provider:
+        """The model's client behind retries and the shared budget, rebuilt when the model,
+        the limits or the retry policy of the stored plan changed."""
         key = (plan.name, rs.role)
+        tuning = (rs.model.fingerprint(), _tuning(plan))
         found = self.providers.get(key)
-        if found is None or found.fingerprint != rs.model.fingerprint():
+        if found is None or found[0] != tuning:
             inner = provider_for(rs.model, self.settings.environ)
-            found = work.RetryingProvider(
+            retrying = work.RetryingProvider(
                 inner, self.limiter(plan, rs), plan.backfill.retry, self.stats
             )
-            self.providers[key] = found
-        return found
+            found = self.providers[key] = (tuning, retrying)
+        return found[1]
 
     def limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
+        """The shared budget with the stored plan's limits (rebuilt when they change), so
+        every worker draws on one bucket with one cap, whatever it was started with."""
         key = (plan.name, rs.role)
+        tuning = _tuning(plan)
         found = self.limiters.get(key)
-        if found is None:
-            bf = plan.backfill
-            limited = bf.requests_per_minute is not None or bf.tokens_per_minute is not None
-            try:
-                url = limiter_redis_url(self.settings, start_embedded=limited)
-            except Exception as exc:  # no Redis at hand: per-process pauses only
-                log.warning("no Redis for the shared rate budget (%s): limits are per process", exc)
-                url = None
-            found = (
-                make_limiter(
-                    url, plan.name, rs.role, rpm=bf.requests_per_minute, tpm=bf.tokens_per_minute
-                )
-                if url
-                else NoLimiter()
-            )
-            self.limiters[key] = found
-        return found
+        if found is None or found[0] != tuning:
+            found = self.limiters[key] = (tuning, self._make_limiter(plan, rs))
+        return found[1]
+
+    def _make_limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
+        bf = plan.backfill
+        limited = bf.requests_per_minute is not None or bf.tokens_per_minute is not None
+        try:
+            url = limiter_redis_url(self.settings, start_embedded=limited)
+        except Exception as exc:  # no Redis at hand: per-process pauses only
+            log.warning("no Redis for the shared rate budget (%s): limits are per process", exc)
+            url = None
+        if not url:
+            return NoLimiter()
+        return make_limiter(
+            url, plan.name, rs.role, rpm=bf.requests_per_minute, tpm=bf.tokens_per_minute
+        )
+
+
+def _tuning(plan: Plan) -> tuple[Any, ...]:
+    bf = plan.backfill
+    return (bf.requests_per_minute, bf.tokens_per_minute, bf.retry)
 
 
 _runtime: Runtime | None = None
@@ -151,6 +180,7 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
             limiter=lambda rs: rt.limiter(plan, rs),
             worker=_worker_id(),
             keep_lease=rt.heartbeat(plan).hold,
+            plan_version=rt.version(migration),
         )
     except Retry:
         raise
