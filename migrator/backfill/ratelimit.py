@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,77 @@ class NoLimiter:
 
     def refund(self, tokens: int) -> None:
         return None
+
+
+class LocalLimiter:
+    """The same token buckets as the Redis script, in this process: a real budget (the
+    fallback of MIGRATOR_LOCAL_BUDGET=1 when no Redis answers), never "no limit"."""
+
+    def __init__(
+        self,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sleep, self._clock = sleep, clock
+        self._lock = threading.Lock()
+        self.limits = (rpm or 0, tpm or 0)
+        now = clock()
+        self.levels = [self._cap(lim) for lim in self.limits]
+        self.ts = [now, now]
+        self.paused_until = 0.0
+
+    @staticmethod
+    def _cap(limit: int) -> float:
+        return max(limit * BURST, 1.0)
+
+    def _rate(self, limit: int) -> float:
+        rate = (limit - self._cap(limit)) / 60.0
+        return rate if rate > 0 else limit / 60.0
+
+    def try_acquire(self, requests: int, tokens: int) -> float:
+        """Seconds to wait (0.0: granted and charged)."""
+        with self._lock:
+            now = self._clock()
+            if now < self.paused_until:
+                return self.paused_until - now
+            costs = (max(requests, 1), max(tokens, 0))
+            wait = 0.0
+            for i, limit in enumerate(self.limits):
+                if limit > 0:
+                    cap, rate = self._cap(limit), self._rate(limit)
+                    self.levels[i] = min(cap, self.levels[i] + (now - self.ts[i]) * rate)
+                    self.ts[i] = now
+                    need = min(costs[i], cap)
+                    if self.levels[i] < need:
+                        wait = max(wait, (need - self.levels[i]) / rate)
+            if wait == 0.0:
+                for i, limit in enumerate(self.limits):
+                    if limit > 0:
+                        self.levels[i] -= costs[i]
+            return wait
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        while True:
+            wait = self.try_acquire(requests, tokens)
+            if wait <= 0:
+                return
+            self._sleep(max(wait, 0.01))
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            until = self._clock() + seconds
+            self.paused_until = max(self.paused_until, until)
+            # Empty when the pause ends: no burst afterwards.
+            self.levels = [0.0, 0.0]
+            self.ts = [self.paused_until, self.paused_until]
+
+    def refund(self, tokens: int) -> None:
+        with self._lock:
+            if self.limits[1]:
+                self.levels[1] = min(self._cap(self.limits[1]), self.levels[1] + tokens)
 
 
 class RedisLimiter:

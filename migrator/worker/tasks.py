@@ -7,6 +7,7 @@ decision of `work.retry_delay`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -17,18 +18,19 @@ import psycopg
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from migrator.backfill import ledger, work
-from migrator.backfill.broker import limiter_redis_url
+from migrator.backfill import budget, ledger, work
 from migrator.backfill.lease import Heartbeat
-from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
+from migrator.backfill.ratelimit import Limiter
 from migrator.config import Settings, load_settings
 from migrator.db import state
 from migrator.db.connect import connect, resolve_url
 from migrator.embedding import Provider, RetryableError, provider_for
+from migrator.errors import BudgetError
 from migrator.plan.model import Plan
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
+NO_BUDGET_RETRY_S = 30.0
 
 
 @dataclass
@@ -126,18 +128,9 @@ class Runtime:
         return found[1]
 
     def _make_limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
-        bf = plan.backfill
-        limited = bf.requests_per_minute is not None or bf.tokens_per_minute is not None
-        try:
-            url = limiter_redis_url(self.settings, start_embedded=limited)
-        except Exception as exc:  # no Redis at hand: per-process pauses only
-            log.warning("no Redis for the shared rate budget (%s): limits are per process", exc)
-            url = None
-        if not url:
-            return NoLimiter()
-        return make_limiter(
-            url, plan.name, rs.role, rpm=bf.requests_per_minute, tpm=bf.tokens_per_minute
-        )
+        # BudgetError when the limits cannot be one shared budget: the task waits, never
+        # runs unlimited (see _failed).
+        return budget.limiter_for(self.settings, plan, rs.role)
 
 
 def _tuning(plan: Plan) -> tuple[Any, ...]:
@@ -202,6 +195,8 @@ def _failed(
         # Slow (long Retry-After pauses, timeouts), not broken: retry, never fail for good.
         exc = RetryableError("the batch ran past its time limit")
     retries = int(task.request.retries or 0)
+    if isinstance(exc, BudgetError):
+        return _no_budget(task, rt, batch_id, exc)
     try:
         plan = rt.plan(migration)
         delay = work.retry_delay(exc, retries, plan.backfill.retry)
@@ -221,3 +216,12 @@ def _failed(
     ledger.release(conn, batch_id, msg, delay, worker=_worker_id())
     metrics.batch_retried()
     raise task.retry(countdown=delay, exc=exc)
+
+
+def _no_budget(task: Task, rt: Runtime, batch_id: int, exc: BudgetError) -> dict[str, Any]:
+    """Limits without a shared budget: run nothing (never unlimited); the batch goes back to
+    pending and the task retries until the operator configures the budget."""
+    log.error("batch %s not run: %s", batch_id, exc.one_line())
+    with contextlib.suppress(Exception):
+        ledger.release(rt.connection(), batch_id, exc.one_line(), NO_BUDGET_RETRY_S)
+    raise task.retry(countdown=NO_BUDGET_RETRY_S, exc=exc)
