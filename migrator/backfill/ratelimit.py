@@ -70,7 +70,8 @@ return wait
 """
 
 # KEYS[1]: the bucket hash. ARGV: seconds. Everyone waits until then, and the buckets restart
-# empty so the pause does not end in a burst.
+# empty when the pause ends (level 0 stamped at the end, not now: stamped now, the bucket
+# would refill during the pause and the pause would end in a burst of a full bucket).
 _PAUSE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
@@ -78,7 +79,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + math.ceil(tonumber(ARGV[1]) * 1000)
 local pause = tonumber(redis.call('HGET', key, 'pause') or '0')
 if until_ms > pause then redis.call('HSET', key, 'pause', tostring(until_ms)) end
-redis.call('HSET', key, 'r', '0', 'rts', tostring(now), 't', '0', 'tts', tostring(now))
+local ends = tostring(math.max(until_ms, pause))
+redis.call('HSET', key, 'r', '0', 'rts', ends, 't', '0', 'tts', ends)
 redis.call('PEXPIRE', key, 600000)
 return math.max(until_ms, pause) - now
 """
