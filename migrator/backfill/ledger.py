@@ -342,20 +342,40 @@ def batches_from_changes(
     return out
 
 
-def sweep(conn: psycopg.Connection, plan: Plan, role: Role, column: str) -> list[int]:
-    """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset.
-    Run only when no batch is open: it is the database's own word on what is missing."""
+def sweep(
+    conn: psycopg.Connection,
+    plan: Plan,
+    role: Role,
+    column: str,
+    *,
+    skip_open_of_type: str | None = None,
+) -> list[int]:
+    """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset: the
+    database's own word on what is missing. With `skip_open_of_type` (the key's SQL type) the
+    rows an open or failed batch of the role covers are left to it, so the sweep can run on a
+    schedule while batches are open."""
     pk = sql.Identifier("t", plan.table.primary_key)
+    skip: sql.Composable = sql.SQL("")
+    if skip_open_of_type is not None:
+        pkt = q.pk_type_sql(skip_open_of_type)
+        skip = sql.SQL(
+            "AND NOT EXISTS (SELECT 1 FROM migrator.batches b WHERE b.migration = %(m)s "
+            "AND b.role = %(r)s AND b.status IN ('pending', 'running', 'failed') AND ("
+            "(b.kind = 'ids' AND {pk}::text = ANY(b.ids)) OR (b.kind = 'range' "
+            "AND (b.key_lo IS NULL OR {pk} > b.key_lo::{pkt}) "
+            "AND (b.key_hi IS NULL OR {pk} <= b.key_hi::{pkt})))) "
+        ).format(pk=pk, pkt=pkt)
     query = sql.SQL(
         "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "
         "AND ({pk} > %(after)s OR %(after)s::text IS NULL) AND NOT EXISTS (SELECT 1 FROM "
         "migrator.dead_letters d WHERE d.migration = %(m)s AND d.role = %(r)s "
-        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) ORDER BY {pk} LIMIT %(n)s"
+        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) {skip}ORDER BY {pk} LIMIT %(n)s"
     ).format(
         pk=pk,
         tbl=q.table_ident(plan),
         col=sql.Identifier("t", column),
         eligible=q.eligible_predicate(plan, "t"),
+        skip=skip,
     )
     out: list[int] = []
     after: str | None = None
@@ -370,6 +390,40 @@ def sweep(conn: psycopg.Connection, plan: Plan, role: Role, column: str) -> list
             return out
         out.append(_insert(conn, plan.name, role, "ids", ids=keys))
         after = keys[-1]
+
+
+def ranges_open(conn: psycopg.Connection, name: str) -> bool:
+    """Whether the initial backfill still has range batches to run (or the producer is not
+    done): the scheduled sweep waits for it."""
+    done, _ = producer_position(conn, name)
+    if not done:
+        return True
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND kind = 'range' "
+        "AND status IN ('pending', 'running'))",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def prune_changes(
+    conn: psycopg.Connection, name: str, retention_s: float, *, limit: int = 10_000
+) -> int:
+    """Delete processed change records older than `retention_s`, except those the latest
+    verification report could not see: "changed since the report" (the cutover's staleness
+    check) counts exactly those, so pruning never changes its answer."""
+    cur = conn.execute(
+        "DELETE FROM migrator.changes WHERE id IN (SELECT c.id FROM migrator.changes c "
+        "WHERE c.migration = %(m)s AND c.processed_at < now() - make_interval(secs => %(r)s) "
+        "AND NOT EXISTS (SELECT 1 FROM (SELECT changes_watermark AS mark, changes_snapshot "
+        "AS snap FROM migrator.reports WHERE migration = %(m)s ORDER BY id DESC LIMIT 1) rep "
+        "WHERE (c.txid IS NOT NULL AND rep.snap IS NOT NULL "
+        "AND NOT pg_visible_in_snapshot(c.txid::text::xid8, rep.snap::pg_snapshot)) "
+        "OR ((c.txid IS NULL OR rep.snap IS NULL) AND c.id > rep.mark)) "
+        "ORDER BY c.id LIMIT %(n)s)",
+        {"m": name, "r": retention_s, "n": limit},
+    )
+    return cur.rowcount
 
 
 def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:

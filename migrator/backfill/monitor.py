@@ -185,6 +185,7 @@ def catch_up_pass(conn: psycopg.Connection, settings: Settings, plan: Plan) -> d
     try:
         with _monitor_lock(conn, plan.name):
             mon = Monitor(conn, plan, enq, stall, Options(follow=True), {}, time.monotonic())
+            mon.last_sweep = 0.0  # each beat pass is one scheduled sweep (and prune)
             complete = mon.tick(phase)
             if complete:
                 _try_mark_complete(conn, plan, settings.operator)
@@ -237,6 +238,8 @@ class Monitor:
         self.complete = False
         self.expired = 0  # batches re-enqueued because their lease expired
         self.retried = 0  # failed batches retried after their cool-down
+        self.swept = 0  # batches made by the scheduled sweep
+        self.last_sweep = time.monotonic()  # a first pass sweeps only at completion or later
         # The follower and the beat catch-up never stop on failed batches (a foreground
         # `backfill` run does: exit 10 with the first error).
         self.keep_going = opts.follow
@@ -289,6 +292,7 @@ class Monitor:
         except BrokerError as exc:
             # The ledger keeps the work; the next pass (or the stall check) sends it again.
             log.warning("%s", exc.one_line())
+        self.housekeeping(roles)
         s = ledger.summary(self.conn, self.plan.name)
         changes = ledger.pending_changes(self.conn, self.plan.name)
         self.report(s, changes)
@@ -307,6 +311,7 @@ class Monitor:
             swept += ledger.sweep(self.conn, self.plan, role, column)
         if refresh_source:
             swept += refresh.sweep_stale(self.conn, self.plan)
+        self.last_sweep = time.monotonic()
         if swept:
             log.info("sweep found NULL vectors outside any batch: %d new batches", len(swept))
             with contextlib.suppress(BrokerError):
@@ -336,6 +341,35 @@ class Monitor:
             self.conn, name, lost, self.plan.backfill.retry.max_attempts
         )
         self.enq.send(self.conn, lost)
+
+    def housekeeping(self, roles: list[Role]) -> None:
+        """On a schedule (`sweep_every_seconds`) whatever the write rate: the repair sweep over
+        NULL vectors outside any open batch (steady writes keep batches open, so the sweep at
+        completion alone would starve), and pruning of processed change records."""
+        bf = self.plan.backfill
+        if time.monotonic() - self.last_sweep < bf.sweep_every_seconds:
+            return
+        self.last_sweep = time.monotonic()
+        pruned = ledger.prune_changes(self.conn, self.plan.name, bf.changes_retention_seconds)
+        if pruned:
+            log.info("pruned %d processed change records", pruned)
+        if ledger.ranges_open(self.conn, self.plan.name):
+            return  # the initial backfill covers every row still
+        key = work.key_info(self.conn, self.plan)
+        swept: list[int] = []
+        for role in roles:
+            column = self.plan.target.column if role is Role.TARGET else self.plan.source.column
+            with self.conn.transaction():
+                swept += ledger.sweep(
+                    self.conn, self.plan, role, column, skip_open_of_type=key.type
+                )
+        if swept:
+            log.warning(
+                "scheduled sweep: NULL vectors outside any batch: %d new batches", len(swept)
+            )
+            self.swept += len(swept)
+            with contextlib.suppress(BrokerError):
+                self.enq.send(self.conn, swept)
 
     def retry_failed(self) -> None:
         """The follower never gives up: a failed batch (a provider outage longer than the
