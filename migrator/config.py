@@ -22,6 +22,8 @@ class Settings:
     redis_url: str | None = None
     home: Path = Path(".migrator")
     operator: str = "unknown"
+    # MIGRATOR_LOCAL_BUDGET=1: one machine on purpose; the rate budget may live on it alone.
+    local_budget: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -52,5 +54,6 @@ def load_settings(
         redis_url=env.get("MIGRATOR_REDIS_URL") or None,
         home=home,
         operator=f"{user}@{socket.gethostname()}",
+        local_budget=env.get("MIGRATOR_LOCAL_BUDGET", "").strip().lower() in ("1", "true", "yes"),
         environ=MappingProxyType(env),
     )

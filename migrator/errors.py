@@ -11,7 +11,8 @@ MigratorError
  ├── GateFailedError      exit 9   verification ran but a gate failed
  ├── ProviderError        exit 10  the embedding provider failed (see embedding.errors)
  ├── BrokerError          exit 11  the Celery broker is unreachable
- └── NotImplementedYet    exit 12  a command of a later phase not built yet
+ ├── NotImplementedYet    exit 12  a command of a later phase not built yet
+ └── BudgetError          exit 15  rate limits are set but cannot be one shared budget
 Pure: imports nothing from the rest of the package.
 """
 
@@ -100,6 +101,13 @@ class NotImplementedYet(MigratorError):
     exit_code = 12
 
 
+class BudgetError(MigratorError):
+    """Rate limits are set but the budget would not be one budget: no Redis every worker
+    shares (a non-Redis broker without MIGRATOR_REDIS_URL), or that Redis does not answer."""
+
+    exit_code = 15
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: please report it with the traceback from --debug)",
@@ -114,5 +122,6 @@ EXIT_CODES: dict[int, str] = {
     10: "embedding provider error",
     11: "broker unreachable",
     12: "command not implemented yet",
+    15: "rate limits are set but no shared budget is reachable (set MIGRATOR_REDIS_URL)",
     130: "interrupted (Ctrl-C); rerun the same command to resume",
 }

@@ -29,6 +29,7 @@ class Batch:
     key_hi: str | None
     ids: tuple[str, ...] | None
     attempts: int
+    lease_token: str | None = None
 
 
 def _insert(
@@ -100,16 +101,28 @@ def create_range_batches(
 # ---- claim, finish, release, fail (the worker's side) -----------------------------------------
 
 
-def claim(conn: psycopg.Connection, name: str, batch_id: int, worker: str) -> Batch | None:
-    """Take the batch (autocommit, short). None when it is done, failed or gone: a redelivered
-    message of a finished batch does nothing. A running batch is taken again on purpose: its
-    holder may be dead, and compare-and-set makes two executions harmless."""
+def claim(
+    conn: psycopg.Connection,
+    name: str,
+    batch_id: int,
+    worker: str,
+    lease_s: float,
+    *,
+    plan_version: str | None = None,
+) -> Batch | None:
+    """Take the batch with a fresh lease of `lease_s` (autocommit, short). None when it is
+    done, failed or gone (a redelivered message of a finished batch does nothing) and when a
+    live worker holds its lease: a slow batch is never taken from a worker that renews it. A
+    running batch whose lease expired is taken: its holder is dead or cut off, and the lease
+    token makes that holder's late commit a no-op."""
     row = conn.execute(
         "UPDATE migrator.batches SET status = 'running', attempts = attempts + 1, "
-        "claimed_at = now(), claimed_by = %s WHERE id = %s AND migration = %s "
-        "AND status IN ('pending', 'running') "
-        "RETURNING id, role, kind, key_lo, key_hi, ids, attempts",
-        (worker, batch_id, name),
+        "claimed_at = now(), claimed_by = %(w)s, lease_token = gen_random_uuid()::text, "
+        "lease_until = now() + make_interval(secs => %(l)s), plan_version = %(v)s "
+        "WHERE id = %(id)s AND migration = %(m)s AND (status = 'pending' OR "
+        "(status = 'running' AND (lease_until IS NULL OR lease_until < now()))) "
+        "RETURNING id, role, kind, key_lo, key_hi, ids, attempts, lease_token",
+        {"w": worker, "l": lease_s, "id": batch_id, "m": name, "v": plan_version},
     ).fetchone()
     if row is None:
         return None
@@ -121,7 +134,28 @@ def claim(conn: psycopg.Connection, name: str, batch_id: int, worker: str) -> Ba
         row[4],
         tuple(row[5]) if row[5] is not None else None,
         int(row[6]),
+        str(row[7]),
     )
+
+
+def held_by(conn: psycopg.Connection, batch_id: int) -> str | None:
+    """The worker holding a live lease on the batch, if any (why a claim was refused)."""
+    row = conn.execute(
+        "SELECT claimed_by FROM migrator.batches WHERE id = %s AND status = 'running' "
+        "AND lease_until >= now()",
+        (batch_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def renew(conn: psycopg.Connection, batch_id: int, token: str, lease_s: float) -> bool:
+    """Extend the lease if it is still ours; False when another claim took the batch."""
+    cur = conn.execute(
+        "UPDATE migrator.batches SET lease_until = now() + make_interval(secs => %s) "
+        "WHERE id = %s AND status = 'running' AND lease_token = %s",
+        (lease_s, batch_id, token),
+    )
+    return cur.rowcount == 1
 
 
 def finish(
@@ -134,33 +168,46 @@ def finish(
     stale: int,
     dead: int,
     tokens: int,
+    lease_token: str | None = None,
 ) -> int:
     """Mark done (inside the caller's write transaction); returns how many executions finished
-    this batch: more than one means a duplicate delivery ran it again."""
+    this batch (more than one: a duplicate delivery ran it again), 0 when `lease_token` is no
+    longer the batch's lease: another worker took it over, and the caller must roll back."""
     row = conn.execute(
         "UPDATE migrator.batches SET status = 'done', finished_at = now(), "
         "executions = executions + 1, rows_total = %s, rows_written = rows_written + %s, "
-        "rows_skipped = %s, rows_stale = %s, rows_dead = %s, tokens = tokens + %s, error = NULL "
-        "WHERE id = %s RETURNING executions",
-        (total, written, skipped, stale, dead, tokens, batch_id),
+        "rows_skipped = %s, rows_stale = %s, rows_dead = %s, tokens = tokens + %s, error = NULL, "
+        "lease_until = NULL WHERE id = %s AND (%s::text IS NULL OR lease_token = %s) "
+        "RETURNING executions",
+        (total, written, skipped, stale, dead, tokens, batch_id, lease_token, lease_token),
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def release(conn: psycopg.Connection, batch_id: int, error: str, delay_s: float) -> None:
-    """Back to pending for a retry in `delay_s`; not 'lost' before then."""
+def release(
+    conn: psycopg.Connection,
+    batch_id: int,
+    error: str,
+    delay_s: float,
+    *,
+    worker: str | None = None,
+) -> None:
+    """Back to pending for a retry in `delay_s`; not 'lost' before then. With `worker`, only
+    while that worker still holds the batch (nobody took it over meanwhile)."""
     conn.execute(
-        "UPDATE migrator.batches SET status = 'pending', error = %s, "
-        "enqueued_at = now() + make_interval(secs => %s) WHERE id = %s AND status = 'running'",
-        (error[:2000], delay_s, batch_id),
+        "UPDATE migrator.batches SET status = 'pending', error = %s, lease_until = NULL, "
+        "enqueued_at = now() + make_interval(secs => %s) WHERE id = %s AND status = 'running' "
+        "AND (%s::text IS NULL OR claimed_by = %s)",
+        (error[:2000], delay_s, batch_id, worker, worker),
     )
 
 
-def fail(conn: psycopg.Connection, batch_id: int, error: str) -> None:
+def fail(conn: psycopg.Connection, batch_id: int, error: str, *, worker: str | None = None) -> None:
     conn.execute(
-        "UPDATE migrator.batches SET status = 'failed', error = %s, finished_at = now() "
-        "WHERE id = %s AND status <> 'done'",
-        (error[:2000], batch_id),
+        "UPDATE migrator.batches SET status = 'failed', error = %s, finished_at = now(), "
+        "lease_until = NULL WHERE id = %s AND status <> 'done' "
+        "AND (%s::text IS NULL OR claimed_by = %s)",
+        (error[:2000], batch_id, worker, worker),
     )
 
 
@@ -201,16 +248,41 @@ def mark_enqueued(conn: psycopg.Connection, ids: Sequence[int]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Expired:
+    """A running batch whose lease ran out, put back to pending (once: the update is a CAS)."""
+
+    id: int
+    worker: str | None
+    seconds_late: float
+
+
+def expire_leases(conn: psycopg.Connection, name: str, stall_after: float) -> list[Expired]:
+    """Running batches whose lease expired (their worker died) back to pending, message to be
+    sent again. Batches claimed before leases existed (NULL) fall back to `stall_after`."""
+    rows = conn.execute(
+        "WITH old AS (SELECT id, claimed_by, coalesce(lease_until, claimed_at) AS since "
+        "FROM migrator.batches WHERE migration = %(m)s AND status = 'running' "
+        "AND (lease_until < now() OR (lease_until IS NULL "
+        "AND claimed_at < now() - make_interval(secs => %(s)s))) FOR UPDATE SKIP LOCKED) "
+        "UPDATE migrator.batches b SET status = 'pending', enqueued_at = NULL, "
+        "lease_token = NULL, lease_until = NULL, "
+        "error = coalesce(b.error, 'worker lost (lease expired)') FROM old "
+        "WHERE b.id = old.id AND b.status = 'running' "
+        "RETURNING b.id, old.claimed_by, extract(epoch FROM now() - old.since)::float8",
+        {"m": name, "s": stall_after},
+    ).fetchall()
+    return [Expired(int(r[0]), r[1], float(r[2])) for r in sorted(rows)]
+
+
 def to_enqueue(
     conn: psycopg.Connection, name: str, stall_after: float, *, queue_empty: bool
 ) -> list[int]:
-    """Batches whose message is missing: never enqueued; running past `stall_after` (its
-    worker died); or pending past `stall_after` while the queue is empty (message lost)."""
+    """Pending batches whose message is missing: never enqueued (or put back by
+    `expire_leases`); or pending past `stall_after` while the queue is empty (message lost)."""
     rows = conn.execute(
-        "SELECT id FROM migrator.batches WHERE migration = %(m)s AND ("
-        " (status = 'pending' AND enqueued_at IS NULL)"
-        " OR (status = 'running' AND claimed_at < now() - make_interval(secs => %(s)s))"
-        " OR (status = 'pending' AND %(empty)s"
+        "SELECT id FROM migrator.batches WHERE migration = %(m)s AND status = 'pending' AND ("
+        " enqueued_at IS NULL OR (%(empty)s"
         "     AND enqueued_at < now() - make_interval(secs => %(s)s))) ORDER BY id",
         {"m": name, "s": stall_after, "empty": queue_empty},
     ).fetchall()
@@ -270,20 +342,40 @@ def batches_from_changes(
     return out
 
 
-def sweep(conn: psycopg.Connection, plan: Plan, role: Role, column: str) -> list[int]:
-    """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset.
-    Run only when no batch is open: it is the database's own word on what is missing."""
+def sweep(
+    conn: psycopg.Connection,
+    plan: Plan,
+    role: Role,
+    column: str,
+    *,
+    skip_open_of_type: str | None = None,
+) -> list[int]:
+    """Batches for eligible rows still NULL in `column` and not dead-lettered, by keyset: the
+    database's own word on what is missing. With `skip_open_of_type` (the key's SQL type) the
+    rows an open or failed batch of the role covers are left to it, so the sweep can run on a
+    schedule while batches are open."""
     pk = sql.Identifier("t", plan.table.primary_key)
+    skip: sql.Composable = sql.SQL("")
+    if skip_open_of_type is not None:
+        pkt = q.pk_type_sql(skip_open_of_type)
+        skip = sql.SQL(
+            "AND NOT EXISTS (SELECT 1 FROM migrator.batches b WHERE b.migration = %(m)s "
+            "AND b.role = %(r)s AND b.status IN ('pending', 'running', 'failed') AND ("
+            "(b.kind = 'ids' AND {pk}::text = ANY(b.ids)) OR (b.kind = 'range' "
+            "AND (b.key_lo IS NULL OR {pk} > b.key_lo::{pkt}) "
+            "AND (b.key_hi IS NULL OR {pk} <= b.key_hi::{pkt})))) "
+        ).format(pk=pk, pkt=pkt)
     query = sql.SQL(
         "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "
         "AND ({pk} > %(after)s OR %(after)s::text IS NULL) AND NOT EXISTS (SELECT 1 FROM "
         "migrator.dead_letters d WHERE d.migration = %(m)s AND d.role = %(r)s "
-        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) ORDER BY {pk} LIMIT %(n)s"
+        "AND d.pk = {pk}::text AND d.resolved_at IS NULL) {skip}ORDER BY {pk} LIMIT %(n)s"
     ).format(
         pk=pk,
         tbl=q.table_ident(plan),
         col=sql.Identifier("t", column),
         eligible=q.eligible_predicate(plan, "t"),
+        skip=skip,
     )
     out: list[int] = []
     after: str | None = None
@@ -298,6 +390,40 @@ def sweep(conn: psycopg.Connection, plan: Plan, role: Role, column: str) -> list
             return out
         out.append(_insert(conn, plan.name, role, "ids", ids=keys))
         after = keys[-1]
+
+
+def ranges_open(conn: psycopg.Connection, name: str) -> bool:
+    """Whether the initial backfill still has range batches to run (or the producer is not
+    done): the scheduled sweep waits for it."""
+    done, _ = producer_position(conn, name)
+    if not done:
+        return True
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND kind = 'range' "
+        "AND status IN ('pending', 'running'))",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def prune_changes(
+    conn: psycopg.Connection, name: str, retention_s: float, *, limit: int = 10_000
+) -> int:
+    """Delete processed change records older than `retention_s`, except those the latest
+    verification report could not see: "changed since the report" (the cutover's staleness
+    check) counts exactly those, so pruning never changes its answer."""
+    cur = conn.execute(
+        "DELETE FROM migrator.changes WHERE id IN (SELECT c.id FROM migrator.changes c "
+        "WHERE c.migration = %(m)s AND c.processed_at < now() - make_interval(secs => %(r)s) "
+        "AND NOT EXISTS (SELECT 1 FROM (SELECT changes_watermark AS mark, changes_snapshot "
+        "AS snap FROM migrator.reports WHERE migration = %(m)s ORDER BY id DESC LIMIT 1) rep "
+        "WHERE (c.txid IS NOT NULL AND rep.snap IS NOT NULL "
+        "AND NOT pg_visible_in_snapshot(c.txid::text::xid8, rep.snap::pg_snapshot)) "
+        "OR ((c.txid IS NULL OR rep.snap IS NULL) AND c.id > rep.mark)) "
+        "ORDER BY c.id LIMIT %(n)s)",
+        {"m": name, "r": retention_s, "n": limit},
+    )
+    return cur.rowcount
 
 
 def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:
@@ -317,6 +443,63 @@ def replay_dead_letters(conn: psycopg.Connection, plan: Plan) -> list[int]:
             for chunk in _chunks(sorted(pks), plan.backfill.batch_size):
                 out.append(_insert(conn, plan.name, role, "ids", ids=chunk))
     return out
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A failed batch whose cool-down is over: `failures` rounds so far, the last error."""
+
+    batch: Batch
+    failures: int
+    error: str
+
+
+def failed_due(conn: psycopg.Connection, name: str, cooldown_s: float) -> list[Failed]:
+    """Failed batches whose cool-down (`cooldown_s` doubled per failure round, at most an
+    hour) has passed since they failed: the follower retries or dead-letters them."""
+    rows = conn.execute(
+        "SELECT id, role, kind, key_lo, key_hi, ids, attempts, failures, coalesce(error, '') "
+        "FROM migrator.batches WHERE migration = %s AND status = 'failed' AND finished_at < "
+        "now() - make_interval(secs => least(%s * power(2, least(failures, 20)), 3600.0)) "
+        "ORDER BY id",
+        (name, cooldown_s),
+    ).fetchall()
+    return [
+        Failed(
+            Batch(
+                int(r[0]),
+                Role(r[1]),
+                r[2],
+                r[3],
+                r[4],
+                tuple(r[5]) if r[5] is not None else None,
+                int(r[6]),
+            ),
+            int(r[7]),
+            str(r[8]),
+        )
+        for r in rows
+    ]
+
+
+def retry_round(conn: psycopg.Connection, batch_id: int) -> bool:
+    """A failed batch back to pending for one more round (attempts start over)."""
+    cur = conn.execute(
+        "UPDATE migrator.batches SET status = 'pending', attempts = 0, enqueued_at = NULL, "
+        "finished_at = NULL, failures = failures + 1 WHERE id = %s AND status = 'failed'",
+        (batch_id,),
+    )
+    return cur.rowcount == 1
+
+
+def mark_dead(conn: psycopg.Connection, batch_id: int, rows_dead: int) -> None:
+    """A batch whose rows became dead letters: closed for good (`--retry-dead-letters` makes
+    new batches of them)."""
+    conn.execute(
+        "UPDATE migrator.batches SET status = 'dead', failures = failures + 1, rows_dead = %s, "
+        "finished_at = now() WHERE id = %s AND status = 'failed'",
+        (rows_dead, batch_id),
+    )
 
 
 def reset_failed(conn: psycopg.Connection, name: str) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrator.backfill import expand, ledger, preflight, refresh
+from migrator.backfill import expand, ledger, preflight, refresh, work
 from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
 from migrator.db import errors as dberrors
@@ -184,7 +184,8 @@ def catch_up_pass(conn: psycopg.Connection, settings: Settings, plan: Plan) -> d
     enq = Enqueuer(broker_url(settings), plan, stall)
     try:
         with _monitor_lock(conn, plan.name):
-            mon = Monitor(conn, plan, enq, stall, Options(), {}, time.monotonic())
+            mon = Monitor(conn, plan, enq, stall, Options(follow=True), {}, time.monotonic())
+            mon.last_sweep = 0.0  # each beat pass is one scheduled sweep (and prune)
             complete = mon.tick(phase)
             if complete:
                 _try_mark_complete(conn, plan, settings.operator)
@@ -235,6 +236,13 @@ class Monitor:
         self.conn, self.plan, self.enq, self.stall, self.opts = conn, plan, enq, stall, opts
         self.start, self.t0 = start, t0
         self.complete = False
+        self.expired = 0  # batches re-enqueued because their lease expired
+        self.retried = 0  # failed batches retried after their cool-down
+        self.swept = 0  # batches made by the scheduled sweep
+        self.last_sweep = time.monotonic()  # a first pass sweeps only at completion or later
+        # The follower and the beat catch-up never stop on failed batches (a foreground
+        # `backfill` run does: exit 10 with the first error).
+        self.keep_going = opts.follow
 
     def roles(self, phase: State) -> list[Role]:
         return [Role.TARGET, Role.SOURCE] if phase in PHASES_WITH_SOURCE else [Role.TARGET]
@@ -278,22 +286,20 @@ class Monitor:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
             if refresh_source:
                 self.enq.send(self.conn, refresh.batches_from_stale(self.conn, self.plan))
-            depth = self.enq.queue_depth()
-            lost = ledger.to_enqueue(self.conn, self.plan.name, self.stall, queue_empty=depth == 0)
-            lost = ledger.give_up_exhausted(
-                self.conn, self.plan.name, lost, self.plan.backfill.retry.max_attempts
-            )
-            if lost:
-                log.warning("re-enqueueing %d lost or stalled batches", len(lost))
-            self.enq.send(self.conn, lost)
+            self.requeue_lost()
+            if self.keep_going:
+                self.retry_failed()
         except BrokerError as exc:
             # The ledger keeps the work; the next pass (or the stall check) sends it again.
             log.warning("%s", exc.one_line())
+        self.housekeeping(roles)
         s = ledger.summary(self.conn, self.plan.name)
         changes = ledger.pending_changes(self.conn, self.plan.name)
         self.report(s, changes)
         if s["open"] or changes:
             return False
+        if s["failed"] and self.keep_going:
+            return False  # cooling down: retried (or dead-lettered) by a later pass
         if s["failed"]:
             raise ProviderError(
                 f"{s['failed']} batches failed: {ledger.first_error(self.conn, self.plan.name)}",
@@ -305,12 +311,98 @@ class Monitor:
             swept += ledger.sweep(self.conn, self.plan, role, column)
         if refresh_source:
             swept += refresh.sweep_stale(self.conn, self.plan)
+        self.last_sweep = time.monotonic()
         if swept:
             log.info("sweep found NULL vectors outside any batch: %d new batches", len(swept))
             with contextlib.suppress(BrokerError):
                 self.enq.send(self.conn, swept)
             return False
         return True
+
+    def requeue_lost(self) -> None:
+        """Send again the batches whose message or worker is gone, logging each batch once: a
+        running batch whose lease expired goes back to pending in the same statement."""
+        name = self.plan.name
+        for b in ledger.expire_leases(self.conn, name, self.stall):
+            log.warning(
+                "re-enqueueing batch %d: the lease of %s expired %.0f s ago (worker lost)",
+                b.id,
+                b.worker or "?",
+                b.seconds_late,
+            )
+            self.expired += 1
+        fresh = set(ledger.to_enqueue(self.conn, name, 1e9, queue_empty=False))
+        depth = self.enq.queue_depth()
+        lost = ledger.to_enqueue(self.conn, name, self.stall, queue_empty=depth == 0)
+        for batch_id in lost:
+            if batch_id not in fresh:
+                log.warning("re-enqueueing batch %d: its message is lost (queue empty)", batch_id)
+        lost = ledger.give_up_exhausted(
+            self.conn, name, lost, self.plan.backfill.retry.max_attempts
+        )
+        self.enq.send(self.conn, lost)
+
+    def housekeeping(self, roles: list[Role]) -> None:
+        """On a schedule (`sweep_every_seconds`) whatever the write rate: the repair sweep over
+        NULL vectors outside any open batch (steady writes keep batches open, so the sweep at
+        completion alone would starve), and pruning of processed change records."""
+        bf = self.plan.backfill
+        if time.monotonic() - self.last_sweep < bf.sweep_every_seconds:
+            return
+        self.last_sweep = time.monotonic()
+        pruned = ledger.prune_changes(self.conn, self.plan.name, bf.changes_retention_seconds)
+        if pruned:
+            log.info("pruned %d processed change records", pruned)
+        if ledger.ranges_open(self.conn, self.plan.name):
+            return  # the initial backfill covers every row still
+        key = work.key_info(self.conn, self.plan)
+        swept: list[int] = []
+        for role in roles:
+            column = self.plan.target.column if role is Role.TARGET else self.plan.source.column
+            with self.conn.transaction():
+                swept += ledger.sweep(
+                    self.conn, self.plan, role, column, skip_open_of_type=key.type
+                )
+        if swept:
+            log.warning(
+                "scheduled sweep: NULL vectors outside any batch: %d new batches", len(swept)
+            )
+            self.swept += len(swept)
+            with contextlib.suppress(BrokerError):
+                self.enq.send(self.conn, swept)
+
+    def retry_failed(self) -> None:
+        """The follower never gives up: a failed batch (a provider outage longer than the
+        retry policy, a 401) is retried after a cool-down that doubles each round; after
+        `dead_after_failures` rounds its rows become dead letters and the batch closes."""
+        bf = self.plan.backfill
+        for f in ledger.failed_due(self.conn, self.plan.name, bf.failed_cooldown_seconds):
+            rounds = f.failures + 1
+            if rounds < bf.dead_after_failures:
+                if ledger.retry_round(self.conn, f.batch.id):
+                    log.warning(
+                        "retrying failed batch %d (round %d of %d): %s",
+                        f.batch.id,
+                        rounds + 1,
+                        bf.dead_after_failures,
+                        f.error,
+                    )
+                    self.retried += 1
+                continue
+            reason = f"failed {rounds} rounds: {f.error}"
+            rows = work.batch_rows(self.conn, self.plan, f.batch)
+            with self.conn.transaction():
+                ledger.dead_letter(
+                    self.conn, self.plan.name, f.batch.role, [(pk, h, reason) for pk, h in rows]
+                )
+                ledger.mark_dead(self.conn, f.batch.id, len(rows))
+            log.error(
+                "batch %d failed %d rounds: its %d rows are dead letters (%s)",
+                f.batch.id,
+                rounds,
+                len(rows),
+                f.error,
+            )
 
     def report(self, s: dict[str, Any], changes: int) -> None:
         if self.opts.on_progress is None:

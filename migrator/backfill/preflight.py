@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from migrator.backfill.broker import limiter_redis_url, redact
+from migrator.backfill import budget
 from migrator.bridge import store
 from migrator.config import Settings
 from migrator.db import catalog as insp
@@ -26,7 +26,13 @@ from migrator.db import privileges
 from migrator.db.context import Context, migration_context
 from migrator.db.state import State
 from migrator.embedding import EmbeddingError, RetryableError, provider_for
-from migrator.errors import BrokerError, ConfigError, MigratorError, PreflightError, ProviderError
+from migrator.errors import (
+    BudgetError,
+    ConfigError,
+    MigratorError,
+    PreflightError,
+    ProviderError,
+)
 from migrator.plan.model import ModelSpec, Plan
 
 PROBE_TEXT = "migrator pre-flight check: does this model answer?"
@@ -163,34 +169,11 @@ def probe(role: str, spec: ModelSpec, settings: Settings) -> Problem | None:
 
 
 def _check_redis(plan: Plan, settings: Settings, res: Result) -> None:
-    bf = plan.backfill
-    if bf.requests_per_minute is None and bf.tokens_per_minute is None:
-        return
-    if settings.redis_url is None and settings.broker_url is None:
-        return  # the embedded Redis, started on demand on this machine
-    url = limiter_redis_url(settings, start_embedded=False)
-    if url is None:
-        res.warnings.append(
-            "rate limits are set but no Redis is configured for them (the broker is not "
-            "Redis): each worker machine keeps its own budget; set MIGRATOR_REDIS_URL to share it"
-        )
-        return
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    """Limits are one budget shared by every worker, or the command refuses (exit 15)."""
     try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        res.problems.append(
-            Problem(
-                BrokerError,
-                f"the Redis that holds the shared rate budget ({redact(url)}) does not "
-                f"answer: {exc}",
-                "start it, or fix MIGRATOR_REDIS_URL (else CELERY_BROKER_URL)",
-            )
-        )
-    finally:
-        client.close()
+        budget.require(settings, plan)
+    except BudgetError as exc:
+        res.problems.append(Problem(BudgetError, exc.message, exc.hint or budget.HINT))
 
 
 def context(settings: Settings, plan: Plan, command: str) -> AbstractContextManager[Context]:

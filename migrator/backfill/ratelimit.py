@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from migrator.embedding.errors import RetryableError
 # 0.895 of a server's quota (bench/quota.py); 3% keeps room for a few requests in flight.
 BURST = 0.03
 
-# KEYS[1]: the bucket hash. ARGV: rpm, tpm (0 = unlimited), requests, tokens, burst.
+# KEYS[1]: the bucket hash, KEYS[2]: grants by limits. ARGV: rpm, tpm (0 = unlimited),
+# requests, tokens, burst.
 # Returns milliseconds to wait (0 = granted and charged).
 _ACQUIRE = """
 local key = KEYS[1]
@@ -59,11 +61,17 @@ for i = 1, 2 do
   end
 end
 redis.call('PEXPIRE', key, 600000)
+if wait == 0 then
+  -- Grants by the limits they were charged under: shows that every worker follows the plan.
+  redis.call('HINCRBY', KEYS[2], ARGV[1] .. '/' .. ARGV[2], 1)
+  redis.call('PEXPIRE', KEYS[2], 600000)
+end
 return wait
 """
 
 # KEYS[1]: the bucket hash. ARGV: seconds. Everyone waits until then, and the buckets restart
-# empty so the pause does not end in a burst.
+# empty when the pause ends (level 0 stamped at the end, not now: stamped now, the bucket
+# would refill during the pause and the pause would end in a burst of a full bucket).
 _PAUSE = """
 local key = KEYS[1]
 local t = redis.call('TIME')
@@ -71,7 +79,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + math.ceil(tonumber(ARGV[1]) * 1000)
 local pause = tonumber(redis.call('HGET', key, 'pause') or '0')
 if until_ms > pause then redis.call('HSET', key, 'pause', tostring(until_ms)) end
-redis.call('HSET', key, 'r', '0', 'rts', tostring(now), 't', '0', 'tts', tostring(now))
+local ends = tostring(math.max(until_ms, pause))
+redis.call('HSET', key, 'r', '0', 'rts', ends, 't', '0', 'tts', ends)
 redis.call('PEXPIRE', key, 600000)
 return math.max(until_ms, pause) - now
 """
@@ -118,6 +127,77 @@ class NoLimiter:
         return None
 
 
+class LocalLimiter:
+    """The same token buckets as the Redis script, in this process: a real budget (the
+    fallback of MIGRATOR_LOCAL_BUDGET=1 when no Redis answers), never "no limit"."""
+
+    def __init__(
+        self,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sleep, self._clock = sleep, clock
+        self._lock = threading.Lock()
+        self.limits = (rpm or 0, tpm or 0)
+        now = clock()
+        self.levels = [self._cap(lim) for lim in self.limits]
+        self.ts = [now, now]
+        self.paused_until = 0.0
+
+    @staticmethod
+    def _cap(limit: int) -> float:
+        return max(limit * BURST, 1.0)
+
+    def _rate(self, limit: int) -> float:
+        rate = (limit - self._cap(limit)) / 60.0
+        return rate if rate > 0 else limit / 60.0
+
+    def try_acquire(self, requests: int, tokens: int) -> float:
+        """Seconds to wait (0.0: granted and charged)."""
+        with self._lock:
+            now = self._clock()
+            if now < self.paused_until:
+                return self.paused_until - now
+            costs = (max(requests, 1), max(tokens, 0))
+            wait = 0.0
+            for i, limit in enumerate(self.limits):
+                if limit > 0:
+                    cap, rate = self._cap(limit), self._rate(limit)
+                    self.levels[i] = min(cap, self.levels[i] + (now - self.ts[i]) * rate)
+                    self.ts[i] = now
+                    need = min(costs[i], cap)
+                    if self.levels[i] < need:
+                        wait = max(wait, (need - self.levels[i]) / rate)
+            if wait == 0.0:
+                for i, limit in enumerate(self.limits):
+                    if limit > 0:
+                        self.levels[i] -= costs[i]
+            return wait
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        while True:
+            wait = self.try_acquire(requests, tokens)
+            if wait <= 0:
+                return
+            self._sleep(max(wait, 0.01))
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            until = self._clock() + seconds
+            self.paused_until = max(self.paused_until, until)
+            # Empty when the pause ends: no burst afterwards.
+            self.levels = [0.0, 0.0]
+            self.ts = [self.paused_until, self.paused_until]
+
+    def refund(self, tokens: int) -> None:
+        with self._lock:
+            if self.limits[1]:
+                self.levels[1] = min(self._cap(self.limits[1]), self.levels[1] + tokens)
+
+
 class RedisLimiter:
     """Token buckets for requests and tokens per minute under one Redis key.
 
@@ -153,7 +233,7 @@ class RedisLimiter:
 
         try:
             ms = self._acquire(
-                keys=[self.key],
+                keys=[self.key, self.key + ":grants"],
                 args=[
                     self.rpm,
                     self.tpm,

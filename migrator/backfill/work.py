@@ -8,10 +8,12 @@ decision (`retry_delay`); a duplicate execution writes nothing (CAS on text hash
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ from pgvector import HalfVector
 from psycopg import sql
 
 from migrator.backfill import ledger, refresh
+from migrator.backfill.lease import LeaseLostError
 from migrator.backfill.ratelimit import Limiter
 from migrator.db.executor import backoff
 from migrator.ddl import statements as q
@@ -225,13 +228,39 @@ def run_batch(
     provider: Callable[[RoleSpec], Provider],
     limiter: Callable[[RoleSpec], Limiter],
     worker: str = "local",
+    keep_lease: Callable[[ledger.Batch], AbstractContextManager[Any]] | None = None,
+    plan_version: str | None = None,
 ) -> BatchOutcome:
     """Run one batch to the end, or raise (EmbeddingError, psycopg.Error) leaving it running:
-    the caller releases it for a retry or fails it. `conn` must be in autocommit mode."""
+    the caller releases it for a retry or fails it. `conn` must be in autocommit mode.
+    `keep_lease(batch)` renews the batch's lease while the batch runs (the worker's
+    heartbeat); status "held" when a live worker holds it, "lease-lost" when another worker
+    took it over before this one committed (nothing of this run is committed then)."""
     t0 = time.perf_counter()
-    batch = ledger.claim(conn, plan.name, batch_id, worker)
+    batch = ledger.claim(
+        conn, plan.name, batch_id, worker, plan.backfill.lease_seconds, plan_version=plan_version
+    )
     if batch is None:
-        return BatchOutcome(batch_id, "not-open")
+        status = "held" if ledger.held_by(conn, batch_id) else "not-open"
+        return BatchOutcome(batch_id, status)
+    with keep_lease(batch) if keep_lease is not None else contextlib.nullcontext():
+        try:
+            out = _run_claimed(conn, plan, batch, provider=provider, limiter=limiter)
+        except LeaseLostError:
+            return BatchOutcome(batch_id, "lease-lost")
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _run_claimed(
+    conn: psycopg.Connection,
+    plan: Plan,
+    batch: ledger.Batch,
+    *,
+    provider: Callable[[RoleSpec], Provider],
+    limiter: Callable[[RoleSpec], Limiter],
+) -> BatchOutcome:
+    batch_id = batch.id
     rs = role_spec(plan, batch.role)
     key = key_info(conn, plan)
     rows = _read(conn, plan, batch, rs, key)
@@ -318,20 +347,32 @@ def run_batch(
             stale=out.stale,
             dead=out.dead,
             tokens=out.tokens,
+            lease_token=batch.lease_token,
         )
+        if executions == 0:
+            # Our lease expired and another worker holds the batch: roll back our writes
+            # (compare-and-set made them harmless anyway) and leave the batch to it.
+            raise LeaseLostError(f"batch {batch_id}: lease taken over")
     if executions > 1:
         out.status = "duplicate"
-    out.seconds = time.perf_counter() - t0
     return out
+
+
+def batch_rows(conn: psycopg.Connection, plan: Plan, batch: ledger.Batch) -> list[tuple[str, str]]:
+    """(pk, text hash) of the rows a batch would still embed now (to dead-letter them)."""
+    rs = role_spec(plan, batch.role)
+    return [(r[1], r[3] or "") for r in _read(conn, plan, batch, rs, key_info(conn, plan))]
 
 
 def _as_is(vec: Any) -> Any:
     return vec
 
 
-def give_up(conn: psycopg.Connection, batch_id: int, exc: BaseException) -> None:
+def give_up(
+    conn: psycopg.Connection, batch_id: int, exc: BaseException, *, worker: str | None = None
+) -> None:
     msg = exc.one_line() if isinstance(exc, EmbeddingError) else f"{type(exc).__name__}: {exc}"
-    ledger.fail(conn, batch_id, msg)
+    ledger.fail(conn, batch_id, msg, worker=worker)
 
 
 def forget_connection(conn: psycopg.Connection) -> None:

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from migrator.backfill import budget
 from migrator.backfill import monitor as backfill
 from migrator.cli.common import (
     emit_json,
@@ -202,6 +203,7 @@ def worker_cmd(
     """
     plan = read_plan(plan_path)
     settings = settings_from(database_url, broker_url)
+    budget.require(settings, plan)  # limits are one shared budget, or exit 15 now
     cmd = launch.worker_command(
         plan.queue, concurrency=concurrency or (os.cpu_count() or 1), pool=pool, loglevel=loglevel
     )

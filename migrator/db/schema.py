@@ -91,6 +91,11 @@ batches = Table(
     Column("claimed_by", Text),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
+    # 0005: the running batch's lease (renewed by its worker's heartbeat) and failure rounds.
+    Column("lease_token", Text),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("plan_version", Text),
     Index("batches_migration_status_idx", "migration", "status"),
 )
 

@@ -134,6 +134,25 @@ def stored_plan(conn: psycopg.Connection, name: str) -> Plan | None:
     return parse_plan(row[0], path=f"migrator.migrations[{name}]")
 
 
+def plan_version(conn: psycopg.Connection, name: str) -> str | None:
+    """A short fingerprint of the stored plan, tuning keys included: workers compare it on
+    every batch and reload the plan (limits, retry policy) when it changed."""
+    row = conn.execute(
+        "SELECT md5(plan::text) FROM migrator.migrations WHERE name = %s", (name,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def stored_plan_versioned(conn: psycopg.Connection, name: str) -> tuple[Plan, str] | None:
+    """The stored plan and its `plan_version`, read together."""
+    row = conn.execute(
+        "SELECT plan, md5(plan::text) FROM migrator.migrations WHERE name = %s", (name,)
+    ).fetchone()
+    if row is None:
+        return None
+    return parse_plan(row[0], path=f"migrator.migrations[{name}]"), str(row[1])
+
+
 def guard(command: str, migration: Migration | None) -> None:
     """Refuse a command the state machine does not allow from the current phase."""
     phase = migration.phase if migration else None

@@ -193,6 +193,17 @@ class BackfillSpec(Frozen):
     queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] | None = None
     # A claimed batch not finished after this long is considered lost and enqueued again.
     stall_after_seconds: Annotated[int, Field(ge=10)] = 600
+    # A running batch holds a lease its worker renews every lease_seconds / 4; once it expires
+    # (the worker died) the monitor enqueues the batch again (docs/backfill.md: the bound).
+    lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 20.0
+    # The follower / beat catch-up retries failed batches after this cool-down (doubling each
+    # round) and turns their rows into dead letters after dead_after_failures rounds.
+    failed_cooldown_seconds: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    dead_after_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    # The repair sweep over NULL vectors runs at least this often, whatever the write rate.
+    sweep_every_seconds: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    # Processed change records older than this are pruned (the last report's are kept).
+    changes_retention_seconds: Annotated[float, Field(ge=0, le=30 * 86_400)] = 3600.0
     # Re-embed with the OLD model the rows change capture finds with an old vector of text they
     # no longer have, before cutover, so a rollback serves fresh vectors (docs/backfill.md).
     refresh_source: bool = True

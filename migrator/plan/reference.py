@@ -61,6 +61,16 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.retry.backoff_max_seconds": "Backoff cap (a longer Retry-After is still honoured).",
     "backfill.queue": "Celery queue (default `migrator.<name>.<target column>`).",
     "backfill.stall_after_seconds": "A batch unfinished after this long is enqueued again.",
+    "backfill.lease_seconds": "Lease of a running batch, renewed by its worker every quarter "
+    "of it; a batch whose lease expired (its worker died) is enqueued again.",
+    "backfill.failed_cooldown_seconds": "The follower retries failed batches after this "
+    "cool-down, doubled each round.",
+    "backfill.dead_after_failures": "Failure rounds after which the follower turns a failed "
+    "batch's rows into dead letters.",
+    "backfill.sweep_every_seconds": "The repair sweep over NULL vectors runs at least this "
+    "often, whatever the write rate.",
+    "backfill.changes_retention_seconds": "Processed change records older than this are pruned "
+    "(those after the last verification report are kept).",
     "backfill.refresh_source": "Re-embed with the source model the rows whose old vector is of text they no longer have (found by change capture), so a rollback serves fresh vectors; cutover refuses while more than `verify.max_stale_fraction` of the rows remain. Needs the source model during the backfill. A tuning key.",
     "index": "The index built on the target column by `verify`.",
     "index.method": "`hnsw` or `ivfflat`.",

@@ -7,10 +7,10 @@ decision of `work.retry_delay`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,20 +18,21 @@ import psycopg
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from migrator.backfill import ledger, work
-from migrator.backfill.broker import limiter_redis_url
-from migrator.backfill.ratelimit import Limiter, NoLimiter, make_limiter
+from migrator.backfill import budget, ledger, work
+from migrator.backfill.lease import Heartbeat
+from migrator.backfill.ratelimit import Limiter
 from migrator.bridge import store
 from migrator.bridge.provider import bridged
 from migrator.config import Settings, load_settings
 from migrator.db import state
 from migrator.db.connect import connect, resolve_url
 from migrator.embedding import Provider, RetryableError, provider_for
+from migrator.errors import BudgetError
 from migrator.plan.model import Plan, Role
 from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
-PLAN_TTL_S = 15.0
+NO_BUDGET_RETRY_S = 30.0
 
 
 @dataclass
@@ -41,10 +42,13 @@ class Runtime:
     pid: int
     settings: Settings
     conn: psycopg.Connection | None = None
-    plans: dict[str, tuple[float, Plan]] = field(default_factory=dict)
-    providers: dict[tuple[str, str, int | None], Provider] = field(default_factory=dict)
-    limiters: dict[tuple[str, str], Limiter] = field(default_factory=dict)
+    plans: dict[str, tuple[str, Plan]] = field(default_factory=dict)
+    providers: dict[tuple[str, str, int | None], tuple[Any, Provider]] = field(
+        default_factory=dict
+    )
+    limiters: dict[tuple[str, str], tuple[Any, Limiter]] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
+    heartbeats: dict[float, Heartbeat] = field(default_factory=dict)
 
     def connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -61,56 +65,89 @@ class Runtime:
             finally:
                 self.conn = None
 
+    def heartbeat(self, plan: Plan) -> Heartbeat:
+        """The lease keeper of this process (its own connection), for the plan's lease."""
+        lease = plan.backfill.lease_seconds
+        found = self.heartbeats.get(lease)
+        if found is None:
+            url = resolve_url(self.settings)
+            found = self.heartbeats[lease] = Heartbeat(
+                lambda: connect(url, application_name="migrator-heartbeat"), lease
+            )
+        return found
+
     def plan(self, name: str) -> Plan:
-        # Cached briefly: an operator may change tuning keys (limits, concurrency) mid-run.
+        """The stored plan, reloaded whenever its version changed: an operator may change
+        tuning keys (limits, retry policy, lease) mid-run, and every worker follows from its
+        next batch. One short query per batch compares the version."""
+        conn = self.connection()
         cached = self.plans.get(name)
-        if cached is not None and time.monotonic() - cached[0] < PLAN_TTL_S:
-            return cached[1]
-        plan = state.stored_plan(self.connection(), name)
-        if plan is None:
+        version = state.plan_version(conn, name)
+        if version is None:
             raise LookupError(f"migration {name!r} is not registered in this database")
-        self.plans[name] = (time.monotonic(), plan)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = state.stored_plan_versioned(conn, name)
+        if found is None:
+            raise LookupError(f"migration {name!r} is not registered in this database")
+        plan, version = found
+        if cached is not None:
+            log.warning(
+                "%s: the stored plan changed (version %s): limits rpm=%s tpm=%s, retry %s",
+                name,
+                version[:8],
+                plan.backfill.requests_per_minute,
+                plan.backfill.tokens_per_minute,
+                plan.backfill.retry.max_attempts,
+            )
+        self.plans[name] = (version, plan)
         return plan
 
+    def version(self, name: str) -> str | None:
+        cached = self.plans.get(name)
+        return cached[0] if cached else None
+
     def provider(self, plan: Plan, rs: work.RoleSpec) -> Provider:
-        # The old model retired (`bridge on --old-model-gone`): its bridge stands in for it.
+        """The model's client behind retries and the shared budget, rebuilt when the model,
+        the limits or the retry policy of the stored plan changed. When the old model retired
+        (`bridge on --old-model-gone`), its bridge stands in for it."""
         stand_in = (
             store.replacing_source(self.connection(), plan) if rs.role is Role.SOURCE else None
         )
         key = (plan.name, rs.role, stand_in.id if stand_in else None)
+        tuning = (rs.model.fingerprint(), _tuning(plan))
         found = self.providers.get(key)
-        if found is None or found.fingerprint != rs.model.fingerprint():
+        if found is None or found[0] != tuning:
             inner = (
                 bridged(stand_in, rs.model, self.settings.environ)
                 if stand_in
                 else provider_for(rs.model, self.settings.environ)
             )
-            found = work.RetryingProvider(
+            retrying = work.RetryingProvider(
                 inner, self.limiter(plan, rs), plan.backfill.retry, self.stats
             )
-            self.providers[key] = found
-        return found
+            found = self.providers[key] = (tuning, retrying)
+        return found[1]
 
     def limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
+        """The shared budget with the stored plan's limits (rebuilt when they change), so
+        every worker draws on one bucket with one cap, whatever it was started with."""
         key = (plan.name, rs.role)
+        tuning = _tuning(plan)
         found = self.limiters.get(key)
-        if found is None:
-            bf = plan.backfill
-            limited = bf.requests_per_minute is not None or bf.tokens_per_minute is not None
-            try:
-                url = limiter_redis_url(self.settings, start_embedded=limited)
-            except Exception as exc:  # no Redis at hand: per-process pauses only
-                log.warning("no Redis for the shared rate budget (%s): limits are per process", exc)
-                url = None
-            found = (
-                make_limiter(
-                    url, plan.name, rs.role, rpm=bf.requests_per_minute, tpm=bf.tokens_per_minute
-                )
-                if url
-                else NoLimiter()
-            )
-            self.limiters[key] = found
-        return found
+        if found is None or found[0] != tuning:
+            found = self.limiters[key] = (tuning, self._make_limiter(plan, rs))
+        return found[1]
+
+    def _make_limiter(self, plan: Plan, rs: work.RoleSpec) -> Limiter:
+        # BudgetError when the limits cannot be one shared budget: the task waits, never
+        # runs unlimited (see _failed).
+        return budget.limiter_for(self.settings, plan, rs.role)
+
+
+def _tuning(plan: Plan) -> tuple[Any, ...]:
+    bf = plan.backfill
+    return (bf.requests_per_minute, bf.tokens_per_minute, bf.retry)
 
 
 _runtime: Runtime | None = None
@@ -147,6 +184,8 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
             provider=lambda rs: rt.provider(plan, rs),
             limiter=lambda rs: rt.limiter(plan, rs),
             worker=_worker_id(),
+            keep_lease=rt.heartbeat(plan).hold,
+            plan_version=rt.version(migration),
         )
     except Retry:
         raise
@@ -168,6 +207,8 @@ def _failed(
         # Slow (long Retry-After pauses, timeouts), not broken: retry, never fail for good.
         exc = RetryableError("the batch ran past its time limit")
     retries = int(task.request.retries or 0)
+    if isinstance(exc, BudgetError):
+        return _no_budget(task, rt, batch_id, exc)
     try:
         plan = rt.plan(migration)
         delay = work.retry_delay(exc, retries, plan.backfill.retry)
@@ -180,10 +221,19 @@ def _failed(
 
     if delay is None:
         log.error("batch %s failed for good: %s", batch_id, msg)
-        work.give_up(conn, batch_id, exc)
+        work.give_up(conn, batch_id, exc, worker=_worker_id())
         metrics.batch_failed()
         return {"batch": batch_id, "status": "failed", "error": msg}
     log.warning("batch %s: %s; retry %d in %.1fs", batch_id, msg, retries + 1, delay)
-    ledger.release(conn, batch_id, msg, delay)
+    ledger.release(conn, batch_id, msg, delay, worker=_worker_id())
     metrics.batch_retried()
     raise task.retry(countdown=delay, exc=exc)
+
+
+def _no_budget(task: Task, rt: Runtime, batch_id: int, exc: BudgetError) -> dict[str, Any]:
+    """Limits without a shared budget: run nothing (never unlimited); the batch goes back to
+    pending and the task retries until the operator configures the budget."""
+    log.error("batch %s not run: %s", batch_id, exc.one_line())
+    with contextlib.suppress(Exception):
+        ledger.release(rt.connection(), batch_id, exc.one_line(), NO_BUDGET_RETRY_S)
+    raise task.retry(countdown=NO_BUDGET_RETRY_S, exc=exc)

@@ -27,7 +27,7 @@ from migrator.db.executor import Executor, LockPolicy
 from migrator.ddl import steps
 from migrator.embedding.server import ServerHandle, run_server_in_thread
 from migrator.errors import (
-    BrokerError,
+    BudgetError,
     ConfigError,
     MigratorError,
     PreflightError,
@@ -185,9 +185,20 @@ def test_rate_limits_need_the_shared_redis(database_url: str, settings: Settings
         backfill__requests_per_minute=100,
     )
     st = _settings(settings, MIGRATOR_REDIS_URL="redis://127.0.0.1:1/0")
-    err = _refused(st, plan, database_url, BrokerError)
+    err = _refused(st, plan, database_url, BudgetError)
     assert "rate budget" in err.one_line() and "MIGRATOR_REDIS_URL" in err.one_line()
-    assert err.exit_code == 11
+    assert err.exit_code == 15
+    # A RabbitMQ broker and no MIGRATOR_REDIS_URL: each machine would get the whole budget.
+    rabbit = _settings(settings, CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672//")
+    err = _refused(rabbit, plan, database_url, BudgetError)
+    assert "is not Redis" in err.one_line() and "MIGRATOR_REDIS_URL" in err.one_line()
+    # One machine on purpose: the embedded Redis holds the budget, the pre-flight passes.
+    local = _settings(
+        settings,
+        CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672//",
+        MIGRATOR_LOCAL_BUDGET="1",
+    )
+    backfill.run(local, plan, backfill.Options(wait=False))
 
 
 @contextlib.contextmanager
