@@ -32,7 +32,7 @@ def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: b
     """Validate PLAN and show every statement each phase will run.
 
     \b
-    Offline (--offline): no database; exit 0 if the plan is valid, 2 if not.
+    Offline (--offline): no database; exit 0 if the plan is valid, 13 if not.
     Live (default): the pre-flight every command runs, for the whole migration, read-only:
     columns, types, key, view, index names, pgvector >= 0.8.4, the database user's
     privileges, API keys, a test embedding from each model, the shared Redis; row count and
