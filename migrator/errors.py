@@ -1,7 +1,7 @@
 """The exception tree and the exit codes it maps to.
 
 MigratorError
- ├── PlanError            exit 2   the plan file is malformed or invalid
+ ├── PlanError            exit 13  the plan file is malformed or invalid (2 is click's usage error)
  ├── ConfigError          exit 3   settings / environment are wrong
  ├── DatabaseError        exit 4   the database is unreachable or refused a statement
  │    └── LockTimeoutError exit 5  DDL could not get its lock (or deadlocked) within the attempts
@@ -12,6 +12,7 @@ MigratorError
  ├── ProviderError        exit 10  the embedding provider failed (see embedding.errors)
  ├── BrokerError          exit 11  the Celery broker is unreachable
  ├── NotImplementedYet    exit 12  a command of a later phase not built yet
+ ├── ConfirmationRequired exit 14  an irreversible command without a terminal to ask and no --yes
  └── BudgetError          exit 15  rate limits are set but cannot be one shared budget
 Pure: imports nothing from the rest of the package.
 """
@@ -44,7 +45,9 @@ class MigratorError(Exception):
 
 
 class PlanError(MigratorError):
-    exit_code = 2
+    # Not 2: click exits 2 on usage errors (unknown option, missing argument), and a script
+    # must tell a wrong command line from a wrong plan file.
+    exit_code = 13
 
     def __init__(
         self,
@@ -101,6 +104,10 @@ class NotImplementedYet(MigratorError):
     exit_code = 12
 
 
+class ConfirmationRequired(MigratorError):
+    exit_code = 14
+
+
 class BudgetError(MigratorError):
     """Rate limits are set but the budget would not be one budget: no Redis every worker
     shares (a non-Redis broker without MIGRATOR_REDIS_URL), or that Redis does not answer."""
@@ -110,8 +117,8 @@ class BudgetError(MigratorError):
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "unexpected error (a bug: please report it with the traceback from --debug)",
-    2: "invalid plan file",
+    1: "unexpected error (a bug: rerun with `migrator --debug ...` and report the traceback)",
+    2: "usage error: unknown option, missing argument (click)",
     3: "invalid configuration or environment",
     4: "database unreachable or a statement failed",
     5: "could not acquire a lock within the configured attempts (lock timeout or deadlock)",
@@ -122,6 +129,8 @@ EXIT_CODES: dict[int, str] = {
     10: "embedding provider error",
     11: "broker unreachable",
     12: "command not implemented yet",
+    13: "invalid plan file",
+    14: "confirmation required: no terminal to ask on and no --yes (nothing was changed)",
     15: "rate limits are set but no shared budget is reachable (set MIGRATOR_REDIS_URL)",
     130: "interrupted (Ctrl-C); rerun the same command to resume",
 }

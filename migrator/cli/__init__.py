@@ -10,6 +10,7 @@ import importlib
 import click
 
 from migrator import __version__
+from migrator.cli.common import configure_output
 
 # Each module exposes `register(group: click.Group) -> None`.
 _COMMAND_MODULES = (
@@ -26,7 +27,13 @@ _COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="migrator")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Print tracebacks of errors (for bug reports).")
+@click.option(
+    "-v", "--verbose", count=True, help="More detail on stderr (local workers' logs too)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only the output and errors (no progress).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     """Move a PostgreSQL + pgvector search table to a new embedding model without downtime.
 
     \b
@@ -42,6 +49,7 @@ def cli() -> None:
     With no DATABASE_URL, an embedded PostgreSQL + pgvector is started under ./.migrator
     (MIGRATOR_HOME). Exit codes are listed in docs/exit-codes.md.
     """
+    ctx.obj = configure_output(debug, verbose, quiet)
 
 
 for _name in _COMMAND_MODULES:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,8 +26,11 @@ from rich.progress import (
 from migrator.backfill import budget
 from migrator.backfill import monitor as backfill
 from migrator.cli.common import (
+    child_log,
     emit_json,
     make_console,
+    note,
+    output,
     plan_command,
     read_plan,
     settings_from,
@@ -136,21 +141,30 @@ def backfill_cmd(
     settings = settings_from(database_url, broker_url)
     n = n_workers if n_workers is not None else (0 if settings.broker_url or no_wait else 2)
     console = make_console(stderr=True)
-    procs = launch.start_workers(settings, plan.queue, n) if n > 0 else []
-    try:
-        with progress_bar(console, enabled=not as_json and not no_wait) as on_progress:
-            summary = backfill.run(
-                settings,
-                plan,
-                backfill.Options(
-                    follow=follow,
-                    retry_dead_letters=retry_dead_letters,
-                    wait=not no_wait,
-                    on_progress=on_progress,
-                ),
-            )
-    finally:
-        launch.stop_workers(procs)
+    with contextlib.ExitStack() as stack:
+        log_path: Path | None = None
+        procs: list[subprocess.Popen[bytes]] = []
+        if n > 0:
+            log, log_path = stack.enter_context(child_log(settings.home, f"workers-{plan.name}"))
+            note(f"{n} local workers on queue {plan.queue}; their log: {log_path or 'stderr'}")
+            procs = launch.start_workers(settings, plan.queue, n, log=log)
+        try:
+            show = not as_json and not no_wait and not output().quiet
+            with progress_bar(console, enabled=show) as on_progress:
+                summary = backfill.run(
+                    settings,
+                    plan,
+                    backfill.Options(
+                        follow=follow,
+                        retry_dead_letters=retry_dead_letters,
+                        wait=not no_wait,
+                        on_progress=on_progress,
+                    ),
+                )
+        finally:
+            launch.stop_workers(procs)
+    if log_path is not None:
+        summary["worker_log"] = str(log_path)
     if as_json:
         emit_json({"ok": True, **summary})
         return

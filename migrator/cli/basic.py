@@ -14,8 +14,9 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.cli.render import render_plan, render_status
+from migrator.cli.render import render_findings, render_plan, render_status
 from migrator.ddl.runbook import render_runbook
+from migrator.ddl.script import render_script
 from migrator.ddl.steps import Facts
 from migrator.errors import EXIT_CODES
 
@@ -27,22 +28,38 @@ from migrator.errors import EXIT_CODES
         is_flag=True,
         help="Do not connect: validate and print every statement (the CI dry run).",
     ),
+    click.option(
+        "--sql",
+        "as_sql",
+        is_flag=True,
+        help="Write exactly the statements, as a psql script (psql -v ON_ERROR_STOP=1 -f).",
+    ),
 )
-def plan_cmd(plan_path: str, offline: bool, database_url: str | None, as_json: bool) -> None:
+def plan_cmd(
+    plan_path: str, offline: bool, as_sql: bool, database_url: str | None, as_json: bool
+) -> None:
     """Validate PLAN and show every statement each phase will run.
 
     \b
-    Offline (--offline): no database; exit 0 if the plan is valid, 2 if not.
+    Offline (--offline): no database; exit 0 if the plan is valid, 13 if not.
+    --sql: only the statements, as a runnable psql script: a comment per phase and step,
+    BEGIN/COMMIT around transactional ones, CREATE INDEX CONCURRENTLY outside (findings of a
+    live plan go to stderr).
     Live (default): the pre-flight every command runs, for the whole migration, read-only:
     columns, types, key, view, index names, pgvector >= 0.8.4, the database user's
     privileges, API keys, a test embedding from each model, the shared Redis; row count and
     estimate of tokens, cost and duration. Exits with the first problem's code (3
     configuration, 6 database, 10 provider, 11 Redis).
     """
+    if as_sql and as_json:
+        raise click.UsageError("--sql and --json are two outputs: choose one")
     plan = read_plan(plan_path)
     report = api.plan_offline(plan) if offline else api.plan_live(plan, settings_from(database_url))
     data = report.as_dict()
-    if as_json:
+    if as_sql:
+        render_findings(make_console(stderr=True), data["findings"])
+        click.echo(render_script(plan, report.steps, plan_path), nl=False)
+    elif as_json:
         emit_json(data)
     else:
         render_plan(make_console(), data)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -19,8 +25,66 @@ from migrator.plan.model import Plan, load_plan
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class Output:
+    """The global options: --debug (tracebacks), -v (more on stderr), --quiet (less)."""
+
+    debug: bool = False
+    verbose: int = 0
+    quiet: bool = False
+
+
+def output() -> Output:
+    """The global options of the running command (defaults outside a click context)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Output) else Output()
+
+
+def configure_output(debug: bool, verbose: int, quiet: bool) -> Output:
+    """Log to stderr only (stdout carries the command's output): warnings by default, info
+    with -v, debug with -vv or --debug, errors only with --quiet."""
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    if debug:
+        level = logging.DEBUG
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger().setLevel(level)
+    return Output(debug=debug, verbose=verbose, quiet=quiet)
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (never stdout), silenced by --quiet."""
+    if not output().quiet:
+        click.echo(message, err=True)
+
+
 def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+@contextlib.contextmanager
+def child_log(home: Path, name: str) -> Iterator[tuple[IO[bytes] | int, Path | None]]:
+    """Where processes the CLI starts (local workers, servers) write their output: a file
+    under MIGRATOR_HOME/logs, or this process's stderr with -v. Never stdout, which carries
+    only the command's output (one JSON document with --json)."""
+    fd: int | None = None
+    if output().verbose:
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no real stderr
+            fd = sys.stderr.fileno()
+    if fd is not None:
+        yield fd, None
+        return
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    with open(path, "ab") as fh:
+        yield fh, path
 
 
 def database_option(f: F) -> F:
@@ -71,35 +135,57 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _fail(
+    error: str, message: str, hint: str | None, more: tuple[str, ...], code: int, as_json: bool
+) -> None:
+    if as_json:
+        emit_json(
+            {
+                "ok": False,
+                "error": error,
+                "message": message,
+                "hint": hint,
+                "more": list(more),
+                "exit_code": code,
+            }
+        )
+    text = " ".join(message.split())
+    click.echo(f"error: {text}" + (f" ({' '.join(hint.split())})" if hint else ""), err=True)
+    for line in more:  # further problems of the same check, one line each
+        click.echo(f"error: {' '.join(line.split())}", err=True)
+    sys.exit(code)
+
+
 def handle_errors(f: F) -> F:
-    """Map MigratorError to its one-line message and exit code; Ctrl-C to 130."""
+    """Map MigratorError to its one-line message and exit code, anything else to 1 (a bug:
+    the traceback with --debug), Ctrl-C to 130. With --json the error is also the one JSON
+    document on stdout."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        debug = output().debug
+        as_json = bool(kwargs.get("as_json"))
         try:
             return f(*args, **kwargs)
         except MigratorError as exc:
             if debug:
-                raise
-            as_json = kwargs.get("as_json")
-            if as_json:
-                emit_json(
-                    {
-                        "ok": False,
-                        "error": type(exc).__name__,
-                        "message": exc.message,
-                        "hint": exc.hint,
-                        "more": list(exc.more),
-                        "exit_code": exc.exit_code,
-                    }
-                )
-            click.echo(f"error: {exc.one_line()}", err=True)
-            for line in exc.more:  # further problems of the same pre-flight, one line each
-                click.echo(f"error: {' '.join(line.split())}", err=True)
-            sys.exit(exc.exit_code)
+                traceback.print_exc(file=sys.stderr)
+            _fail(type(exc).__name__, exc.message, exc.hint, exc.more, exc.exit_code, as_json)
         except KeyboardInterrupt:
             click.echo("interrupted: rerun the same command to resume", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            hint = (
+                "a bug: please report it with the traceback above"
+                if debug
+                else "a bug: rerun with `migrator --debug ...` and report the traceback"
+            )
+            _fail(
+                type(exc).__name__, f"unexpected {type(exc).__name__}: {exc}", hint, (), 1, as_json
+            )
 
     return wrapper  # type: ignore[return-value]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
@@ -16,6 +17,11 @@ LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool = True) -> None:
+    """The findings first (live facts, estimate, warnings, errors), then every phase's SQL.
+
+    SQL is never wrapped into the width when the output is not a terminal (a pipe, a file):
+    each statement stays on its own lines as rendered. `plan --sql` is the runnable script.
+    """
     p = report["plan"]
     console.print(
         f"[bold]Migration {p['name']}[/]  ({report['mode']})  table {p['table']}  "
@@ -23,14 +29,24 @@ def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool
         f"{p['target']['column']} [dim]{p['target']['fingerprint']}[/]\n"
         f"  queue {p['queue']}  index {p['index']}  plan hash {p['plan_hash'][:12]}"
     )
+    _live_findings(console, report)
     for phase in report["phases"]:
-        console.rule(f"[bold]{phase['phase']}[/]: {phase['summary']}")
+        console.rule(f"[bold]{phase['phase']}[/]")
+        console.print(f"  {phase['summary']}")
         _statements(console, phase["statements"])
         for note in phase["notes"]:
             console.print(f"  [dim]note:[/] {note}")
         if show_backward and phase["backward"]:
             console.print("  [dim]undone by:[/]")
             _statements(console, phase["backward"], indent="    ")
+    ok = report["ok"]
+    verdict = "[bold green]plan is valid[/]" if ok else "[bold red]plan has errors[/]"
+    if report.get("findings"):
+        verdict += " (findings above the statements)"
+    console.print(verdict)
+
+
+def _live_findings(console: Console, report: dict[str, Any]) -> None:
     live = report.get("live")
     if live:
         console.rule("[bold]live database[/]")
@@ -54,8 +70,6 @@ def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool
             f"time {_duration(est['seconds'])} (bound by {est['bound_by']})"
         )
     render_findings(console, report.get("findings", []))
-    ok = report["ok"]
-    console.print("[bold green]plan is valid[/]" if ok else "[bold red]plan has errors[/]")
 
 
 def _statements(console: Console, stmts: list[dict[str, Any]], indent: str = "  ") -> None:
@@ -64,10 +78,16 @@ def _statements(console: Console, stmts: list[dict[str, Any]], indent: str = "  
         if st.get("new_transaction"):
             tx = "in a new transaction (what came before is committed)"
         lt = f", lock_timeout {st['lock_timeout_ms']} ms + retries" if st["lock_timeout_ms"] else ""
-        console.print(f"{indent}[dim]-- {st['purpose']} ({tx}; {st['lock']}{lt})[/]")
-        console.print(
-            Syntax(st["sql"] + ";", "sql", word_wrap=True, background_color="default"), style=None
-        )
+        comment = f"{indent}-- {st['purpose']} ({tx}; {st['lock']}{lt})"
+        if console.is_terminal:
+            console.print(f"[dim]{escape(comment)}[/]")
+            console.print(
+                Syntax(st["sql"] + ";", "sql", word_wrap=True, background_color="default"),
+                style=None,
+            )
+        else:  # a pipe or a file: lines as they are, never cut or wrapped to a width
+            console.print(comment, markup=False, highlight=False, soft_wrap=True)
+            console.print(st["sql"] + ";", markup=False, highlight=False, soft_wrap=True)
 
 
 def render_findings(console: Console, findings: list[dict[str, str]]) -> None:

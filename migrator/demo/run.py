@@ -181,9 +181,15 @@ class Demo:
         t_start = time.monotonic()
         url = resolve_url(self.settings)
         self.step("1. embedded services")
-        proc, base_url = start_server_process(port=free_port())
-        workers: list[subprocess.Popen[bytes]] = []
+        # Children never write to stdout: it carries the summary (one JSON document with
+        # --json). Their output goes to one log file under MIGRATOR_HOME.
+        log_path = self.settings.home / "logs" / "demo.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         stack = contextlib.ExitStack()
+        log = stack.enter_context(open(log_path, "wb"))  # noqa: SIM115 - closed by the stack
+        self.console.print(f"log of the servers and workers: {log_path}")
+        proc, base_url = start_server_process(port=free_port(), log_to=log)
+        workers: list[subprocess.Popen[bytes]] = []
         try:
             plan = demo_plan(base_url, self.opts.plan_path)
             self.console.print(f"PostgreSQL + pgvector: {url}\nembeddings server: {base_url}")
@@ -197,10 +203,6 @@ class Demo:
             api.adopt(self.settings, plan)
             with search_service(self.settings, plan, free_port()) as search_url:
                 self.console.print(f"search service: {search_url}/search?q=...")
-                log_path = self.settings.home / "demo-workers.log"
-                self.settings.home.mkdir(parents=True, exist_ok=True)
-                log = open(log_path, "wb")  # noqa: SIM115 - closed with the workers below
-                stack.callback(log.close)
                 workers = start_workers(self.settings, plan.queue, self.opts.workers, log=log)
                 self.console.print(
                     f"{self.opts.workers} Celery workers on queue {plan.queue} (log: {log_path})"

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -345,9 +345,15 @@ def serve(host: str, port: int, controls: Controls) -> None:
 
 
 def start_server_process(
-    host: str = "127.0.0.1", port: int = 8765, *, timeout: float = 15.0, **controls: Any
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    timeout: float = 15.0,
+    log_to: IO[bytes] | int | None = None,
+    **controls: Any,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m migrator.embedding.server` and wait until it answers /health."""
+    """Start `python -m migrator.embedding.server` and wait until it answers /health; its
+    output goes to `log_to` when given (the CLI keeps stdout for its own output)."""
     import httpx
 
     Controls().updated(dict(controls))  # fail here, not in the child
@@ -362,7 +368,7 @@ def start_server_process(
         "--controls",
         json.dumps(controls),
     ]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_to, stderr=log_to)
     base = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

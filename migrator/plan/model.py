@@ -6,12 +6,13 @@ every problem into one `PlanError` line naming the file, the field path and what
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -405,8 +406,61 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out.replace("schema_", "schema")
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at `loc` (for the keys a typo could have meant)."""
+    cls: type[BaseModel] = Plan
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or name: f for name, f in cls.model_fields.items()}
+        fields.update(cls.model_fields)
+        field = fields.get(part)
+        if field is None:
+            return None
+        inner = _find_model(field.annotation)
+        if inner is None:
+            return None
+        cls = inner
+    return cls
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    cls = _model_at(loc)
+    if cls is None:
+        return []
+    return sorted(f.alias or name for name, f in cls.model_fields.items())
+
+
+def _problem(err: Any) -> tuple[str, str]:
+    """(field path, message) of one pydantic error, in the plan file's own words."""
+    loc = tuple(err.get("loc", ()))
+    field = _format_loc(loc)
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else field
+        msg = f"unknown key `{key}`"
+        close = difflib.get_close_matches(key, _known_keys(loc[:-1]), n=1, cutoff=0.6)
+        if close:
+            msg += f": did you mean `{close[0]}`?"
+    elif kind == "missing":
+        msg = "required key is missing"
+    return field, msg
+
+
 def parse_plan(data: Any, *, path: str = "<plan>") -> Plan:
-    """Validate already-parsed YAML data; raise PlanError with one line for the first problem."""
+    """Validate already-parsed YAML data; raise one PlanError naming every problem, sorted by
+    field path: the first one in the message, the others (one line each) in `more`."""
     if not isinstance(data, dict):
         raise PlanError("the plan must be a YAML mapping (key: value)", path=path)
     if data.get("version") != 1:
@@ -419,22 +473,12 @@ def parse_plan(data: Any, *, path: str = "<plan>") -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = _format_loc(tuple(err.get("loc", ())))
-        kind = err.get("type", "")
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if kind == "extra_forbidden":
-            msg = "unknown key"
-            hint = "check the spelling against docs/plan-reference.md"
-        elif kind == "missing":
-            msg = "required key is missing"
-            hint = None
-        else:
-            hint = None
-        more = len(exc.errors()) - 1
-        if more:
-            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise PlanError(msg, path=path, field=field, hint=hint) from None
+        problems = sorted({_problem(err) for err in exc.errors()})
+        (field, msg), rest = problems[0], problems[1:]
+        unknown = any(m.startswith("unknown key") for _, m in problems)
+        hint = "the keys are listed in docs/plan-reference.md" if unknown else None
+        more = tuple(f"{path}:{f}: {m}" if f else f"{path}: {m}" for f, m in rest)
+        raise PlanError(msg, path=path, field=field, hint=hint, more=more) from None
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -69,9 +69,10 @@ def start_workers(
     *,
     concurrency: int = 1,
     pool: str = "prefork",
-    log: IO[bytes] | None = None,
+    log: IO[bytes] | int | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """Start n worker processes; their output goes to `log` when given (else the terminal)."""
+    """Start n worker processes; their output goes to `log` (a file or a descriptor) when
+    given, else to this process's stdout and stderr."""
     env = worker_env(settings)
     procs = []
     for i in range(n):

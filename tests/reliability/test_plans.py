@@ -1,6 +1,6 @@
 """Matrix 20: hostile plan files. Injection attempts, 64-byte and odd identifiers, wrong types,
 and a property-based fuzzer: every generated plan either validates or fails with a one-line
-PlanError (exit 2), never a traceback, and a refused plan never touches the database. Free-text
+PlanError (exit 13), never a traceback, and a refused plan never touches the database. Free-text
 fields that do reach SQL (model names in the view) are quoted, never executed."""
 
 from __future__ import annotations
