@@ -53,7 +53,10 @@ def corpus(n: int) -> tuple[Doc, ...]:
 
 
 def local_plan(**overrides: object) -> Plan:
-    """The demo plan with both models in-process (provider local): no HTTP in the loop."""
+    """The demo plan with both models in-process (provider local): no HTTP in the loop.
+    The ladder is cut to two rungs here to keep these tests short; the full default ladder is
+    exercised in test_verify_ladder.py."""
+    overrides.setdefault("verify__ladder", [40, 100])
     return demo_plan(source__model__provider="local", target__model__provider="local", **overrides)
 
 
@@ -85,6 +88,11 @@ def create_table(url: str, n: int = ROWS, empty_every: int = EMPTY_EVERY) -> Non
                 copy.write_row(
                     (i, d.title, body, d.key.split(".")[0], vecs[i - 1] if body.strip() else None)
                 )
+        # Production tables have an index on the source column: verify compares with it.
+        conn.execute(
+            "CREATE INDEX documents_embedding_idx ON documents USING hnsw "
+            "(embedding vector_cosine_ops)"
+        )
         conn.execute("ANALYZE documents")
 
 

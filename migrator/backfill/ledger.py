@@ -588,3 +588,14 @@ def dead_letters(conn: psycopg.Connection, name: str, limit: int = 50) -> list[d
         (name, limit),
     ).fetchall()
     return [{"pk": r[0], "role": r[1], "reason": r[2], "attempts": int(r[3])} for r in rows]
+
+
+def open_backfill_batches(conn: psycopg.Connection, name: str) -> int:
+    """Open batches of the backfill itself (key ranges, not the catch-up's id batches): while
+    any is open the new column is incomplete, whatever the catch-up does."""
+    row = conn.execute(
+        "SELECT count(*) FROM migrator.batches WHERE migration = %s AND kind <> 'ids' "
+        "AND status = ANY(%s)",
+        (name, list(OPEN)),
+    ).fetchone()
+    return int(row[0]) if row else 0

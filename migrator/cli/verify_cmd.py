@@ -74,6 +74,21 @@ def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
     ),
     click.option("--seed", type=int, default=None, help="Sampling seed (default: the plan's)."),
     click.option(
+        "--queries",
+        "queries_file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        metavar="FILE",
+        help="Real past queries, one per line: overlap@k and rank-biased overlap of the two "
+        "models, and the queries they disagree on most side by side in the report.",
+    ),
+    click.option(
+        "--queries-column",
+        default=None,
+        metavar="[SCHEMA.]TABLE.COLUMN",
+        help="Like --queries, from a column of a query log table (distinct values, sampled).",
+    ),
+    click.option(
         "--query-mode",
         type=click.Choice(QUERY_MODES),
         default="span",
@@ -89,14 +104,19 @@ def verify_cmd(
     skip_index: bool,
     sample: int | None,
     seed: int | None,
+    queries_file: str | None,
+    queries_column: str | None,
     query_mode: str,
 ) -> None:
-    """Build the new index, then check coverage, vector health, freshness, index recall and
-    model parity (and labelled queries when the plan names them); store the report.
+    """Build the new index, then check coverage, vector health, freshness, index recall
+    (against the production index, with a recall/latency ladder over ef_search or probes) and
+    model parity (labelled queries when the plan names them, real queries with --queries);
+    store the report.
 
     \b
     Exit 0 when every gate passes, 9 when one fails (the report is stored either way:
-    cutover refuses unless the latest report passed and is still current).
+    cutover refuses unless the latest report passed and is still current), 7 before the
+    backfill is complete (nothing built, nothing measured).
     """
     plan = read_plan(plan_path)
     options = VerifyOptions(
@@ -105,6 +125,8 @@ def verify_cmd(
         seed=seed,
         query_mode=query_mode,
         plan_dir=Path(plan_path).resolve().parent,
+        queries_file=Path(queries_file) if queries_file else None,
+        queries_column=queries_column,
     )
     failure: VerifyFailed | None = None
     with progress_display(make_console(stderr=True)) as (on_stage, on_index):

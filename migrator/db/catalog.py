@@ -436,3 +436,33 @@ def as_dict(ins: Inspection) -> dict[str, Any]:
         "index_state": ins.index_state,
         "findings": [f.as_dict() for f in ins.findings],
     }
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """An HNSW or IVFFlat index on one vector column (the production index, for verify)."""
+
+    name: str
+    method: str  # "hnsw" | "ivfflat"
+    opclass: str
+    valid: bool
+    partial: bool
+    definition: str
+
+
+def vector_indexes(
+    conn: psycopg.Connection, schema: str, table: str, column: str
+) -> list[VectorIndex]:
+    """HNSW/IVFFlat indexes whose only key is `column`, valid first, then by name."""
+    rows = conn.execute(
+        "SELECT i.relname, am.amname, opc.opcname, x.indisvalid AND x.indisready, "
+        "x.indpred IS NOT NULL, pg_get_indexdef(i.oid) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam "
+        "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0] "
+        "JOIN pg_opclass opc ON opc.oid = x.indclass[0] "
+        "WHERE n.nspname = %s AND t.relname = %s AND a.attname = %s AND x.indnatts = 1 "
+        "AND am.amname IN ('hnsw', 'ivfflat') ORDER BY 4 DESC, 1",
+        (schema, table, column),
+    ).fetchall()
+    return [VectorIndex(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in rows]

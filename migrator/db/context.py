@@ -96,7 +96,12 @@ def migration_context(
                 state.check_plan_unchanged(migration, plan)
             ctx = Context(settings, plan, url, conn, command, migration)
             try:
-                state.guard(command, migration)
+                verdict = (
+                    state.latest_verdict(conn, plan.name)
+                    if migration is not None and command in ("cutover", "rollback")
+                    else None
+                )
+                state.guard(command, migration, verdict)
                 if checks is not None:
                     checks(conn, settings, plan, command, migration.phase if migration else None)
             except MigratorError as exc:
@@ -105,6 +110,13 @@ def migration_context(
                 raise
             ensure_schema(url)
             ctx.refresh()
+            if ctx.migration is not None:
+                # Tuning (rate limits, thresholds, ef_search...) may change between commands:
+                # store the file's values so workers and running services read them.
+                changed = state.store_tuning(conn, ctx.migration, plan)
+                if changed:
+                    ctx.event("ok", "tuning updated: " + ", ".join(changed), keys=changed)
+                    ctx.refresh()
             try:
                 yield ctx
             except MigratorError as exc:

@@ -153,13 +153,48 @@ def stored_plan_versioned(conn: psycopg.Connection, name: str) -> tuple[Plan, st
     return parse_plan(row[0], path=f"migrator.migrations[{name}]"), str(row[1])
 
 
-def guard(command: str, migration: Migration | None) -> None:
-    """Refuse a command the state machine does not allow from the current phase."""
+@dataclass(frozen=True)
+class Verdict:
+    """The latest verification report, when it failed: which gates, and what to do next."""
+
+    report_id: int
+    message: str
+    hint: str
+
+
+def latest_verdict(conn: psycopg.Connection, name: str) -> Verdict | None:
+    """The latest report of the migration if it failed (None: none yet, or it passed)."""
+    exists = conn.execute("SELECT to_regclass('migrator.reports')").fetchone()
+    if not exists or exists[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT id, passed, report->'failed', report->>'failure', report->>'next' "
+        "FROM migrator.reports WHERE migration = %s ORDER BY id DESC LIMIT 1",
+        (name,),
+    ).fetchone()
+    if row is None or row[1]:
+        return None
+    gates = row[3] or ", ".join(row[2] or []) or "a gate"
+    return Verdict(
+        int(row[0]),
+        f"the latest verification (report {row[0]}) failed: {gates}",
+        row[4] or "fix what failed, then run `migrator verify PLAN`",
+    )
+
+
+def guard(command: str, migration: Migration | None, verdict: Verdict | None = None) -> None:
+    """Refuse a command the state machine does not allow from the current phase; a failed
+    verification (`verdict`) is named with its next step, not only the phase."""
     phase = migration.phase if migration else None
     if phase in ALLOWED[command]:
         return
     current = phase.value if phase else "not started"
     hint = REFUSAL_HINTS.get((command, phase)) if phase else None
+    if verdict is not None and hint is None:
+        raise PhaseError(
+            f"cannot {command}: the migration is {current}; {verdict.message}",
+            hint=verdict.hint,
+        )
     raise PhaseError(
         f"cannot {command}: the migration is {current}",
         hint=hint or NEXT_STEP.get(phase, "see `migrator status PLAN`"),
@@ -167,13 +202,38 @@ def guard(command: str, migration: Migration | None) -> None:
 
 
 def check_plan_unchanged(migration: Migration, plan: Plan) -> None:
-    if migration.plan_hash != plan.plan_hash():
+    # A migration registered before search settings became tuning stored the older hash.
+    if migration.plan_hash not in (plan.plan_hash(), plan.legacy_plan_hash()):
         raise PhaseError(
             f"the plan file changed since migration {plan.name!r} started "
             f"(hash {migration.plan_hash[:12]} -> {plan.plan_hash()[:12]})",
             hint="restore the original plan, or give the new plan a new name to start a new "
-            "migration (tuning keys such as backfill, verify and cutover may change freely)",
+            "migration (tuning keys such as backfill, verify, cutover and the index's "
+            "ef_search, probes and iterative scan settings may change freely)",
         )
+
+
+def store_tuning(conn: psycopg.Connection, migration: Migration, plan: Plan) -> list[str]:
+    """Store the plan file's tuning (same structure) so workers and the search client read the
+    current values; returns the dotted keys that changed (empty: nothing written)."""
+    current = plan.canonical()
+    changed = _changed_keys(migration.plan, current)
+    if not changed and migration.plan_hash == plan.plan_hash():
+        return []
+    conn.execute(
+        "UPDATE migrator.migrations SET plan = %s, plan_hash = %s WHERE name = %s",
+        (Jsonb(current), plan.plan_hash(), plan.name),
+    )
+    return changed
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def register(conn: psycopg.Connection, plan: Plan, phase: State = State.PLANNED) -> Migration:

@@ -66,6 +66,18 @@ class Frozen(BaseModel):
 
 
 TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl", "bridge"})
+# Search-time settings of the index section: they change no DDL (the service and verify SET
+# them per query), so they may change mid-migration (issue 13: raising ef_search was refused).
+SEARCH_KEYS = frozenset(
+    {
+        "ef_search",
+        "probes",
+        "iterative_scan",
+        "max_scan_tuples",
+        "scan_mem_multiplier",
+        "max_probes",
+    }
+)
 
 # Re-exported: the vocabularies live in plan_types, the model here.
 __all__ = [
@@ -221,8 +233,32 @@ class IndexSpec(Frozen):
     ef_search: Annotated[int, Field(ge=1, le=1000)] = 40
     probes: Annotated[int, Field(ge=1, le=32768)] = 10
     iterative_scan: IterativeScan = IterativeScan.OFF
+    # Iterative scan limits (pgvector 0.8): hnsw.max_scan_tuples, hnsw.scan_mem_multiplier,
+    # ivfflat.max_probes. None leaves the server's value.
+    max_scan_tuples: Annotated[int, Field(ge=1)] | None = None
+    scan_mem_multiplier: Annotated[float, Field(ge=1, le=1000)] | None = None
+    max_probes: Annotated[int, Field(ge=1, le=32768)] | None = None
     maintenance_work_mem: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB)$")] = "512MB"
     max_parallel_maintenance_workers: Annotated[int, Field(ge=0, le=64)] = 1
+
+    def search_settings(self) -> dict[str, str]:
+        """The session settings a search sets (SET LOCAL) for this index section, for either
+        method: an HNSW and an IVFFlat index (the source's may differ) both read theirs."""
+        # ivfflat knows relaxed_order only: strict ordering is an hnsw setting.
+        ivf_scan = IterativeScan.RELAXED if self.iterative_scan is IterativeScan.STRICT else None
+        out = {
+            "hnsw.ef_search": str(self.ef_search),
+            "hnsw.iterative_scan": self.iterative_scan.value,
+            "ivfflat.probes": str(self.probes),
+            "ivfflat.iterative_scan": (ivf_scan or self.iterative_scan).value,
+        }
+        if self.max_scan_tuples is not None:
+            out["hnsw.max_scan_tuples"] = str(self.max_scan_tuples)
+        if self.scan_mem_multiplier is not None:
+            out["hnsw.scan_mem_multiplier"] = repr(float(self.scan_mem_multiplier))
+        if self.max_probes is not None:
+            out["ivfflat.max_probes"] = str(self.max_probes)
+        return out
 
 
 class ViewSpec(Frozen):
@@ -240,7 +276,22 @@ class VerifySpec(Frozen):
     k: Annotated[int, Field(ge=1, le=1000)] = 10
     seed: int = 42
     min_coverage: Annotated[float, Field(ge=0, le=1)] = 1.0
-    min_index_recall: Annotated[float, Field(ge=0, le=1)] = 0.9
+    # The index gate is relative to production: the new index's recall@k at the search
+    # settings may be at most this much below the source index's (what the service serves
+    # today), both against exact results on the same sampled queries.
+    max_recall_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
+    # An optional absolute floor on the new index's recall@k, on top of the relative gate.
+    min_index_recall: Annotated[float, Field(ge=0, le=1)] | None = None
+    # ef_search (HNSW) or probes (IVFFlat) values the ladder measures recall and latency at;
+    # None: 40, 64, 100, 200, 400 for HNSW, 1, 5, 10, 20, 50 for IVFFlat (plus the current one).
+    ladder: tuple[Annotated[int, Field(ge=1, le=32768)], ...] | None = None
+    # The recall the ladder's recommendation aims for (the absolute floor when one is set).
+    target_recall: Annotated[float, Field(ge=0, le=1)] = 0.9
+    # Rows waiting in the change queue are the catch-up's lag: verify waits up to this long
+    # for it to drain before it measures coverage (the lag left is reported, not a miss).
+    catch_up_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # Optional gate on `verify --queries`: mean overlap@k of the two models' top k.
+    min_query_overlap: Annotated[float, Field(ge=0, le=1)] | None = None
     min_recall_ratio: Annotated[float, Field(ge=0)] = 0.95
     max_invalid_vectors: Annotated[int, Field(ge=0)] = 0
     labelled_queries: str | None = None
@@ -356,13 +407,29 @@ class Plan(Frozen):
     def plan_hash(self) -> str:
         """Hash of what defines the migration (defaults filled in, comments and order ignored).
 
-        Tuning sections (backfill, verify, cutover, ddl) and the description are left out: an
-        operator may change a rate limit or a threshold mid-migration, never the table, text,
-        models, index or view.
+        Tuning sections (backfill, verify, cutover, ddl), the description and the index's
+        search-time settings (SEARCH_KEYS) are left out: an operator may change a rate limit, a
+        threshold or ef_search mid-migration, never the table, text, models, index DDL or view.
         """
         structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
-        blob = json.dumps(structural, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        structural["index"] = {k: v for k, v in structural["index"].items() if k not in SEARCH_KEYS}
+        return _digest(structural)
+
+    def legacy_plan_hash(self) -> str:
+        """The hash as migrator computed it before search settings were tuning (ef_search,
+        probes and iterative_scan in it): migrations registered then are still recognised."""
+        structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        structural["index"] = {
+            k: v
+            for k, v in structural["index"].items()
+            if k not in {"max_scan_tuples", "scan_mem_multiplier", "max_probes"}
+        }
+        return _digest(structural)
+
+
+def _digest(structural: dict[str, Any]) -> str:
+    blob = json.dumps(structural, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class CaptureNames(NamedTuple):

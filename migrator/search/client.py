@@ -61,6 +61,8 @@ class ActiveModel:
     ef_search: int | None = None
     probes: int | None = None
     iterative_scan: str | None = None
+    # Every search-time setting of the stored plan (index.search_settings): SET LOCAL per query.
+    search_settings: tuple[tuple[str, str], ...] = ()
     embedding_alias: str = "embedding"
     model_alias: str = "embedding_model"
     columns: tuple[str, ...] = ()
@@ -299,12 +301,8 @@ class SearchClient:
             conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            cur.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), "
-                "set_config('hnsw.iterative_scan', %s, true), "
-                "set_config('ivfflat.probes', %s, true)",
-                (str(model.ef_search or 40), model.iterative_scan or "off", str(model.probes or 1)),
-            )
+            for name, value in session_settings(model):
+                cur.execute("SELECT set_config(%s, %s, true)", (name, value))
             rows = cur.execute(stmt, {"q": vector, "fp": model.fingerprint, "k": k}).fetchall()
         out = []
         for r in rows:
@@ -312,6 +310,18 @@ class SearchClient:
             fp = str(r.pop("_model"))
             out.append(Hit(r, distance, fp))
         return out
+
+
+def session_settings(model: ActiveModel) -> tuple[tuple[str, str], ...]:
+    """What a search SETs LOCAL: the stored plan's search settings (read from the registry's
+    migration row, so a changed ef_search reaches running services within `registry_ttl`)."""
+    if model.search_settings:
+        return model.search_settings
+    return (
+        ("hnsw.ef_search", str(model.ef_search or 40)),
+        ("hnsw.iterative_scan", model.iterative_scan or "off"),
+        ("ivfflat.probes", str(model.probes or 1)),
+    )
 
 
 def guarded_query(model: ActiveModel) -> sql.Composed:
@@ -362,6 +372,7 @@ def _active_model(schema: str, name: str, row: dict[str, Any]) -> ActiveModel:
         ef_search=plan.index.ef_search,
         probes=plan.index.probes,
         iterative_scan=plan.index.iterative_scan.value,
+        search_settings=tuple(plan.index.search_settings().items()),
         embedding_alias=plan.view.embedding_alias,
         model_alias=plan.view.model_alias,
         columns=plan.view.columns,

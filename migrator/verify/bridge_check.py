@@ -12,12 +12,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from migrator.bridge import store
 from migrator.bridge.fit import BridgeMap
 from migrator.plan.model import Metric, Plan
-from migrator.verify.data import Column
 from migrator.verify.metrics import F32, exact_topk, ratio, recall_at_k
 from migrator.verify.report import Check, Status
 
@@ -178,31 +174,31 @@ def check(plan: Plan, bridge_id: int | None, figs: dict[str, Any] | None, why: s
     )
 
 
-def verify_hook(
-    conn: psycopg.Connection,
+def from_exact(
     plan: Plan,
+    bridge_id: int,
+    replaces_source: bool,
+    corpus: int,
     own: Sequence[str],
-    q_old: F32,
-    q_new: F32,
-    source: Column,
-    target: Column,
+    old_top: Sequence[Sequence[str]],
+    new_top: Sequence[Sequence[str]],
+    bridge_top: Sequence[Sequence[str]],
+    swap_top: Sequence[Sequence[str]] | None,
 ) -> Check:
-    """verify's bridge line: the newest bridge, on verify's own documents-as-queries."""
-    bridge = store.latest(conn, plan)
-    if bridge is None:
-        return check(plan, None, None, "no bridge fitted (`migrator bridge fit PLAN`)")
-    result = compare(
+    """verify's bridge line from exact top-k lists verify computed in its streamed passes
+    (no column held whole): old-model queries, new-model queries, bridged queries (on the
+    source column) and naive-swap queries (new-model queries on the source column)."""
+    k = plan.verify.k
+    relevant = [[pk] for pk in own]
+    result = Comparison(
         "documents",
-        relevant=[[pk] for pk in own],
-        q_new=q_new,
-        # With the old model retired, q_old came through this very bridge: not the old model.
-        q_old=None if bridge.replaces_source else q_old,
-        old_ids=source.ids,
-        old=source.matrix,
-        new_ids=target.ids,
-        new=target.matrix,
-        bridge=bridge.map,
-        k=plan.verify.k,
-        metric=plan.index.metric,
+        len(relevant),
+        corpus,
+        k,
+        # With the old model retired, the "old" queries came through this very bridge.
+        None if replaces_source else recall_at_k(old_top, relevant, k),
+        recall_at_k(new_top, relevant, k),
+        recall_at_k(bridge_top, relevant, k),
+        None if swap_top is None else recall_at_k(swap_top, relevant, k),
     )
-    return check(plan, bridge.id, figures([result], plan.bridge.min_retention))
+    return check(plan, bridge_id, figures([result], plan.bridge.min_retention))

@@ -1,4 +1,5 @@
-"""Reading what `verify` measures: a vector column at once, seeded row samples, query embeddings.
+"""Reading what `verify` measures: a vector column streamed in chunks (or, for the memory
+benchmark's baseline, at once), seeded row samples, query embeddings.
 
 Read-only: SELECT and COPY TO only, each in a short transaction so no snapshot is held while
 an index builds. Vectors travel as binary COPY parsed by numpy (about 3x faster than a row
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -19,6 +21,7 @@ from psycopg import sql
 from migrator.db.executor import backoff
 from migrator.ddl import statements as q
 from migrator.embedding import Provider, RetryableError, embed_texts
+from migrator.errors import ConfigError
 from migrator.plan.model import ModelSpec, Plan
 from migrator.verify.metrics import F32, derive_query
 
@@ -39,7 +42,9 @@ class Column:
 
 
 def load_column(conn: psycopg.Connection, plan: Plan, column: str, dims: int) -> Column:
-    """Keys and vectors of `column` (halfvec read as vector), in primary-key order, one snapshot."""
+    """Keys and vectors of `column` (halfvec read as vector), in primary-key order, one snapshot.
+    The whole column in memory: verify streams instead (scan_column); kept as the baseline
+    of bench/verify_memory.py."""
     tbl, col = q.table_ident(plan), sql.Identifier(column)
     pk = sql.Identifier(plan.table.primary_key)
     where = sql.SQL("WHERE {col} IS NOT NULL ORDER BY {pk}").format(col=col, pk=pk)
@@ -75,6 +80,99 @@ def load_column(conn: psycopg.Connection, plan: Plan, column: str, dims: int) ->
     if n and (arr["dim"] != dims).any():
         raise RuntimeError(f"{column} holds vectors of another dimension than {dims}")
     return Column(column, ids, arr["v"].astype(np.float32))
+
+
+Visit = Callable[[int, F32], None]
+
+
+def _record_dtype(dims: int) -> np.dtype[Any]:
+    return np.dtype(
+        [
+            ("fields", ">i2"),
+            ("length", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("v", ">f4", (dims,)),
+        ]
+    )
+
+
+def scan_column(
+    conn: psycopg.Connection,
+    plan: Plan,
+    column: str,
+    dims: int,
+    visitors: Sequence[Visit],
+    want: Callable[[], Collection[int]],
+    *,
+    chunk_rows: int = 16_384,
+) -> tuple[int, dict[int, str]]:
+    """Stream the non-NULL vectors of `column` in primary-key order, `chunk_rows` at a time,
+    to every visitor as (position of the chunk's first row, float32 matrix); then look up the
+    keys of the positions `want()` names. Memory: one chunk, whatever the table's size.
+
+    Returns (rows read, {position: key as text}). One REPEATABLE READ snapshot for both reads.
+    """
+    tbl, col = q.table_ident(plan), sql.Identifier(column)
+    pk = sql.Identifier(plan.table.primary_key)
+    where = sql.SQL("WHERE {col} IS NOT NULL").format(col=col)
+    record = _record_dtype(dims)
+    size = record.itemsize
+    copy_sql = sql.SQL(
+        "COPY (SELECT {col}::vector FROM {tbl} {w} ORDER BY {pk}) TO STDOUT (FORMAT BINARY)"
+    ).format(col=col, tbl=tbl, w=where, pk=pk)
+    rows = 0
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        buf = bytearray()
+        header = True
+        with conn.cursor() as cur, cur.copy(copy_sql) as cp:
+            while data := cp.read():
+                buf += data
+                if header and len(buf) >= _COPY_HEADER:
+                    del buf[:_COPY_HEADER]
+                    header = False
+                if not header and len(buf) >= chunk_rows * size:
+                    rows += _emit(buf, chunk_rows, record, dims, column, rows, visitors)
+        if header:  # nothing at all came back (cannot happen with COPY BINARY, kept safe)
+            buf.clear()
+        tail = len(buf) - _COPY_TRAILER
+        if tail % size:
+            raise RuntimeError(
+                f"{column} holds vectors of another dimension than {dims} "
+                "(the binary records do not divide evenly)"
+            )
+        if tail > 0:
+            rows += _emit(buf, tail // size, record, dims, column, rows, visitors)
+        positions = sorted(want())
+        keys: dict[int, str] = {}
+        if positions:
+            # Positions count rows in key order from 0, in this same snapshot.
+            lookup = sql.SQL(
+                "SELECT rn - 1, k FROM (SELECT {pk}::text AS k, row_number() OVER "
+                "(ORDER BY {pk}) AS rn FROM {tbl} {w}) s WHERE rn - 1 = ANY(%s)"
+            ).format(pk=pk, tbl=tbl, w=where)
+            keys = {int(r[0]): str(r[1]) for r in conn.execute(lookup, (positions,))}
+    return rows, keys
+
+
+def _emit(
+    buf: bytearray,
+    n: int,
+    record: np.dtype[Any],
+    dims: int,
+    column: str,
+    offset: int,
+    visitors: Sequence[Visit],
+) -> int:
+    arr = np.frombuffer(bytes(buf[: n * record.itemsize]), dtype=record, count=n)
+    del buf[: n * record.itemsize]
+    if (arr["fields"] != 1).any() or (arr["dim"] != dims).any():
+        raise RuntimeError(f"{column} holds vectors of another dimension than {dims}")
+    matrix = arr["v"].astype(np.float32)
+    for visit in visitors:
+        visit(offset, matrix)
+    return n
 
 
 def sample_rows(
@@ -169,3 +267,42 @@ def embed_all(
     for i, vec in out.vectors.items():
         mat[i] = vec
     return mat, [i for i in range(len(texts)) if i not in out.vectors]
+
+
+def row_labels(
+    conn: psycopg.Connection, plan: Plan, keys: Sequence[str], chars: int
+) -> dict[str, str]:
+    """The first `chars` characters of each row's embedded text (for the examples section)."""
+    if not keys:
+        return {}
+    query = sql.SQL(
+        "SELECT {pk}::text, left(regexp_replace({text}, '\\s+', ' ', 'g'), %s) FROM {tbl} "
+        "WHERE {pk}::text = ANY(%s)"
+    ).format(
+        pk=sql.Identifier(plan.table.primary_key), text=q.text_expr(plan), tbl=q.table_ident(plan)
+    )
+    return {str(r[0]): str(r[1] or "") for r in conn.execute(query, (chars, list(keys)))}
+
+
+def queries_from_column(conn: psycopg.Connection, spec: str, n: int) -> list[str]:
+    """Up to n distinct non-blank values of `[schema.]table.column` (a query log), sampled
+    reproducibly (by md5 of the text)."""
+    parts = spec.split(".")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ConfigError(
+            f"queries column {spec!r}: expected [schema.]table.column",
+            hint="e.g. --queries-column public.search_log.query",
+        )
+    *rel, col = parts
+    query = sql.SQL(
+        "SELECT q FROM (SELECT DISTINCT btrim({c}::text) AS q FROM {t} WHERE "
+        "btrim(coalesce({c}::text, '')) <> '') s ORDER BY md5(q), q LIMIT %s"
+    ).format(c=sql.Identifier(col), t=sql.Identifier(*rel))
+    try:
+        with conn.transaction():
+            return [str(r[0]) for r in conn.execute(query, (n,))]
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        raise ConfigError(
+            f"queries column {spec}: {exc.diag.message_primary}",
+            hint="name an existing [schema.]table.column",
+        ) from None

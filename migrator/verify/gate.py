@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from migrator.db import state
 from migrator.errors import PhaseError
 from migrator.plan.model import Plan
 
@@ -105,9 +106,14 @@ def require_current_pass(conn: psycopg.Connection, plan: Plan) -> GateStatus:
             "no verification report for this migration", hint="run `migrator verify PLAN` first"
         )
     if not st.passed:
+        verdict = state.latest_verdict(conn, plan.name)
         raise PhaseError(
-            f"the latest verification (report {st.report_id}) failed",
-            hint="fix what failed and run `migrator verify PLAN` again",
+            verdict.message
+            if verdict
+            else f"the latest verification (report {st.report_id}) failed",
+            hint=verdict.hint
+            if verdict
+            else "fix what failed and run `migrator verify PLAN` again",
         )
     if not st.current:
         raise PhaseError(

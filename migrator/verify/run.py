@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-from migrator.backfill import preflight
+import psycopg
+
+from migrator.backfill import ledger, preflight
 from migrator.bridge import store as bridge_store
 from migrator.bridge.provider import bridged
 from migrator.config import Settings
@@ -22,28 +23,19 @@ from migrator.db import state
 from migrator.db.catalog import index_info
 from migrator.db.context import Context
 from migrator.embedding import Provider, provider_for
-from migrator.errors import ConfigError, GateFailedError
+from migrator.errors import ConfigError, GateFailedError, PhaseError
 from migrator.plan.model import Plan
-from migrator.verify import bridge_check, checks, data, gate
-from migrator.verify import labelled as verify_labelled
+from migrator.verify import checks, gate, samples
 from migrator.verify.index_build import IndexResult, OnProgress, ensure_index
-from migrator.verify.report import Check, Report
+from migrator.verify.report import Report
+from migrator.verify.samples import QUERY_MODES, Stage, Timer, VerifyOptions, resolve_labelled
 
 # Phases a passing report may move to verified (cut_over stays cut_over: the switch is done).
 _TO_VERIFIED = frozenset(
     {state.State.EXPANDED, state.State.BACKFILLED, state.State.VERIFIED, state.State.ROLLED_BACK}
 )
-QUERY_MODES = ("span", "text")
 _QUERY_TEXT = {"span": "8-15 consecutive words of", "text": "the whole text of"}
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    build_index: bool = True
-    sample: int | None = None  # default: plan.verify.sample_size
-    seed: int | None = None  # default: plan.verify.seed
-    query_mode: str = "span"  # "span": 8-15 words of the row's text; "text": the whole text
-    plan_dir: Path | None = None  # where a relative labelled_queries path is looked up first
+__all__ = ["QUERY_MODES", "Stage", "VerifyFailed", "VerifyOptions", "resolve_labelled", "verify"]
 
 
 @dataclass(frozen=True)
@@ -58,26 +50,23 @@ class VerifyFailed(GateFailedError):
     """A gate failed; the report was stored. Carries the report for rendering."""
 
     def __init__(self, outcome: VerifyOutcome) -> None:
-        failed = ", ".join(outcome.report.failed)
         super().__init__(
-            f"verification failed: {failed} (report {outcome.report_id})",
-            hint="see the report; fix what failed, then `migrator verify PLAN` again",
+            f"verification failed (report {outcome.report_id}): {outcome.report.failure}",
+            hint=outcome.report.next_step,
         )
         self.outcome = outcome
-
-
-Stage = Callable[[str], None]
 
 
 def verify(
     settings: Settings,
     plan: Plan,
-    options: VerifyOptions = VerifyOptions(),
+    options: VerifyOptions | None = None,
     *,
     on_stage: Stage | None = None,
     on_index_progress: OnProgress | None = None,
 ) -> VerifyOutcome:
     """Run the gate; return the outcome on a pass, raise VerifyFailed (stored) on a failure."""
+    options = options or VerifyOptions()
     if options.query_mode not in QUERY_MODES:
         raise ConfigError(f"unknown query mode {options.query_mode!r}", hint="use span or text")
     with preflight.context(settings, plan, "verify") as ctx:
@@ -87,29 +76,20 @@ def verify(
     return outcome
 
 
-class _Timer:
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
-        self.parts: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        self.stage(name)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
-
-
 def _verify(
     ctx: Context, opts: VerifyOptions, stage: Stage, on_index: OnProgress | None
 ) -> VerifyOutcome:
     plan, conn = ctx.plan, ctx.conn
     t0 = time.perf_counter()
-    timer = _Timer(stage)
+    timer = Timer(stage)
     # Read before any check: changes captured while verify runs count against this report.
     watermark = gate.changes_watermark(conn, plan.name)
+    with timer.part("coverage (waiting for the catch-up)"):
+        counts, waited = wait_for_catch_up(conn, plan)
+        cov, rows = checks.coverage(conn, plan, counts, waited)
+    # Before the index build: an index built on a mostly empty column stays for the rest of
+    # the backfill, and every gate below would measure a fraction of the table.
+    require_backfilled(ctx, counts)
     build: IndexResult | None = None
     if opts.build_index:
         with timer.part("index build"):
@@ -117,17 +97,9 @@ def _verify(
                 ctx.executor(), ctx.url, plan, ctx.ddl_policy(), on_progress=on_index
             )
     index_state = index_info(conn, plan).state
-    with timer.part("coverage"):
-        cov, rows = checks.coverage(conn, plan)
-        old = checks.old_vectors(conn, plan, rows)
-    with timer.part("read target vectors"):
-        target = data.load_column(conn, plan, plan.target.column, plan.target.model.dimensions)
-    with timer.part("read source vectors"):
-        source = data.load_column(conn, plan, plan.source.column, plan.source.model.dimensions)
-    with timer.part("vector health"):
-        health = checks.health(target, plan)
+    old = checks.old_vectors(conn, plan, rows)
     with _providers(ctx) as (old_p, new_p):
-        found = _run_samples(ctx, opts, timer, index_state, source, target, old_p, new_p)
+        found, sections = samples.run(ctx, opts, timer, index_state, old_p, new_p)
     report = Report(
         migration=plan.name,
         plan_hash=plan.plan_hash(),
@@ -138,16 +110,54 @@ def _verify(
         k=plan.verify.k,
         sample=opts.sample or plan.verify.sample_size,
         seed=plan.verify.seed if opts.seed is None else opts.seed,
-        checks=(cov, health, old, *found),
+        checks=(cov, *found[:1], old, *found[1:]),
         index_build=build.as_details() if build else (),
         seconds=time.perf_counter() - t0,
         timings=tuple(timer.parts.items()),
         notes=(
             f"queries: {_QUERY_TEXT[opts.query_mode]} each sampled row; exact search is "
-            "numpy brute force over every vector of the column",
+            "numpy brute force over every vector of the column, streamed in chunks; index "
+            "recall and latency are measured in the database with the service's query shape "
+            "(ORDER BY distance LIMIT k) on the base table, EXPLAIN-checked",
         ),
+        sections=tuple(sections),
     )
     return _record(ctx, report, rows, watermark, build)
+
+
+def wait_for_catch_up(
+    conn: psycopg.Connection,
+    plan: Plan,
+    *,
+    poll: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[checks.Counts, float]:
+    """Wait (up to verify.catch_up_wait_seconds) until the catch-up's lag is within what the
+    gate accepts (verify.max_stale_fraction of the eligible rows); returns the last counts."""
+    t0 = time.monotonic()
+    while True:
+        counts = checks.count_rows(conn, plan)
+        waited = time.monotonic() - t0
+        allowed = plan.verify.max_stale_fraction * counts.eligible
+        if counts.lag <= allowed or waited >= plan.verify.catch_up_wait_seconds:
+            return counts, waited
+        sleep(poll)
+
+
+def require_backfilled(ctx: Context, counts: checks.Counts) -> None:
+    """Refuse (exit 7) while the backfill is not complete: open backfill batches, or a
+    migration still expanded with eligible rows that nothing has filled."""
+    open_batches = ledger.open_backfill_batches(ctx.conn, ctx.plan.name)
+    phase = ctx.migration.phase if ctx.migration else None
+    if open_batches or (phase is state.State.EXPANDED and counts.missing > 0):
+        missing = counts.eligible - counts.done
+        raise PhaseError(
+            f"cannot verify: the backfill is not complete: {missing:,} of {counts.eligible:,} "
+            f"eligible rows have no vector yet ({open_batches:,} backfill batches open); no "
+            "index was built",
+            hint="let `migrator backfill PLAN` finish (`migrator status PLAN` shows its "
+            "progress), then run `migrator verify PLAN`",
+        )
 
 
 @contextlib.contextmanager
@@ -169,90 +179,6 @@ def _providers(ctx: Context) -> Iterator[tuple[Provider, Provider]]:
             new.close()
     finally:
         old.close()
-
-
-def _run_samples(
-    ctx: Context,
-    opts: VerifyOptions,
-    timer: _Timer,
-    index_state: str,
-    source: data.Column,
-    target: data.Column,
-    old_p: Provider,
-    new_p: Provider,
-) -> list[Check]:
-    plan, conn = ctx.plan, ctx.conn
-    n = opts.sample or plan.verify.sample_size
-    seed = plan.verify.seed if opts.seed is None else opts.seed
-    k = plan.verify.k
-    with timer.part("freshness sample"):
-        t0 = time.perf_counter()
-        ids, texts, stored = data.sample_with_vectors(conn, plan, plan.target.column, n, seed)
-        emb, failed = data.embed_all(new_p, plan.target.model, texts)
-        fresh = checks.freshness(plan, ids, stored, emb, failed, time.perf_counter() - t0)
-    with timer.part("parity sample"):
-        t0 = time.perf_counter()
-        rows = data.sample_rows(
-            conn, plan, n, seed, "parity", require=(plan.source.column, plan.target.column)
-        )
-        queries = data.queries_for([t for _, t in rows], seed, opts.query_mode)
-    with timer.part("parity embed"):
-        q_old, f_old = data.embed_all(old_p, plan.source.model, queries)
-        q_new, f_new = data.embed_all(new_p, plan.target.model, queries)
-    with timer.part("parity search"):
-        keep = [i for i in range(len(rows)) if i not in set(f_old) | set(f_new)]
-        own = [rows[i][0] for i in keep]
-        old_top = checks.topk(source, q_old[keep], k, plan)
-        new_top = checks.topk(target, q_new[keep], k, plan)
-        par = checks.parity(
-            plan, own, old_top.ids, new_top.ids, k, len(rows) - len(keep), time.perf_counter() - t0
-        )
-    with timer.part("index recall"):
-        # The same queries, the same exact answers: only the index path is new work.
-        idx = checks.index_recall(conn, plan, index_state, target, q_new[keep], k, new_top)
-    with timer.part("labelled queries"):
-        lab = _labelled(plan, opts, source, target, old_p, new_p)
-    with timer.part("bridge"):
-        bridge = bridge_check.verify_hook(conn, plan, own, q_old[keep], q_new[keep], source, target)
-    return [fresh, idx, par, lab, bridge]
-
-
-def _labelled(
-    plan: Plan,
-    opts: VerifyOptions,
-    source: data.Column,
-    target: data.Column,
-    old_p: Provider,
-    new_p: Provider,
-) -> Check:
-    name = plan.verify.labelled_queries
-    if not name:
-        return checks.skipped("labelled", "labelled queries", "no labelled_queries in the plan")
-    t0 = time.perf_counter()
-    path = resolve_labelled(name, opts.plan_dir)
-    items = verify_labelled.load_labelled(path)
-    q_old, f_old = data.embed_all(old_p, plan.source.model, [q for q, _ in items])
-    q_new, f_new = data.embed_all(new_p, plan.target.model, [q for q, _ in items])
-    keep = [i for i in range(len(items)) if i not in set(f_old) | set(f_new)]
-    k = plan.verify.k
-    return verify_labelled.labelled(
-        plan,
-        [items[i][1] for i in keep],
-        checks.topk(source, q_old[keep], k, plan).ids,
-        checks.topk(target, q_new[keep], k, plan).ids,
-        k,
-        time.perf_counter() - t0,
-    )
-
-
-def resolve_labelled(name: str, plan_dir: Path | None) -> Path:
-    """An absolute path as is; a relative one next to the plan file first, then from the cwd."""
-    p = Path(name)
-    if p.is_absolute():
-        return p
-    if plan_dir is not None and (plan_dir / p).exists():
-        return plan_dir / p
-    return Path.cwd() / p
 
 
 def _record(

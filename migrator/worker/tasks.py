@@ -43,9 +43,7 @@ class Runtime:
     settings: Settings
     conn: psycopg.Connection | None = None
     plans: dict[str, tuple[str, Plan]] = field(default_factory=dict)
-    providers: dict[tuple[str, str, int | None], tuple[Any, Provider]] = field(
-        default_factory=dict
-    )
+    providers: dict[tuple[str, str, int | None], tuple[Any, Provider]] = field(default_factory=dict)
     limiters: dict[tuple[str, str], tuple[Any, Limiter]] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
     heartbeats: dict[float, Heartbeat] = field(default_factory=dict)

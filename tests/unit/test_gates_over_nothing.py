@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from migrator.verify.checks import freshness, health, parity
-from migrator.verify.data import Column
 from migrator.verify.labelled import labelled
 from migrator.verify.report import Status, gate
+from migrator.verify.streaming import RunningHealth
 from tests.helpers import demo_plan
 
 PLAN = demo_plan()
@@ -46,8 +46,9 @@ def test_labelled_without_queries_or_baseline_fails() -> None:
 
 def test_health_and_freshness_over_no_vector_fail() -> None:
     dims = PLAN.target.model.dimensions
-    empty = Column("embedding_v2", (), np.zeros((0, dims), dtype=np.float32))
-    assert health(empty, PLAN).status is Status.FAIL
+    empty = RunningHealth(dims, normalized=True, norm_tol=1e-3)
+    empty.add(0, np.zeros((0, dims), dtype=np.float32))
+    assert health(empty.result(), PLAN).status is Status.FAIL
     none = np.zeros((0, dims), dtype=np.float32)
     assert freshness(PLAN, [], none, none, [], 0.0).status is Status.FAIL
     some = np.ones((2, dims), dtype=np.float32)
