@@ -4,18 +4,23 @@ new vectors), cutover retiring the bridge and rollback falling back to it."""
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from migrator import bridging, switch
+from migrator.cli import cli
 from migrator.config import Settings
 from migrator.db import state
 from migrator.db.connect import connect
 from migrator.errors import GateFailedError, PhaseError
 from migrator.plan.model import Plan
 from migrator.search.client import SearchClient
-from tests.switch_helpers import migrated_state, switch_plan
+from migrator.verify.run import verify
+from tests.switch_helpers import migrated_state, plan_file, switch_plan
 
 pytestmark = pytest.mark.integration
 QUERY = "Return the number of bytes written"
@@ -109,6 +114,43 @@ def test_bridge_fit_on_guard_cutover_rollback(settings: Settings, database_url: 
     # A rollback without a bridge named as the old model's stand-in uses none.
     switch.cutover(settings, plan)
     assert switch.rollback(settings, plan).bridge_id is None
+
+
+def test_cli_bridge_commands_and_verify_line(
+    settings: Settings, database_url: str, tmp_path: Path
+) -> None:
+    plan = switch_plan(target__model__dimensions=256, target__model__name="local-hash-new")
+    migrated_state(settings, plan, 1000)
+    path = plan_file(plan, tmp_path)
+    runner = CliRunner()
+    db = ["--database-url", database_url]
+
+    out = runner.invoke(cli, ["bridge", "on", path, *db])
+    assert out.exit_code == 7 and "bridge fit" in out.output, out.output  # none fitted
+
+    out = runner.invoke(cli, ["bridge", "fit", path, *db, "--json"])
+    assert out.exit_code == 0, out.output
+    fitted = json.loads(out.output)
+    retention = fitted["figures"]["retention"]
+    out = runner.invoke(cli, ["bridge", "fit", path, *db])
+    assert out.exit_code == 0 and "recommendation:" in out.output, out.output
+
+    strict = plan_file(_with(plan, min_retention=min(1.0, retention + 0.01)), tmp_path)
+    if retention + 0.01 <= 1.0:
+        out = runner.invoke(cli, ["bridge", "on", strict, *db])
+        assert out.exit_code == 9 and "bridge.min_retention" in out.output, out.output
+    out = runner.invoke(cli, ["bridge", "on", strict, *db, "--force"])
+    assert out.exit_code == 0 and "through bridge" in out.output, out.output
+    out = runner.invoke(cli, ["bridge", "off", path, *db])
+    assert out.exit_code == 0 and "old-model queries" in out.output, out.output
+
+    # verify reports the newest bridge on its own queries; informational, never a failure.
+    outcome = verify(settings, plan)
+    line = next(c for c in outcome.report.checks if c.key == "bridge")
+    assert line.status.value == "skip" and line.threshold == plan.bridge.min_retention
+    docs = line.detail("documents")
+    assert docs["queries"] > 0 and docs["recall@10_old"] is not None
+    assert line.figure == docs["retention"] and outcome.report.passed
 
 
 def test_bridge_fit_refuses_too_few_paired_rows(settings: Settings, database_url: str) -> None:

@@ -119,7 +119,9 @@ def test_sunset_drill_bridge_on_cutover_rollback_cutover(
             assert "error" not in outcome, outcome
             assert drill.wait_for(40)
 
-            verify(st, plan)  # its baseline: the bridge (the old model cannot embed)
+            # Its baseline is the bridge: the old model cannot embed; the bridge line says so.
+            line = next(c for c in verify(st, plan).report.checks if c.key == "bridge")
+            assert line.detail("documents")["recall@10_old"] is None
             switch.cutover(st, plan)
             assert drill.wait_for(40)
 
