@@ -213,7 +213,8 @@ def _failed(
         metrics.batch_failed()
         return {"batch": batch_id, "status": "failed", "error": msg}
     log.warning("batch %s: %s; retry %d in %.1fs", batch_id, msg, retries + 1, delay)
-    ledger.release(conn, batch_id, msg, delay, worker=_worker_id())
+    grace = 2 * plan.backfill.lease_seconds
+    ledger.release(conn, batch_id, msg, delay, worker=_worker_id(), grace_s=grace)
     metrics.batch_retried()
     raise task.retry(countdown=delay, exc=exc)
 
