@@ -103,7 +103,7 @@ class OperationSoak:
     def watcher(self, url: str) -> None:
         """Poll the killed batches: when another worker claimed them, when they were done."""
         while not self._stop.wait(0.25):
-            open_ = [(k, b) for k in self.kills for b in k.batches if b not in k.done]
+            open_ = [(k, b) for k in self.kills for b in list(k.batches) if b not in k.done]
             if not open_:
                 continue
             with psycopg.connect(url) as conn:
@@ -117,6 +117,9 @@ class OperationSoak:
                 status, by = seen.get(b, ("gone", None))
                 if b not in k.reclaimed and status == "running" and by != k.batches[b]:
                     k.reclaimed[b] = now - k.at
+                if b not in k.reclaimed and status == "done" and by == k.batches[b]:
+                    k.batches.pop(b)  # it finished just before the kill: nothing to recover
+                    continue
                 if status in ("done", "dead", "gone"):
                     k.reclaimed.setdefault(b, now - k.at)
                     k.done[b] = now - k.at

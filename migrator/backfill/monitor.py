@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 PHASES_WITH_SOURCE = (State.CUT_OVER, State.ROLLED_BACK)
 TRANSIENT_ATTEMPTS = 10  # passes in a row that may fail on a deadlock or lock timeout
+LOST_MESSAGE_LEASES = 3  # an unclaimed message is lost after this many leases, queue empty
 
 
 @dataclass
@@ -333,7 +334,11 @@ class Monitor:
             self.expired += 1
         fresh = set(ledger.to_enqueue(self.conn, name, 1e9, queue_empty=False))
         depth = self.enq.queue_depth()
-        lost = ledger.to_enqueue(self.conn, name, self.stall, queue_empty=depth == 0)
+        # A message prefetched by a worker that died is neither queued nor claimed: with the
+        # queue empty, a batch enqueued this long ago and still unclaimed lost its message.
+        # A live but busy worker's prefetched message gets a duplicate: harmless (the claim).
+        lost_after = min(self.stall, LOST_MESSAGE_LEASES * self.plan.backfill.lease_seconds)
+        lost = ledger.to_enqueue(self.conn, name, lost_after, queue_empty=depth == 0)
         for batch_id in lost:
             if batch_id not in fresh:
                 log.warning("re-enqueueing batch %d: its message is lost (queue empty)", batch_id)
