@@ -148,6 +148,15 @@ def held_by(conn: psycopg.Connection, batch_id: int) -> str | None:
     return None if row is None else str(row[0])
 
 
+def worker_seen(conn: psycopg.Connection, worker: str) -> None:
+    """The worker process is alive (its heartbeat, every lease/4 seconds)."""
+    conn.execute(
+        "INSERT INTO migrator.workers (id, seen_at) VALUES (%s, now()) "
+        "ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+        (worker,),
+    )
+
+
 def renew(conn: psycopg.Connection, batch_id: int, token: str, lease_s: float) -> bool:
     """Extend the lease if it is still ours; False when another claim took the batch."""
     cur = conn.execute(
@@ -262,23 +271,28 @@ class Expired:
     seconds_late: float
 
 
-def expire_leases(conn: psycopg.Connection, name: str, stall_after: float) -> list[Expired]:
+def expire_leases(
+    conn: psycopg.Connection, name: str, stall_after: float, lease_s: float = 20.0
+) -> list[Expired]:
     """Running batches whose lease expired (their worker died) back to pending, message to be
     sent again; likewise pending batches whose retry was not claimed by its due time plus
-    the grace (`release`: the worker holding the retry died). Batches claimed before leases
+    the grace (`release`) while the worker holding it is no longer seen alive (no heartbeat
+    for `lease_s`): a busy worker's late retry is not taken from it. Batches claimed before leases
     existed (NULL) fall back to `stall_after`."""
     rows = conn.execute(
         "WITH old AS (SELECT id, claimed_by, coalesce(lease_until, claimed_at) AS since "
         "FROM migrator.batches WHERE migration = %(m)s AND ((status = 'running' "
         "AND (lease_until < now() OR (lease_until IS NULL "
         "AND claimed_at < now() - make_interval(secs => %(s)s)))) "
-        "OR (status = 'pending' AND lease_until < now())) FOR UPDATE SKIP LOCKED) "
+        "OR (status = 'pending' AND lease_until < now() AND NOT EXISTS (SELECT 1 FROM "
+        "migrator.workers w WHERE w.id = claimed_by "
+        "AND w.seen_at > now() - make_interval(secs => %(l)s)))) FOR UPDATE SKIP LOCKED) "
         "UPDATE migrator.batches b SET status = 'pending', enqueued_at = NULL, "
         "lease_token = NULL, lease_until = NULL, "
         "error = coalesce(b.error, 'worker lost (lease expired)') FROM old "
         "WHERE b.id = old.id AND b.status IN ('running', 'pending') "
         "RETURNING b.id, old.claimed_by, extract(epoch FROM now() - old.since)::float8",
-        {"m": name, "s": stall_after},
+        {"m": name, "s": stall_after, "l": lease_s},
     ).fetchall()
     return [Expired(int(r[0]), r[1], float(r[2])) for r in sorted(rows)]
 

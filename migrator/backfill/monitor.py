@@ -324,7 +324,8 @@ class Monitor:
         """Send again the batches whose message or worker is gone, logging each batch once: a
         running batch whose lease expired goes back to pending in the same statement."""
         name = self.plan.name
-        for b in ledger.expire_leases(self.conn, name, self.stall):
+        lease = self.plan.backfill.lease_seconds
+        for b in ledger.expire_leases(self.conn, name, self.stall, lease):
             log.warning(
                 "re-enqueueing batch %d: the lease of %s expired %.0f s ago (worker lost)",
                 b.id,

@@ -68,7 +68,7 @@ class Runtime:
         if found is None:
             url = resolve_url(self.settings)
             found = self.heartbeats[lease] = Heartbeat(
-                lambda: connect(url, application_name="migrator-heartbeat"), lease
+                lambda: connect(url, application_name="migrator-heartbeat"), lease, _worker_id()
             )
         return found
 

@@ -57,7 +57,8 @@ def test_lease_claim_expiry_and_late_commit(database_url: str, settings: Setting
 
 def test_retry_lost_with_its_worker_is_sent_again(database_url: str, settings: Settings) -> None:
     """A released batch's retry lives in its worker (a Celery countdown): if that worker dies,
-    the batch is put back once its due time plus the grace passed, not after the stall time."""
+    the batch is put back once its due time plus the grace passed and the worker is no longer
+    seen, not after the stall time."""
     make_documents(database_url, 50)
     plan = unique_plan("http://127.0.0.1:9/v1", backfill__batch_size=100)
     api.adopt(settings, plan)
@@ -68,8 +69,13 @@ def test_retry_lost_with_its_worker_is_sent_again(database_url: str, settings: S
         assert ledger.claim(conn, plan.name, batch_id, "w1", 30) is not None
         ledger.release(conn, batch_id, "HTTP 500", 0.2, worker="w1", grace_s=0.3)
         assert ledger.expire_leases(conn, plan.name, 600) == []  # not due yet
+        ledger.worker_seen(conn, "w1")
         assert wait_for(lambda: _expired(conn, batch_id), 10)
-        assert [e.id for e in ledger.expire_leases(conn, plan.name, 600)] == [batch_id]
+        # Late but its worker is alive (a busy pool): the retry is not taken from it.
+        assert ledger.expire_leases(conn, plan.name, 600, lease_s=30) == []
+        # Its worker no longer seen within a lease: the retry is lost with it, sent again.
+        expired = ledger.expire_leases(conn, plan.name, 600, lease_s=0.001)
+        assert [e.id for e in expired] == [batch_id]
         assert batch_id in ledger.to_enqueue(conn, plan.name, 600, queue_empty=False)
     finally:
         conn.close()
