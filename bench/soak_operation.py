@@ -10,6 +10,7 @@ follower was still running at the end (it must never exit on its own).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import statistics
@@ -39,11 +40,26 @@ class _NoSearch:
     records: ClassVar[list[tuple[float, float, bool, int, str]]] = []
 
 
+class RequeueLines(logging.Handler):
+    """Counts the monitor's `re-enqueueing batch N:` lines per batch."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.per_batch: dict[int, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("re-enqueueing batch "):
+            n = int(msg.split()[2].rstrip(":"))
+            self.per_batch[n] = self.per_batch.get(n, 0) + 1
+
+
 class Killed:
     """One SIGKILLed worker's batches, watched until another worker has them and they are done."""
 
     def __init__(self, at: float, batches: dict[int, str], provider_down: bool) -> None:
         self.at, self.batches, self.provider_down = at, batches, provider_down
+        self.requeued: dict[int, float] = {}  # back to pending by the monitor (the lease bound)
         self.reclaimed: dict[int, float] = {}
         self.done: dict[int, float] = {}
 
@@ -115,11 +131,13 @@ class OperationSoak:
             seen = {int(i): (s, by) for i, s, by in rows}
             for k, b in open_:
                 status, by = seen.get(b, ("gone", None))
-                if b not in k.reclaimed and status == "running" and by != k.batches[b]:
-                    k.reclaimed[b] = now - k.at
-                if b not in k.reclaimed and status == "done" and by == k.batches[b]:
+                if b not in k.requeued and status == "done" and by == k.batches[b]:
                     k.batches.pop(b)  # it finished just before the kill: nothing to recover
                     continue
+                if b not in k.requeued and (status != "running" or by != k.batches[b]):
+                    k.requeued[b] = now - k.at
+                if b not in k.reclaimed and status == "running" and by != k.batches[b]:
+                    k.reclaimed[b] = now - k.at
                 if status in ("done", "dead", "gone"):
                     k.reclaimed.setdefault(b, now - k.at)
                     k.done[b] = now - k.at
@@ -194,6 +212,8 @@ class OperationSoak:
             except BaseException as exc:
                 follow_errors.append(f"{type(exc).__name__}: {exc}")
 
+        lines = RequeueLines()
+        logging.getLogger("migrator.backfill.monitor").addHandler(lines)
         t0 = time.monotonic()
         follower = threading.Thread(target=follow, daemon=True)
         threads = [
@@ -230,6 +250,7 @@ class OperationSoak:
         recover = [v for k in self.kills for v in k.done.values()]
         recover_up = [v for k in self.kills if not k.provider_down for v in k.done.values()]
         reclaim = [v for k in self.kills for v in k.reclaimed.values()]
+        requeue = [v for k in self.kills for v in k.requeued.values()]
         with psycopg.connect(url) as conn:
             s = ledger.summary(conn, plan.name)
         figures.update(
@@ -237,6 +258,8 @@ class OperationSoak:
             kills=len(self.kills),
             killed_batches=sum(len(k.batches) for k in self.kills),
             killed_batches_recovered=len(recover),
+            requeue_seconds_max=round(max(requeue), 1) if requeue else None,
+            requeue_seconds_p50=round(statistics.median(requeue), 1) if requeue else None,
             reclaim_seconds_max=round(max(reclaim), 1) if reclaim else None,
             reclaim_seconds_p50=round(statistics.median(reclaim), 1) if reclaim else None,
             recover_seconds_max=round(max(recover), 1) if recover else None,
@@ -247,6 +270,9 @@ class OperationSoak:
             follower_running_at_end=alive_at_end,
             follower_errors=follow_errors,
             batches=s["batches"],
-            failure_rounds_retried="see batches.failures",
+            re_enqueue_lines=sum(lines.per_batch.values()),
+            re_enqueue_lines_per_killed_batch_max=max(
+                (lines.per_batch.get(b, 0) for k in self.kills for b in k.batches), default=0
+            ),
         )
         return figures
