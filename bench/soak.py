@@ -9,6 +9,10 @@ resets throughout. At the end: rows lost, wrong vectors (every row recomputed wi
 HashEmbedder), dead letters, failed searches. Prints the figures as JSON.
 
     .venv/bin/python bench/soak.py --rows 100000
+
+`--scenario operation` runs the long-running operation soak instead (bench/soak_operation.py):
+a follower, a worker SIGKILLed every 30-60 s, the provider down for 2 minutes twice, a steady
+writer; it reports the time to recover each killed batch.
 """
 
 from __future__ import annotations
@@ -325,11 +329,21 @@ def main() -> None:
         default=120.0,
         help="how long faults and writes go on (then a clean catch-up pass)",
     )
+    ap.add_argument("--scenario", choices=("chaos", "operation"), default="chaos")
+    ap.add_argument("--outage-seconds", type=float, default=120.0, help="operation: each outage")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="migrator-soak-") as tmp:
-        figures = Soak(
-            args.rows, args.seed, Path(tmp), tuple(args.fault_every), args.chaos_seconds
-        ).run()
+        soak = Soak(args.rows, args.seed, Path(tmp), tuple(args.fault_every), args.chaos_seconds)
+        if args.scenario == "operation":
+            from bench.soak_operation import OperationSoak
+
+            n = args.outage_seconds
+            op = OperationSoak(
+                args.rows, args.seed, Path(tmp) / "op", outages=((40.0, n), (100.0 + n, n))
+            )
+            figures = op.run(soak.check)
+        else:
+            figures = soak.run()
     print(json.dumps(figures, indent=2))
     ok = (
         figures["rows_lost"] == 0
@@ -337,6 +351,8 @@ def main() -> None:
         and figures["searches_failed"] == 0
         and figures["deleted_rows_back"] == 0
         and figures["cross_model_rows"] == 0
+        and figures.get("follower_running_at_end", True)
+        and figures.get("killed_batches_recovered") == figures.get("killed_batches")
     )
     sys.exit(0 if ok else 1)
 

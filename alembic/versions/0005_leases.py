@@ -36,7 +36,18 @@ def upgrade() -> None:
     )
 
 
+    # Worker processes seen alive (their heartbeat): a retry held by a worker no longer seen
+    # is sent again.
+    op.create_table(
+        "workers",
+        sa.Column("id", sa.Text(), primary_key=True),
+        sa.Column("seen_at", TS, nullable=False, server_default=sa.func.now()),
+        schema=S,
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("workers", schema=S)
     op.drop_column("batches", "failures", schema=S)
     op.drop_column("batches", "plan_version", schema=S)
     op.drop_column("batches", "lease_until", schema=S)

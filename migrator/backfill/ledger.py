@@ -148,6 +148,15 @@ def held_by(conn: psycopg.Connection, batch_id: int) -> str | None:
     return None if row is None else str(row[0])
 
 
+def worker_seen(conn: psycopg.Connection, worker: str) -> None:
+    """The worker process is alive (its heartbeat, every lease/4 seconds)."""
+    conn.execute(
+        "INSERT INTO migrator.workers (id, seen_at) VALUES (%s, now()) "
+        "ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+        (worker,),
+    )
+
+
 def renew(conn: psycopg.Connection, batch_id: int, token: str, lease_s: float) -> bool:
     """Extend the lease if it is still ours; False when another claim took the batch."""
     cur = conn.execute(
@@ -191,14 +200,19 @@ def release(
     delay_s: float,
     *,
     worker: str | None = None,
+    grace_s: float = 40.0,
 ) -> None:
     """Back to pending for a retry in `delay_s`; not 'lost' before then. With `worker`, only
-    while that worker still holds the batch (nobody took it over meanwhile)."""
+    while that worker still holds the batch (nobody took it over meanwhile). The retry's
+    message (a Celery countdown) lives in that worker until it is due, so the batch keeps a
+    lease until `delay_s + grace_s`: if the worker dies meanwhile, `expire_leases` sends it
+    again instead of waiting for the stall time."""
     conn.execute(
-        "UPDATE migrator.batches SET status = 'pending', error = %s, lease_until = NULL, "
+        "UPDATE migrator.batches SET status = 'pending', error = %s, lease_token = NULL, "
+        "lease_until = now() + make_interval(secs => %s), "
         "enqueued_at = now() + make_interval(secs => %s) WHERE id = %s AND status = 'running' "
         "AND (%s::text IS NULL OR claimed_by = %s)",
-        (error[:2000], delay_s, batch_id, worker, worker),
+        (error[:2000], delay_s + grace_s, delay_s, batch_id, worker, worker),
     )
 
 
@@ -257,20 +271,28 @@ class Expired:
     seconds_late: float
 
 
-def expire_leases(conn: psycopg.Connection, name: str, stall_after: float) -> list[Expired]:
+def expire_leases(
+    conn: psycopg.Connection, name: str, stall_after: float, lease_s: float = 20.0
+) -> list[Expired]:
     """Running batches whose lease expired (their worker died) back to pending, message to be
-    sent again. Batches claimed before leases existed (NULL) fall back to `stall_after`."""
+    sent again; likewise pending batches whose retry was not claimed by its due time plus
+    the grace (`release`) while the worker holding it is no longer seen alive (no heartbeat
+    for `lease_s`): a busy worker's late retry is not taken from it. Batches claimed before leases
+    existed (NULL) fall back to `stall_after`."""
     rows = conn.execute(
         "WITH old AS (SELECT id, claimed_by, coalesce(lease_until, claimed_at) AS since "
-        "FROM migrator.batches WHERE migration = %(m)s AND status = 'running' "
+        "FROM migrator.batches WHERE migration = %(m)s AND ((status = 'running' "
         "AND (lease_until < now() OR (lease_until IS NULL "
-        "AND claimed_at < now() - make_interval(secs => %(s)s))) FOR UPDATE SKIP LOCKED) "
+        "AND claimed_at < now() - make_interval(secs => %(s)s)))) "
+        "OR (status = 'pending' AND lease_until < now() AND NOT EXISTS (SELECT 1 FROM "
+        "migrator.workers w WHERE w.id = claimed_by "
+        "AND w.seen_at > now() - make_interval(secs => %(l)s)))) FOR UPDATE SKIP LOCKED) "
         "UPDATE migrator.batches b SET status = 'pending', enqueued_at = NULL, "
         "lease_token = NULL, lease_until = NULL, "
         "error = coalesce(b.error, 'worker lost (lease expired)') FROM old "
-        "WHERE b.id = old.id AND b.status = 'running' "
+        "WHERE b.id = old.id AND b.status IN ('running', 'pending') "
         "RETURNING b.id, old.claimed_by, extract(epoch FROM now() - old.since)::float8",
-        {"m": name, "s": stall_after},
+        {"m": name, "s": stall_after, "l": lease_s},
     ).fetchall()
     return [Expired(int(r[0]), r[1], float(r[2])) for r in sorted(rows)]
 
@@ -364,6 +386,9 @@ def sweep(
             "(b.kind = 'ids' AND {pk}::text = ANY(b.ids)) OR (b.kind = 'range' "
             "AND (b.key_lo IS NULL OR {pk} > b.key_lo::{pkt}) "
             "AND (b.key_hi IS NULL OR {pk} <= b.key_hi::{pkt})))) "
+            # A row with a change not yet batched gets its catch-up batch on the next pass.
+            "AND NOT EXISTS (SELECT 1 FROM migrator.changes c WHERE c.migration = %(m)s "
+            "AND c.processed_at IS NULL AND c.pk = {pk}::text) "
         ).format(pk=pk, pkt=pkt)
     query = sql.SQL(
         "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "

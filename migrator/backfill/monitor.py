@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 PHASES_WITH_SOURCE = (State.CUT_OVER, State.ROLLED_BACK)
 TRANSIENT_ATTEMPTS = 10  # passes in a row that may fail on a deadlock or lock timeout
+LOST_MESSAGE_LEASES = 3  # an unclaimed message is lost after this many leases, queue empty
 
 
 @dataclass
@@ -323,7 +324,8 @@ class Monitor:
         """Send again the batches whose message or worker is gone, logging each batch once: a
         running batch whose lease expired goes back to pending in the same statement."""
         name = self.plan.name
-        for b in ledger.expire_leases(self.conn, name, self.stall):
+        lease = self.plan.backfill.lease_seconds
+        for b in ledger.expire_leases(self.conn, name, self.stall, lease):
             log.warning(
                 "re-enqueueing batch %d: the lease of %s expired %.0f s ago (worker lost)",
                 b.id,
@@ -333,7 +335,11 @@ class Monitor:
             self.expired += 1
         fresh = set(ledger.to_enqueue(self.conn, name, 1e9, queue_empty=False))
         depth = self.enq.queue_depth()
-        lost = ledger.to_enqueue(self.conn, name, self.stall, queue_empty=depth == 0)
+        # A message prefetched by a worker that died is neither queued nor claimed: with the
+        # queue empty, a batch enqueued this long ago and still unclaimed lost its message.
+        # A live but busy worker's prefetched message gets a duplicate: harmless (the claim).
+        lost_after = min(self.stall, LOST_MESSAGE_LEASES * self.plan.backfill.lease_seconds)
+        lost = ledger.to_enqueue(self.conn, name, lost_after, queue_empty=depth == 0)
         for batch_id in lost:
             if batch_id not in fresh:
                 log.warning("re-enqueueing batch %d: its message is lost (queue empty)", batch_id)

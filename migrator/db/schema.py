@@ -99,6 +99,14 @@ batches = Table(
     Index("batches_migration_status_idx", "migration", "status"),
 )
 
+# 0005: worker processes seen alive by their heartbeat.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 dead_letters = Table(
     "dead_letters",
     metadata,

@@ -70,7 +70,7 @@ class Runtime:
         if found is None:
             url = resolve_url(self.settings)
             found = self.heartbeats[lease] = Heartbeat(
-                lambda: connect(url, application_name="migrator-heartbeat"), lease
+                lambda: connect(url, application_name="migrator-heartbeat"), lease, _worker_id()
             )
         return found
 
@@ -223,7 +223,8 @@ def _failed(
         metrics.batch_failed()
         return {"batch": batch_id, "status": "failed", "error": msg}
     log.warning("batch %s: %s; retry %d in %.1fs", batch_id, msg, retries + 1, delay)
-    ledger.release(conn, batch_id, msg, delay, worker=_worker_id())
+    grace = 2 * plan.backfill.lease_seconds
+    ledger.release(conn, batch_id, msg, delay, worker=_worker_id(), grace_s=grace)
     metrics.batch_retried()
     raise task.retry(countdown=delay, exc=exc)
 

@@ -53,3 +53,29 @@ def test_lease_claim_expiry_and_late_commit(database_url: str, settings: Setting
         assert ledger.finish(conn, batch_id, **counters, lease_token=second.lease_token) == 1
     finally:
         conn.close()
+
+
+def test_retry_lost_with_its_worker_is_sent_again(database_url: str, settings: Settings) -> None:
+    """A released batch's retry lives in its worker (a Celery countdown): if that worker dies,
+    the batch is put back once its due time plus the grace passed and the worker is no longer
+    seen, not after the stall time."""
+    make_documents(database_url, 50)
+    plan = unique_plan("http://127.0.0.1:9/v1", backfill__batch_size=100)
+    api.adopt(settings, plan)
+    conn = connect(database_url)
+    try:
+        with conn.transaction():
+            (batch_id,) = ledger.id_batches(conn, plan, Role.TARGET, ["1"])
+        assert ledger.claim(conn, plan.name, batch_id, "w1", 30) is not None
+        ledger.release(conn, batch_id, "HTTP 500", 0.2, worker="w1", grace_s=0.3)
+        assert ledger.expire_leases(conn, plan.name, 600) == []  # not due yet
+        ledger.worker_seen(conn, "w1")
+        assert wait_for(lambda: _expired(conn, batch_id), 10)
+        # Late but its worker is alive (a busy pool): the retry is not taken from it.
+        assert ledger.expire_leases(conn, plan.name, 600, lease_s=30) == []
+        # Its worker no longer seen within a lease: the retry is lost with it, sent again.
+        expired = ledger.expire_leases(conn, plan.name, 600, lease_s=0.001)
+        assert [e.id for e in expired] == [batch_id]
+        assert batch_id in ledger.to_enqueue(conn, plan.name, 600, queue_empty=False)
+    finally:
+        conn.close()
