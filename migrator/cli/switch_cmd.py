@@ -17,6 +17,7 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
+from migrator.cli.render import render_drill
 from migrator.db.connect import resolve_url
 from migrator.errors import ConfigError
 
@@ -222,40 +223,7 @@ def drill_cmd(
 
 
 def _print_drill(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(
-        "phase",
-        "from s",
-        "queries",
-        "failed",
-        "cross-model",
-        "empty",
-        "hit rate",
-        "retries",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        title=(
-            f"drill: {data['queries']} queries in {data['seconds']} s "
-            f"({data['qps_achieved']}/s, {data['processes']} processes)"
-        ),
-    )
-    for p in data["phases"]:
-        t.add_row(
-            p["phase"],
-            str(p["started_s"]),
-            str(p["queries"]),
-            str(p["failed"]),
-            str(p["cross_model_rows"]),
-            str(p["empty"]),
-            str(p["hit_rate"]),
-            str(p["model_switch_retries"]),
-            str(p["p50_ms"]),
-            str(p["p95_ms"]),
-            str(p["p99_ms"]),
-        )
-    make_console().print(t)
+    render_drill(make_console(), data)
     for err in data["errors"]:
         click.echo(f"  error: {err}", err=True)
 
