@@ -247,7 +247,12 @@ def operator_lock(conn: psycopg.Connection, migration: str) -> Iterator[None]:
             "LIMIT 1",
             (f"migrator:{migration}",),
         ).fetchone()
-        who = f" (pid {holder[2]}, {holder[0]})" if holder else ""
+        who = f" (database backend pid {holder[2]})" if holder else ""
+        if holder and str(holder[0]).startswith("migrator:"):
+            # application_name is migrator:<host>:<pid>[:<command>] (db.connect.app_name)
+            _, host, pid, *cmd = str(holder[0]).split(":", 3)
+            doing = f" running `{cmd[0]}`" if cmd else ""
+            who = f" (migrator process {pid} on host {host}{doing})"
         raise ConcurrentRunError(
             f"another migrator process is acting on migration {migration!r}{who}",
             hint="wait for it to finish; nothing was changed by this command",
