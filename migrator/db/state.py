@@ -71,8 +71,11 @@ REFUSAL_HINTS: dict[tuple[str, State], str] = {
 }
 
 NEXT_STEP: dict[State | None, str] = {
-    None: "run `migrator backfill PLAN` to start the migration",
-    State.PLANNED: "run `migrator backfill PLAN`",
+    # The same order as docs/quickstart.md: adopt, move the service to the view, backfill.
+    None: "run `migrator adopt PLAN`, point the search service at the view "
+    "(docs/adopting-the-view.md), then `migrator backfill PLAN`",
+    State.PLANNED: "point the search service at the view if it still reads the table "
+    "(docs/adopting-the-view.md), then run `migrator backfill PLAN`",
     State.EXPANDED: "run `migrator backfill PLAN` until it completes",
     State.BACKFILLED: "run `migrator verify PLAN`",
     State.VERIFIED: "run `migrator cutover PLAN`",

@@ -113,3 +113,63 @@ def test_irreversible_commands_need_yes_without_a_terminal() -> None:
 def test_exit_codes_are_distinct_and_documented() -> None:
     assert PlanError.exit_code == 13 and ConfirmationRequired.exit_code == 14
     assert "usage" in EXIT_CODES[2] and "--debug" in EXIT_CODES[1]
+
+
+def test_help_status_and_quickstart_agree_on_the_flow() -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from migrator.cli import cli
+    from migrator.db.state import NEXT_STEP
+
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    flow = [
+        w
+        for w in ("plan", "adopt", "backfill", "verify", "cutover")
+        if f"migrator {w} " in help_text
+    ]
+    assert flow == ["plan", "adopt", "backfill", "verify", "cutover"]
+    assert help_text.index("migrator adopt") < help_text.index("migrator backfill")
+    fresh = NEXT_STEP[None]
+    assert fresh.index("migrator adopt") < fresh.index("migrator backfill")
+    quick = (Path(__file__).resolve().parents[2] / "docs" / "quickstart.md").read_text()
+    assert quick.index("migrator adopt") < quick.index("migrator backfill plans/")
+    assert "starts two local" in quick
+
+
+def test_django_example_answers_400_for_a_bad_k() -> None:
+    """Run the docs' Django view with stand-ins for Django and the client."""
+    import re as _re
+    import types
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "adopting-the-view.md").read_text()
+    block = _re.search(r"# search/views.py\n(.*?)```", text, flags=_re.S)
+    assert block
+    code = "\n".join(
+        ln for ln in block.group(1).splitlines() if not ln.startswith(("from ", "import "))
+    )
+
+    class Response:
+        def __init__(self, data: object, status: int = 200) -> None:
+            self.data, self.status = data, status
+
+    calls: list[int] = []
+    client = types.SimpleNamespace(
+        search=lambda q, k: calls.append(k) or types.SimpleNamespace(fingerprint="fp")
+    )
+    ns: dict[str, object] = {
+        "JsonResponse": Response,
+        "as_rows": lambda r: [],
+        "search_client": lambda: client,
+    }
+    exec(code, ns)  # the documentation's own example
+    view = ns["search"]
+
+    def get(**params: str) -> Response:
+        return view(types.SimpleNamespace(GET=params))  # type: ignore[operator,no-any-return]
+
+    assert get(q="x", k="ten").status == 400
+    assert get(q="x", k="0").status == 400
+    assert get(q="x", k="5").status == 200 and calls == [5]
