@@ -204,17 +204,29 @@ def finalize_allowed_at(migration: state.Migration, plan: Plan) -> datetime | No
     return migration.cutover_at + timedelta(hours=plan.cutover.rollback_window_hours)
 
 
+def check_finalize(settings: Settings, plan: Plan, *, force: bool = False) -> None:
+    """Every check of finalize (pre-flight, phase, rollback window, dependents), read-only:
+    the CLI runs it before asking for a confirmation, so it never asks for a refusal."""
+    with preflight.context(settings, plan, "finalize") as ctx:
+        _finalize_checks(ctx, yes=True, force=force)
+
+
+def _finalize_checks(ctx: Context, *, yes: bool, force: bool) -> state.Migration:
+    migration = ctx.migration
+    assert migration is not None
+    if migration.phase is State.FINALIZING:
+        # A finalize that stopped part-way: confirmed and inside its window already.
+        _confirm(ctx.plan, yes)
+    else:
+        _check_finalize(ctx, migration, yes=yes, force=force)
+    refuse_dependents(ctx, ctx.plan.source.column, "finalize")
+    return migration
+
+
 def finalize(settings: Settings, plan: Plan, *, yes: bool, force: bool = False) -> FinalizeResult:
     """Drop the old column, its indexes and migrator's trigger. Irreversible."""
     with preflight.context(settings, plan, "finalize") as ctx:
-        migration = ctx.migration
-        assert migration is not None
-        if migration.phase is State.FINALIZING:
-            # A finalize that stopped part-way: confirmed and inside its window already.
-            _confirm(plan, yes)
-        else:
-            _check_finalize(ctx, migration, yes=yes, force=force)
-        refuse_dependents(ctx, plan.source.column, "finalize")
+        migration = _finalize_checks(ctx, yes=yes, force=force)
         facts = ctx.facts()
         step = steps.finalize(plan, facts)
         res = ctx.executor().run(step.forward, ctx.ddl_policy())
@@ -308,12 +320,13 @@ def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
                 hint="confirm with --yes",
             )
         facts = ctx.facts()
+        if before is not State.ABORTED:
+            _check_abort(ctx, facts)
         if before is State.ABORTED:
             # A cleanup that stopped part-way: only migrator's own rows are left to delete.
             stmts = steps.abort_cleanup(plan)
             dropped_column, dropped_view, registry = None, False, "unchanged"
         else:
-            _check_abort(ctx, facts)
             stmts = steps.abort(plan, facts).forward
             dropped_column = None if facts.target_preexisted else plan.target.column
             dropped_view = facts.adopt_created_view
@@ -339,6 +352,15 @@ def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
             **{k: v for k, v in result.as_dict().items() if k != "phase_before"},
         )
         return result
+
+
+def check_abort(settings: Settings, plan: Plan) -> None:
+    """Every check of abort (pre-flight, phase, dependents, the view), read-only: run before
+    the CLI asks for a confirmation."""
+    with preflight.context(settings, plan, "abort") as ctx:
+        assert ctx.migration is not None
+        if ctx.migration.phase is not State.ABORTED:
+            _check_abort(ctx, ctx.facts())
 
 
 def _check_abort(ctx: Context, facts: Facts) -> None:

@@ -39,7 +39,9 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     \b
     Typical flow:
       migrator plan PLAN.yaml            validate and show every statement (dry run)
-      migrator backfill PLAN.yaml        add the new column and fill it through Celery workers
+      migrator adopt PLAN.yaml           create the search view; point the service at it
+      migrator backfill PLAN.yaml        add the new column and fill it (with no broker URL it
+                                         starts two local workers on an embedded Redis)
       migrator verify PLAN.yaml          build the index, check coverage, health and recall
       migrator cutover PLAN.yaml         switch the search view to the new column, atomically
       migrator rollback PLAN.yaml        switch back (while the old column is kept)

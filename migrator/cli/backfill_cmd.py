@@ -18,9 +18,9 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from migrator.backfill import budget
@@ -49,26 +49,47 @@ def broker_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def progress_columns(width: int) -> tuple[ProgressColumn, ...]:
+    """Rows done/total, rate and ETA always fit (80 columns is every pipe's width): the bar
+    takes what is left, and the retry and ledger counters show only on wide terminals (they
+    are in the summary and in `migrator status` either way)."""
+    counts: tuple[ProgressColumn, ...] = (
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
+    if width >= 130:
+        extra = TextColumn(
+            "retries {task.fields[retries]}  dead letters {task.fields[dead]}  "
+            "open batches {task.fields[open]}  changes {task.fields[changes]}"
+        )
+        return (TextColumn("[bold]backfill[/]"), BarColumn(), *counts, TimeElapsedColumn(), extra)
+    return (
+        TextColumn("[bold]backfill[/]"),
+        BarColumn(bar_width=None),
+        *counts,
+        TextColumn("dead {task.fields[dead]}"),
+    )
+
+
+def _eta(rows_left: int | None, rate: float) -> str:
+    """h:mm:ss from the rate measured by this run (rich's own guess needs many samples)."""
+    if rows_left is None or rate <= 0:
+        return "-"
+    seconds = int(max(rows_left, 0) / rate)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 @contextlib.contextmanager
 def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressFn | None]:
     if not enabled:
         yield None
         return
-    columns = (
-        TextColumn("[bold]backfill[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn(
-            "retries {task.fields[retries]}  dead letters {task.fields[dead]}  "
-            "open batches {task.fields[open]}  changes {task.fields[changes]}"
-        ),
-    )
+    columns = progress_columns(console.width)
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("rows", total=None, rate="-", retries=0, dead=0, open=0, changes=0)
+        task = bar.add_task(
+            "rows", total=None, rate="-", eta="-", retries=0, dead=0, open=0, changes=0
+        )
         first: dict[str, float] = {}
 
         def update(p: dict[str, Any]) -> None:
@@ -81,6 +102,9 @@ def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressF
                 total=p["rows_total"],
                 completed=p["rows_done"],
                 rate=f"{rate:,.0f}",
+                eta=_eta(
+                    None if p["rows_total"] is None else p["rows_total"] - p["rows_done"], rate
+                ),
                 retries=p["retries"],
                 dead=p["dead_letters"],
                 open=p["open_batches"],

@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 
 from migrator.config import Settings, load_settings
-from migrator.errors import MigratorError
+from migrator.errors import ConfirmationRequired, MigratorError
 from migrator.plan.model import Plan, load_plan
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +62,24 @@ def note(message: str) -> None:
     """An informational line on stderr (never stdout), silenced by --quiet."""
     if not output().quiet:
         click.echo(message, err=True)
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def confirm_or_require_yes(command: str, question: str, *, yes: bool, as_json: bool) -> bool:
+    """Ask on a terminal; without one (a script, CI, --json) an irreversible command needs
+    --yes: ConfirmationRequired (exit 14) instead of click's `Aborted!` (exit 1)."""
+    if yes:
+        return True
+    if as_json or not stdin_is_terminal():
+        raise ConfirmationRequired(
+            f"{command} is irreversible and there is no terminal to confirm on; its checks "
+            "passed and nothing was changed",
+            hint=f"rerun with --yes: `migrator {command} PLAN --yes`",
+        )
+    return click.confirm(question, default=False, err=True)
 
 
 def make_console(stderr: bool = False) -> Console:

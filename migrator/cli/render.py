@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -131,13 +132,55 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
                 f"they no longer have; {action}"
             )
     if st.get("dead_letters"):
-        t = Table("pk", "reason", "attempts", title="dead letters")
+        t = Table(title="dead letters", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+        t.add_column("pk", overflow="fold")
+        t.add_column("reason", overflow="fold", ratio=1)
+        t.add_column("attempts", justify="right", no_wrap=True)
         for d in st["dead_letters"]:
             t.add_row(str(d["pk"]), str(d["reason"]), str(d["attempts"]))
         console.print(t)
     if st["events"]:
-        t = Table("at", "operator", "command", "phase", "result", "message", title="event log")
+        # At 80 columns the timestamp stays whole (it never wraps); the other columns wrap.
+        t = Table(title="event log", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+        t.add_column("at (UTC)", no_wrap=True, min_width=19)
+        for name in ("operator", "command", "phase", "result"):
+            t.add_column(name, overflow="fold")
+        t.add_column("message", overflow="fold")
         for e in st["events"]:
             ph = f"{e['phase_before'] or ''} -> {e['phase_after']}" if e["phase_after"] else ""
             t.add_row(e["at"][:19], e["operator"], e["command"], ph, e["result"], e["message"])
         console.print(t)
+
+
+DRILL_COLUMNS = (
+    # (key, header, no_wrap): two-line headers keep 11 columns readable at 80 columns.
+    ("phase", "phase", True),
+    ("started_s", "from\ns", True),
+    ("queries", "queries", True),
+    ("failed", "failed", True),
+    ("cross_model_rows", "cross\nmodel", True),
+    ("empty", "empty", True),
+    ("hit_rate", "hit\nrate", True),
+    ("model_switch_retries", "model\nretries", True),
+    ("p50_ms", "p50\nms", True),
+    ("p95_ms", "p95\nms", True),
+    ("p99_ms", "p99\nms", True),
+)
+
+
+def render_drill(console: Console, data: dict[str, Any]) -> None:
+    t = Table(
+        title=(
+            f"drill: {data['queries']} queries in {data['seconds']} s "
+            f"({data['qps_achieved']}/s, {data['processes']} processes)"
+        ),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=0,
+        show_edge=False,
+    )
+    for key, header, no_wrap in DRILL_COLUMNS:
+        t.add_column(header, justify="left" if key == "phase" else "right", no_wrap=no_wrap)
+    for p in data["phases"]:
+        t.add_row(*(str(p[key]) for key, _, _ in DRILL_COLUMNS))
+    console.print(t)

@@ -9,16 +9,34 @@ import click
 
 from migrator import switch
 from migrator.cli.common import (
+    confirm_or_require_yes,
     database_option,
     emit_json,
     handle_errors,
     make_console,
+    note,
     plan_command,
     read_plan,
     settings_from,
 )
+from migrator.cli.render import render_drill
 from migrator.db.connect import resolve_url
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MigratorError
+
+
+def describe_action(name: str, outcome: object) -> str:
+    """One readable line for a step the drill ran (a result or the error it raised)."""
+    if isinstance(outcome, switch.SwitchResult):
+        return (
+            f"{name}: the view now serves {outcome.column}; phase {outcome.phase_before} -> "
+            f"{outcome.phase_after}; lock held {outcome.hold_ms:.1f} ms, waited "
+            f"{outcome.lock_wait_ms:.1f} ms, {outcome.attempts} attempt(s)"
+        )
+    if isinstance(outcome, MigratorError):
+        return f"{name}: refused: {outcome.one_line()}"
+    if isinstance(outcome, BaseException):
+        return f"{name}: failed: {type(outcome).__name__}: {outcome}"
+    return f"{name}: {outcome}"
 
 
 def _print_switch(res: switch.SwitchResult, as_json: bool) -> None:
@@ -91,16 +109,19 @@ def finalize_cmd(
     Allowed after the plan's cutover.rollback_window_hours (or with --force).
     """
     plan = read_plan(plan_path)
-    if not yes and not as_json:
-        yes = click.confirm(
+    settings = settings_from(database_url)
+    if not yes:
+        # Check first (phase, rollback window, dependents: read-only), then ask: never a
+        # question whose answer is then refused.
+        switch.check_finalize(settings, plan, force=force)
+        question = (
             f"finalize drops {plan.table.schema_}.{plan.table.name}.{plan.source.column} and its "
-            "indexes; rollback will no longer be possible. Continue?",
-            default=False,
+            "indexes; rollback will no longer be possible. Continue?"
         )
-        if not yes:
-            click.echo("nothing was changed")
+        if not confirm_or_require_yes("finalize", question, yes=yes, as_json=as_json):
+            click.echo("nothing was changed", err=True)
             return
-    res = switch.finalize(settings_from(database_url), plan, yes=yes, force=force)
+    res = switch.finalize(settings, plan, yes=True, force=force)
     if as_json:
         emit_json({"ok": True, **res.as_dict()})
     else:
@@ -127,16 +148,17 @@ def abort_cmd(plan_path: str, yes: bool, database_url: str | None, as_json: bool
     row (phase aborted) and its event log stay. Refused while cut over: roll back first.
     """
     plan = read_plan(plan_path)
-    if not yes and not as_json:
-        yes = click.confirm(
+    settings = settings_from(database_url)
+    if not yes:
+        switch.check_abort(settings, plan)  # refusals first (read-only), then the question
+        question = (
             f"abort drops {plan.table.schema_}.{plan.table.name}.{plan.target.column} with "
-            "every new vector in it (and the view, if adopt created it). Continue?",
-            default=False,
+            "every new vector in it (and the view, if adopt created it). Continue?"
         )
-        if not yes:
-            click.echo("nothing was changed")
+        if not confirm_or_require_yes("abort", question, yes=yes, as_json=as_json):
+            click.echo("nothing was changed", err=True)
             return
-    res = switch.abort(settings_from(database_url), plan, yes=yes)
+    res = switch.abort(settings, plan, yes=True)
     if as_json:
         emit_json({"ok": True, **res.as_dict()})
         return
@@ -213,10 +235,9 @@ def drill_cmd(
     bad = [n for n in names if n not in calls]
     if bad:
         raise ConfigError(f"--run accepts cutover and rollback, not {', '.join(bad)}")
-    console = make_console(stderr=True)
 
     def on_action(name: str, outcome: object) -> None:
-        console.print(f"{name}: {outcome}")
+        note(describe_action(name, outcome))
 
     report = run_drill(
         resolve_url(settings),
@@ -238,40 +259,7 @@ def drill_cmd(
 
 
 def _print_drill(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(
-        "phase",
-        "from s",
-        "queries",
-        "failed",
-        "cross-model",
-        "empty",
-        "hit rate",
-        "retries",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        title=(
-            f"drill: {data['queries']} queries in {data['seconds']} s "
-            f"({data['qps_achieved']}/s, {data['processes']} processes)"
-        ),
-    )
-    for p in data["phases"]:
-        t.add_row(
-            p["phase"],
-            str(p["started_s"]),
-            str(p["queries"]),
-            str(p["failed"]),
-            str(p["cross_model_rows"]),
-            str(p["empty"]),
-            str(p["hit_rate"]),
-            str(p["model_switch_retries"]),
-            str(p["p50_ms"]),
-            str(p["p95_ms"]),
-            str(p["p99_ms"]),
-        )
-    make_console().print(t)
+    render_drill(make_console(), data)
     for err in data["errors"]:
         click.echo(f"  error: {err}", err=True)
 

@@ -6,6 +6,8 @@ Every connection carries `application_name` so operators can find migrator in pg
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +20,17 @@ from migrator.errors import DatabaseError
 from migrator.shipped import alembic_dir
 
 APPLICATION_NAME = "migrator"
+
+
+def app_name(command: str = "") -> str:
+    """`migrator:<host>:<pid>[:<command>]`: pg_stat_activity then names the migrator process
+    behind a session (a busy migration lock names who holds it), within PostgreSQL's 63 bytes."""
+    name = f"{APPLICATION_NAME}:{socket.gethostname()}:{os.getpid()}"
+    if command:
+        name += f":{command}"
+    return name.encode()[:63].decode(errors="ignore")
+
+
 _schema_ready: set[str] = set()
 _schema_lock = threading.Lock()
 
@@ -54,11 +67,14 @@ def connect(
     *,
     autocommit: bool = True,
     vector: bool = True,
-    application_name: str = APPLICATION_NAME,
+    application_name: str | None = None,
 ) -> psycopg.Connection:
     try:
         conn = psycopg.connect(
-            url, autocommit=autocommit, application_name=application_name, connect_timeout=10
+            url,
+            autocommit=autocommit,
+            application_name=application_name or app_name(),
+            connect_timeout=10,
         )
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

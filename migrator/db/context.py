@@ -17,7 +17,7 @@ import psycopg
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state
-from migrator.db.connect import connect, ensure_schema, resolve_url
+from migrator.db.connect import app_name, connect, ensure_schema, resolve_url
 from migrator.db.executor import Executor, LockPolicy
 from migrator.db.state import State
 from migrator.ddl.steps import Facts
@@ -88,7 +88,7 @@ def migration_context(
     schema and hand over; log the outcome. Nothing changes in the database (not even
     migrator's own schema) before the phase guard and the checks pass."""
     url = resolve_url(settings)
-    conn = connect(url)
+    conn = connect(url, application_name=app_name(command))
     try:
         with state.operator_lock(conn, plan.name):
             migration = _migration_if_schema(conn, plan.name)

@@ -77,8 +77,11 @@ REFUSAL_HINTS: dict[tuple[str, State], str] = {
 }
 
 NEXT_STEP: dict[State | None, str] = {
-    None: "run `migrator backfill PLAN` to start the migration",
-    State.PLANNED: "run `migrator backfill PLAN`",
+    # The same order as docs/quickstart.md: adopt, move the service to the view, backfill.
+    None: "run `migrator adopt PLAN`, point the search service at the view "
+    "(docs/adopting-the-view.md), then `migrator backfill PLAN`",
+    State.PLANNED: "point the search service at the view if it still reads the table "
+    "(docs/adopting-the-view.md), then run `migrator backfill PLAN`",
     State.EXPANDED: "run `migrator backfill PLAN` until it completes",
     State.BACKFILLED: "run `migrator verify PLAN`",
     State.VERIFIED: "run `migrator cutover PLAN`",
@@ -332,7 +335,12 @@ def operator_lock(conn: psycopg.Connection, migration: str) -> Iterator[None]:
             "LIMIT 1",
             (f"migrator:{migration}",),
         ).fetchone()
-        who = f" (pid {holder[2]}, {holder[0]})" if holder else ""
+        who = f" (database backend pid {holder[2]})" if holder else ""
+        if holder and str(holder[0]).startswith("migrator:"):
+            # application_name is migrator:<host>:<pid>[:<command>] (db.connect.app_name)
+            _, host, pid, *cmd = str(holder[0]).split(":", 3)
+            doing = f" running `{cmd[0]}`" if cmd else ""
+            who = f" (migrator process {pid} on host {host}{doing})"
         raise ConcurrentRunError(
             f"another migrator process is acting on migration {migration!r}{who}",
             hint="wait for it to finish; nothing was changed by this command",

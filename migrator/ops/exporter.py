@@ -89,13 +89,22 @@ class MigrationCollector(Collector):
         ).fetchone()
         m = GaugeMetricFamily(
             "migrator_index_build_progress",
-            "Share of the index build done (0 when no build runs)",
+            "Share of the index build done (1 once the index is built and valid, 0 before)",
             labels=["migration", "index"],
         )
         share = 0.0
         if build:
             done, total = (build[3], build[4]) if build[4] else (build[1], build[2])
             share = float(done) / float(total) if total else 0.0
+        else:
+            # No build running: a finished, valid index is all done (it read 0 before).
+            valid = conn.execute(
+                "SELECT x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE i.relname = %s "
+                "AND n.nspname = %s",
+                (self.plan.index_name, self.plan.table.schema_),
+            ).fetchone()
+            share = 1.0 if valid and valid[0] else 0.0
         m.add_metric([name, self.plan.index_name], share)
         yield m
 

@@ -134,7 +134,11 @@ def test_abort_drops_the_view_adopt_created_and_the_migration_can_start_again(
     migrated_state(settings, plan, 500, before_adopt=before_adopt)
     path = plan_file(plan, tmp_path)
     runner = CliRunner()
-    out = runner.invoke(cli, ["abort", "--database-url", database_url, path], input="n\n")
+    out = runner.invoke(cli, ["abort", "--database-url", database_url, path])  # no terminal
+    assert out.exit_code == 14 and "--yes" in out.output
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("migrator.cli.common.stdin_is_terminal", lambda: True)
+        out = runner.invoke(cli, ["abort", "--database-url", database_url, path], input="n\n")
     assert "nothing was changed" in out.output and _phase(database_url, plan) == "verified"
     out = runner.invoke(cli, ["abort", "--database-url", database_url, path, "--yes", "--json"])
     assert out.exit_code == 0, out.output

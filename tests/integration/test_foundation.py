@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -218,10 +220,13 @@ def test_two_operators_exactly_one_proceeds(database_url: str, settings: Setting
     t.start()
     assert inside.wait(10)
     with (
-        pytest.raises(ConcurrentRunError, match="another migrator process"),
+        pytest.raises(ConcurrentRunError, match="another migrator process") as busy,
         migration_context(settings, plan, "backfill"),
     ):
         pass
+    # The holder is named by the migrator process (host and pid), not a backend pid.
+    expected = f"(migrator process {os.getpid()} on host {socket.gethostname()} running `backfill`)"
+    assert expected in busy.value.message
     release.set()
     t.join()
     assert not errors

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
+import psycopg.sql
 import pytest
 
 from migrator.backfill import monitor as backfill
@@ -126,3 +128,37 @@ def test_search_service_metrics_documented() -> None:
     for name in documented("migrator_search_"):
         assert re.sub(r"_total$", "", name) in exposed, name
     assert documented("migrator_search_"), "docs/operations.md lists no search metrics"
+
+
+def test_index_build_metric_reads_one_for_a_finished_index(database_url: str) -> None:
+    make_documents(database_url, 50)
+    plan = unique_plan("http://127.0.0.1:9/v1")
+    from migrator.db.connect import ensure_schema
+
+    ensure_schema(database_url)
+
+    def progress() -> float:
+        fam = next(
+            f
+            for f in MigrationCollector(database_url, plan, queue_depth=lambda: 0).collect()
+            if f.name == "migrator_index_build_progress"
+        )
+        return float(fam.samples[0].value)
+
+    assert progress() == 0.0  # no index yet
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("ALTER TABLE {} ADD COLUMN {} vector({})").format(
+                psycopg.sql.Identifier(plan.table.name),
+                psycopg.sql.Identifier(plan.target.column),
+                psycopg.sql.Literal(plan.target.model.dimensions),
+            )
+        )
+        conn.execute(
+            psycopg.sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops)").format(
+                psycopg.sql.Identifier(plan.index_name),
+                psycopg.sql.Identifier(plan.table.name),
+                psycopg.sql.Identifier(plan.target.column),
+            )
+        )
+    assert progress() == 1.0  # finished and valid: it read 0 before

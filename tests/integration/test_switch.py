@@ -119,8 +119,21 @@ def test_rollback_restores_the_view_exactly_and_finalize_is_guarded(
         switch.finalize(settings, plan, yes=False, force=True)
     runner = CliRunner()
     path = plan_file(plan, tmp_path)
-    out = runner.invoke(cli, ["finalize", "--database-url", database_url, path], input="n\n")
-    assert "nothing was changed" in out.output and _phase(database_url, plan) == "cut_over"
+    # The checks come before the question: inside the window it refuses without asking.
+    out = runner.invoke(cli, ["finalize", "--database-url", database_url, path], input="y\n")
+    assert out.exit_code == 7 and "rollback window is still open" in out.output
+    assert "Continue?" not in out.output
+    # With no terminal to ask on, --yes is required: exit 14, not click's "Aborted!" (1).
+    out = runner.invoke(cli, ["finalize", "--database-url", database_url, path, "--force"])
+    assert out.exit_code == 14 and "--yes" in out.output and "Aborted" not in out.output
+    # On a terminal it asks, once the checks passed; "n" changes nothing.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("migrator.cli.common.stdin_is_terminal", lambda: True)
+        out = runner.invoke(
+            cli, ["finalize", "--database-url", database_url, path, "--force"], input="n\n"
+        )
+    assert "Continue?" in out.output and "nothing was changed" in out.output
+    assert _phase(database_url, plan) == "cut_over"
 
     res = switch.finalize(settings, plan, yes=True, force=True)
     assert res.dropped_indexes == (source_index(plan),)

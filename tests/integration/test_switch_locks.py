@@ -36,7 +36,7 @@ def _wait_for_lock_waiter(url: str, timeout: float = 10.0) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migrator' "
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'migrator:%' "
                 "AND wait_event_type = 'Lock'"
             ).fetchone()
             if row and row[0]:

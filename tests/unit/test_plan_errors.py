@@ -91,3 +91,13 @@ def test_usage_errors_and_plan_errors_have_different_codes(tmp_path: Path) -> No
     path.write_text(yaml.safe_dump(_renamed(MINIMAL, "table", "tabel")))
     assert CliRunner().invoke(cli, ["plan", str(path), "--offline"]).exit_code == 13
     assert CliRunner().invoke(cli, ["plan", str(path), "--no-such-option"]).exit_code == 2
+
+
+def test_debug_prints_the_traceback_and_keeps_the_code(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(_renamed(MINIMAL, "table", "tabel")))
+    plain = CliRunner().invoke(cli, ["plan", str(path), "--offline"])
+    debug = CliRunner().invoke(cli, ["--debug", "plan", str(path), "--offline"])
+    assert plain.exit_code == debug.exit_code == 13
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert plain.stderr.startswith("error: ")
