@@ -117,7 +117,9 @@ def test_verify_passes_5_of_5_under_steady_writes(database_url: str, settings: S
         assert not failed, failed
         # Every report counts the lag and no row as missing.
         assert all(r.check("coverage").detail("missing") == 0 for _, r in outcomes)
-        assert all(lag is not None for lag in lags)
+        # The scenario is real: some snapshot saw rows in the catch-up (the old gate failed
+        # each such run, "59,520 of 59,521 eligible rows have a vector; 1 pending").
+        assert sum(lags) > 0, lags
     finally:
         server.stop()
 
