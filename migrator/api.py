@@ -153,7 +153,7 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
     )
     report.extra_findings += [insp.Finding("warning", w) for w in checked.warnings]
     if migration is not None:
-        if migration.plan_hash != plan.plan_hash():
+        if migration.plan_hash not in (plan.plan_hash(), plan.legacy_plan_hash()):
             report.problems.insert(
                 0,
                 preflight.Problem(
@@ -216,7 +216,7 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
             return out
         out["phase"] = migration.phase.value
         out["next"] = state.NEXT_STEP[migration.phase]
-        out["plan_changed"] = migration.plan_hash != plan.plan_hash()
+        out["plan_changed"] = migration.plan_hash not in (plan.plan_hash(), plan.legacy_plan_hash())
         out["events"] = [
             {**e, "at": e["at"].isoformat()} for e in state.events(conn, plan.name, events_limit)
         ]

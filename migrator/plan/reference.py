@@ -99,7 +99,7 @@ DESCRIPTIONS: dict[str, str] = {
     "verify.k": "k of recall@k.",
     "verify.seed": "Sampling seed (reproducible reports).",
     "verify.min_coverage": "Share of eligible rows that must have a target vector.",
-    "verify.max_recall_drop": "The index gate: the new index's recall@k at the search settings may be at most this much below the production (source) index's, both against exact results on the same queries.",
+    "verify.max_recall_drop": "The index gate: the new index's recall@k at the search settings may be at most this much below the production (source) index's, both against exact results on the same queries. 1 turns the relative gate off (then set `min_index_recall`).",
     "verify.min_index_recall": "Optional absolute floor on the new index's recall@k (on top of the relative gate); also the ladder's target when set.",
     "verify.ladder": "ef_search (HNSW) or probes (IVFFlat) values the ladder measures (default 40, 64, 100, 200, 400 / 1, 5, 10, 20, 50, plus the current one).",
     "verify.target_recall": "Recall@k the ladder's recommendation aims for.",

@@ -165,11 +165,14 @@ def _emit(
     offset: int,
     visitors: Sequence[Visit],
 ) -> int:
-    arr = np.frombuffer(bytes(buf[: n * record.itemsize]), dtype=record, count=n)
+    # A view of the buffer (no copy); released before the buffer is shortened.
+    arr = np.frombuffer(buf, dtype=record, count=n)
+    wrong = bool((arr["fields"] != 1).any() or (arr["dim"] != dims).any())
+    matrix = arr["v"].astype(np.float32)  # native byte order, its own memory
+    del arr
     del buf[: n * record.itemsize]
-    if (arr["fields"] != 1).any() or (arr["dim"] != dims).any():
+    if wrong:
         raise RuntimeError(f"{column} holds vectors of another dimension than {dims}")
-    matrix = arr["v"].astype(np.float32)
     for visit in visitors:
         visit(offset, matrix)
     return n

@@ -102,7 +102,7 @@ def current_value(plan: Plan, method: IndexMethod | None) -> int | None:
 
 def _query(plan: Plan, s: Subject) -> sql.Composed:
     text = (
-        "SELECT {pk}::text, {col} {op} %(q)s::{vt} FROM {tbl} WHERE {col} IS NOT NULL "
+        "SELECT {pk}::text, {col} {op} %(q)s::{vt} FROM {tbl} "
         "ORDER BY {col} {op} %(q)s::{vt} LIMIT %(k)s"
     )
     return sql.SQL(text).format(
@@ -186,7 +186,8 @@ def _point(
             if exact:
                 continue
             rows = conn.execute(stmt, params, prepare=True).fetchall()
-            found.append([float(r[1]) for r in rows])
+            # A row without a vector has no distance (never from an index): a miss.
+            found.append([float("inf") if r[1] is None else float(r[1]) for r in rows])
     if exact:
         # No index: the database sorts every row, which is exact by definition.
         recall, short = 1.0, 0

@@ -14,14 +14,14 @@ import numpy as np
 from migrator.plan.model import Metric
 from migrator.verify.metrics import F32, I64, Health, _k_smallest, _unit, distances
 
-# Distance block per chunk: at most this many floats (64 MB) whatever the query count.
-BLOCK_FLOATS = 1 << 24
+# Distance block per chunk: at most this many floats (16 MB) whatever the query count.
+BLOCK_FLOATS = 1 << 22
 
 
 def chunk_rows(n_queries: int, dims: int, *, block_floats: int = BLOCK_FLOATS) -> int:
     """Rows per chunk so that a chunk and its distance block stay within `block_floats` each."""
     per_row = max(n_queries, dims, 1)
-    return max(1024, block_floats // per_row)
+    return max(512, block_floats // per_row)
 
 
 class RunningTopK:

@@ -30,7 +30,7 @@ from tests.backfill_helpers import make_documents, random_text, unique_plan, wor
 
 pytestmark = pytest.mark.integration
 REDIS = os.environ.get("MIGRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-ROWS = 1_000
+ROWS = 3_000  # large enough that the planner serves the search from the HNSW index
 
 
 def _settings(settings: Settings) -> Settings:
@@ -63,6 +63,8 @@ def test_verify_passes_5_of_5_under_steady_writes(database_url: str, settings: S
     server = run_server_in_thread()
     try:
         make_documents(database_url, ROWS, old_vectors=True)
+        with psycopg.connect(database_url, autocommit=True) as conn:  # production has one
+            conn.execute("CREATE INDEX ON documents USING hnsw (embedding vector_cosine_ops)")
         plan = unique_plan(
             server.url,
             backfill__batch_size=100,
@@ -111,11 +113,13 @@ def test_verify_passes_5_of_5_under_steady_writes(database_url: str, settings: S
                 writer.join(10)
                 catch_up.join(30)
         assert not writer.errors and not catch_up.errors, (writer.errors, catch_up.errors)
-        failed = [(r.failed, r.check("coverage").summary) for s, r in outcomes if s == "fail"]
+        failed = [[r.check(k).summary for k in r.failed] for s, r in outcomes if s == "fail"]
         assert not failed, failed
         # Every report counts the lag and no row as missing.
         assert all(r.check("coverage").detail("missing") == 0 for _, r in outcomes)
-        assert all(lag is not None for lag in lags)
+        # The scenario is real: some snapshot saw rows in the catch-up (the old gate failed
+        # each such run, "59,520 of 59,521 eligible rows have a vector; 1 pending").
+        assert sum(lags) > 0, lags
     finally:
         server.stop()
 

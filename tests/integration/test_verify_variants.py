@@ -34,7 +34,9 @@ def run(database_url: str, tmp_path: Path, plan: Plan) -> tuple[Report, bool]:
 
 
 def test_halfvec_with_hnsw(database_url: str, tmp_path: Path) -> None:
-    plan = local_plan(target__type="halfvec")
+    # The production index (HNSW, 256 dims) and a halfvec one of another model differ by more
+    # than the default 0.02 on 5k hash-model rows; this test is about the type, so 0.05.
+    plan = local_plan(target__type="halfvec", verify__max_recall_drop=0.05)
     rep, passed = run(database_url, tmp_path, plan)
     assert passed, rep.as_dict()
     assert rep.check("index").detail("index_scan_used") is True
@@ -50,7 +52,15 @@ def test_halfvec_with_hnsw(database_url: str, tmp_path: Path) -> None:
 
 def test_ivfflat_measured_at_the_plans_probes(database_url: str, tmp_path: Path) -> None:
     # The hash models' vectors cluster poorly: 12 of 40 lists found 84% here; the plan sets the bar.
-    plan = local_plan(index__lists=40, index__probes=12, verify__min_index_recall=0.7, **IVF)
+    # An absolute floor only (max_recall_drop 1: the relative gate off): IVFFlat at 12 of 40
+    # lists cannot match the production HNSW index, and this test is about the probes.
+    plan = local_plan(
+        index__lists=40,
+        index__probes=12,
+        verify__min_index_recall=0.7,
+        verify__max_recall_drop=1.0,
+        **IVF,
+    )
     rep, passed = run(database_url, tmp_path, plan)
     assert passed, rep.as_dict()
     idx = dict(rep.check("index").details)
