@@ -65,6 +65,15 @@ class Frozen(BaseModel):
 
 
 TUNING_KEYS = frozenset({"description", "backfill", "verify", "cutover", "ddl"})
+# Keys of the index section that only tune the build: they may change mid-migration.
+TUNING_INDEX_KEYS = frozenset(
+    {
+        "maintenance_work_mem",
+        "max_maintenance_work_mem",
+        "max_parallel_maintenance_workers",
+        "vacuum_before_build",
+    }
+)
 
 # Re-exported: the vocabularies live in plan_types, the model here.
 __all__ = [
@@ -209,8 +218,15 @@ class IndexSpec(Frozen):
     ef_search: Annotated[int, Field(ge=1, le=1000)] = 40
     probes: Annotated[int, Field(ge=1, le=32768)] = 10
     iterative_scan: IterativeScan = IterativeScan.OFF
-    maintenance_work_mem: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB)$")] = "512MB"
+    # Tuning (not in the plan hash): "auto" sizes the build's memory to the HNSW graph of the
+    # rows it indexes (plan/index_memory.py), within max_maintenance_work_mem and half the
+    # server's memory when migrator can read it; a size sets it as given.
+    maintenance_work_mem: Annotated[str, Field(pattern=r"^(auto|[0-9]+(kB|MB|GB|TB))$")] = "auto"
+    max_maintenance_work_mem: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB|TB)$")] = "4GB"
     max_parallel_maintenance_workers: Annotated[int, Field(ge=0, le=64)] = 1
+    # VACUUM (not FULL) the table after the backfill, before the build: a concurrent build
+    # locks autovacuum out of the table for its whole duration.
+    vacuum_before_build: bool = True
 
 
 class ViewSpec(Frozen):
@@ -330,11 +346,15 @@ class Plan(Frozen):
     def plan_hash(self) -> str:
         """Hash of what defines the migration (defaults filled in, comments and order ignored).
 
-        Tuning sections (backfill, verify, cutover, ddl) and the description are left out: an
-        operator may change a rate limit or a threshold mid-migration, never the table, text,
-        models, index or view.
+        Tuning sections (backfill, verify, cutover, ddl), the index build's settings
+        (TUNING_INDEX_KEYS) and the description are left out: an operator may change a rate
+        limit, a threshold or the build's memory mid-migration, never the table, text, models,
+        index or view.
         """
         structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        structural["index"] = {
+            k: v for k, v in structural["index"].items() if k not in TUNING_INDEX_KEYS
+        }
         blob = json.dumps(structural, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
