@@ -184,7 +184,7 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
         counts, warning = count_tokens(plan, settings, ins.sample_texts)
         if warning:
             report.extra_findings.append(insp.Finding("warning", warning))
-        report.estimate = estimate(plan, ins.rows, counts).as_dict()
+        report.estimate = estimate(plan, ins.rows, counts, checked.storage).as_dict()
     return report
 
 

@@ -11,7 +11,8 @@ MigratorError
  ├── GateFailedError      exit 9   verification ran but a gate failed
  ├── ProviderError        exit 10  the embedding provider failed (see embedding.errors)
  ├── BrokerError          exit 11  the Celery broker is unreachable
- └── NotImplementedYet    exit 12  a command of a later phase not built yet
+ ├── NotImplementedYet    exit 12  a command of a later phase not built yet
+ └── DiskSpaceError       exit 15  pre-flight: the backfill's estimated growth exceeds the room
 Pure: imports nothing from the rest of the package.
 """
 
@@ -100,6 +101,10 @@ class NotImplementedYet(MigratorError):
     exit_code = 12
 
 
+class DiskSpaceError(MigratorError):
+    exit_code = 15
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: please report it with the traceback from --debug)",
@@ -114,5 +119,6 @@ EXIT_CODES: dict[int, str] = {
     10: "embedding provider error",
     11: "broker unreachable",
     12: "command not implemented yet",
+    15: "the database's disk lacks the room the backfill needs (pre-flight; nothing was changed)",
     130: "interrupted (Ctrl-C); rerun the same command to resume",
 }

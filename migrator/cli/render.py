@@ -53,6 +53,18 @@ def render_plan(console: Console, report: dict[str, Any], *, show_backward: bool
             f"(avg {est['avg_tokens']}/row), {est['requests']:,} requests, cost {cost}, "
             f"time {_duration(est['seconds'])} (bound by {est['bound_by']})"
         )
+        disk = est.get("disk")
+        if disk:
+            room = (
+                "room not checked"
+                if disk["fits"] is None
+                else f"{_mb(disk['room_bytes'])} MB left ({disk['room_source']})"
+            )
+            console.print(
+                f"  disk: +{_mb(disk['total_bytes'])} MB (row versions {_mb(disk['heap_bytes'])}, "
+                f"index entries {_mb(disk['index_entries_bytes'])}, new index "
+                f"{_mb(disk['new_index_bytes'])}); {room}"
+            )
     render_findings(console, report.get("findings", []))
     ok = report["ok"]
     console.print("[bold green]plan is valid[/]" if ok else "[bold red]plan has errors[/]")
@@ -121,3 +133,7 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
             ph = f"{e['phase_before'] or ''} -> {e['phase_after']}" if e["phase_after"] else ""
             t.add_row(e["at"][:19], e["operator"], e["command"], ph, e["result"], e["message"])
         console.print(t)
+
+
+def _mb(nbytes: int | None) -> str:
+    return f"{(nbytes or 0) / 1048576:,.0f}"

@@ -205,6 +205,10 @@ class BackfillSpec(Frozen):
     # Re-embed with the OLD model the rows change capture finds with an old vector of text they
     # no longer have, before cutover, so a rollback serves fresh vectors (docs/backfill.md).
     refresh_source: bool = True
+    # The size the database may reach (its volume minus a margin): the backfill refuses to
+    # start when its estimated growth would pass it. Unset: the free space of the server's
+    # data directory when migrator can see it (a local server), else the check is skipped.
+    max_database_size: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB|TB)$")] | None = None
 
 
 class IndexSpec(Frozen):

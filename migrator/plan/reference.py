@@ -62,6 +62,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.queue": "Celery queue (default `migrator.<name>.<target column>`).",
     "backfill.stall_after_seconds": "A batch unfinished after this long is enqueued again.",
     "backfill.refresh_source": "Re-embed with the source model the rows whose old vector is of text they no longer have (found by change capture), so a rollback serves fresh vectors; cutover refuses while more than `verify.max_stale_fraction` of the rows remain. Needs the source model during the backfill. A tuning key.",
+    "backfill.max_database_size": "The size the database may reach (its volume minus a margin). The backfill's pre-flight refuses to start (exit 15) when the estimated growth (new row versions, index entries, the new index) would pass it. Unset: the free space of the server's data directory when it is on this machine and readable, else the check is skipped with a warning. A tuning key.",
     "index": "The index built on the target column by `verify`.",
     "index.method": "`hnsw` or `ivfflat`.",
     "index.metric": "`cosine`, `l2`, `inner_product` or `l1` (hnsw only).",
