@@ -12,6 +12,7 @@ per model, one PING. Each problem is one line with what to do and its documented
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from migrator.plan.estimate import DiskGrowth, TableStorage, disk_growth
 from migrator.plan.index_memory import human
 from migrator.plan.model import ModelSpec, Plan
 
+log = logging.getLogger(__name__)
 PROBE_TEXT = "migrator pre-flight check: does this model answer?"
 PROBE_ATTEMPTS = 3
 _FIX_CATALOG = "fix the plan or the database, then check with `migrator plan PLAN`"
@@ -159,6 +161,8 @@ def require(
     """`check`, raising the first problem's error (with the others) when there is any."""
     res = check(conn, settings, plan, command, phase)
     res.raise_first()
+    for warning in res.warnings:  # e.g. the disk room could not be checked: say so
+        log.warning("%s: %s", command, warning)
     return res
 
 

@@ -51,19 +51,24 @@ def server_memory_bytes(conn: psycopg.Connection) -> int | None:
     return total
 
 
-def rows_to_index(conn: psycopg.Connection, plan: Plan) -> int:
-    """Rows with a target vector: from fresh statistics (after ANALYZE), else counted."""
-    row = conn.execute(
-        "SELECT greatest(c.reltuples, 0)::bigint, s.null_frac FROM pg_class c "
-        "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s AND s.attname = %s "
-        "WHERE c.oid = %s::regclass",
-        (
-            plan.table.schema_,
-            plan.table.name,
-            plan.target.column,
-            q.table_ident(plan).as_string(None),
-        ),
-    ).fetchone()
+def rows_to_index(conn: psycopg.Connection, plan: Plan, *, fresh_stats: bool = True) -> int:
+    """Rows with a target vector: from statistics just refreshed by ANALYZE, else counted
+    (statistics from before the backfill would say the column is empty)."""
+    row = (
+        None
+        if not fresh_stats
+        else conn.execute(
+            "SELECT greatest(c.reltuples, 0)::bigint, s.null_frac FROM pg_class c "
+            "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s AND s.attname = %s "
+            "WHERE c.oid = %s::regclass",
+            (
+                plan.table.schema_,
+                plan.table.name,
+                plan.target.column,
+                q.table_ident(plan).as_string(None),
+            ),
+        ).fetchone()
+    )
     if row is not None and row[1] is not None and int(row[0]) > 0:
         return round(int(row[0]) * (1.0 - float(row[1])))
     counted = conn.execute(

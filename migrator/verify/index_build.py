@@ -162,9 +162,12 @@ _SPILL_NOTICE = "no longer fits into maintenance_work_mem"
 _SHOWN = ("maintenance_work_mem", "max_parallel_maintenance_workers")
 
 
-def _sized_step(conn: psycopg.Connection, plan: Plan) -> tuple[steps.Step, BuildSizing]:
+def _sized_step(
+    conn: psycopg.Connection, plan: Plan, *, fresh_stats: bool
+) -> tuple[steps.Step, BuildSizing]:
     facts = steps.Facts(
-        index_rows=rows_to_index(conn, plan), server_memory_bytes=server_memory_bytes(conn)
+        index_rows=rows_to_index(conn, plan, fresh_stats=fresh_stats),
+        server_memory_bytes=server_memory_bytes(conn),
     )
     return steps.index(plan, facts), steps.build_sizing(plan, facts)
 
@@ -226,7 +229,7 @@ def ensure_index(
             t_vac = time.perf_counter()
             executor.run((steps.vacuum(plan),), policy)
             vacuum_seconds = time.perf_counter() - t_vac
-        step, sizing = _sized_step(conn, plan)
+        step, sizing = _sized_step(conn, plan, fresh_stats=vacuum_seconds is not None)
         # CREATE INDEX CONCURRENTLY takes SHARE UPDATE EXCLUSIVE, which never blocks the
         # application's reads and writes; a lock_timeout would instead abort its waits for
         # older transactions and abandon a finished build as INVALID. So it runs without one.
