@@ -7,6 +7,7 @@ share: opening a migration context with its schema upgraded, its lock held and i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,9 @@ from migrator.db import state
 from migrator.db.connect import connect, ensure_schema, resolve_url
 from migrator.db.embedded import stop_embedded_database, stop_embedded_redis
 from migrator.db.executor import RunResult
+from migrator.db.server import server_memory_bytes
 from migrator.ddl.statements import Statement
-from migrator.ddl.steps import Step, all_steps
+from migrator.ddl.steps import Step, all_steps, build_sizing
 from migrator.errors import ConfigError, PreflightError
 from migrator.plan.estimate import estimate
 from migrator.plan.model import Plan
@@ -146,12 +148,21 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
         migration = _migration_if_schema(conn, plan.name)
         phase = migration.phase if migration else None
         checked = preflight.check(conn, settings, plan, "plan", phase, sample=500)
+        memory = server_memory_bytes(conn)
     ins = checked.inspection
     assert ins is not None
+    # The index step sized for the table's rows, as the build will size it (it recounts then).
+    facts = dataclasses.replace(ins.facts, index_rows=ins.rows, server_memory_bytes=memory)
     report = PlanReport(
-        plan, "live", all_steps(plan, ins.facts), inspection=ins, problems=checked.problems
+        plan, "live", all_steps(plan, facts), inspection=ins, problems=checked.problems
     )
     report.extra_findings += [insp.Finding("warning", w) for w in checked.warnings]
+    if ins.rows is not None:
+        sizing = build_sizing(plan, facts)
+        if sizing.warning():
+            report.extra_findings.append(
+                insp.Finding("warning", f"index build: {sizing.warning()}")
+            )
     if migration is not None:
         if migration.plan_hash not in (plan.plan_hash(), plan.legacy_plan_hash()):
             report.problems.insert(
@@ -173,7 +184,7 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
         counts, warning = count_tokens(plan, settings, ins.sample_texts)
         if warning:
             report.extra_findings.append(insp.Finding("warning", warning))
-        report.estimate = estimate(plan, ins.rows, counts).as_dict()
+        report.estimate = estimate(plan, ins.rows, counts, checked.storage).as_dict()
     return report
 
 

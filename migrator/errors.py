@@ -13,7 +13,8 @@ MigratorError
  ├── BrokerError          exit 11  the Celery broker is unreachable
  ├── NotImplementedYet    exit 12  a command of a later phase not built yet
  ├── ConfirmationRequired exit 14  an irreversible command without a terminal to ask and no --yes
- └── BudgetError          exit 15  rate limits are set but cannot be one shared budget
+ ├── BudgetError          exit 15  rate limits are set but cannot be one shared budget
+ └── DiskSpaceError       exit 16  pre-flight: the backfill's estimated growth exceeds the room
 Pure: imports nothing from the rest of the package.
 """
 
@@ -115,6 +116,12 @@ class BudgetError(MigratorError):
     exit_code = 15
 
 
+class DiskSpaceError(MigratorError):
+    """Pre-flight: the backfill's estimated disk growth exceeds the room the database has."""
+
+    exit_code = 16
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: rerun with `migrator --debug ...` and report the traceback)",
@@ -132,5 +139,6 @@ EXIT_CODES: dict[int, str] = {
     13: "invalid plan file",
     14: "confirmation required: no terminal to ask on and no --yes (nothing was changed)",
     15: "rate limits are set but no shared budget is reachable (set MIGRATOR_REDIS_URL)",
+    16: "the database's disk lacks the room the backfill needs (pre-flight; nothing was changed)",
     130: "interrupted (Ctrl-C); rerun the same command to resume",
 }

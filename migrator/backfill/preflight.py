@@ -12,6 +12,7 @@ per model, one PING. Each problem is one line with what to do and its documented
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -24,17 +25,22 @@ from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import privileges
 from migrator.db.context import Context, migration_context
+from migrator.db.server import rows_left_to_fill, table_storage
 from migrator.db.state import State
 from migrator.embedding import EmbeddingError, RetryableError, provider_for
 from migrator.errors import (
     BudgetError,
     ConfigError,
+    DiskSpaceError,
     MigratorError,
     PreflightError,
     ProviderError,
 )
+from migrator.plan.estimate import DiskGrowth, TableStorage, disk_growth
+from migrator.plan.index_memory import human
 from migrator.plan.model import ModelSpec, Plan
 
+log = logging.getLogger(__name__)
 PROBE_TEXT = "migrator pre-flight check: does this model answer?"
 PROBE_ATTEMPTS = 3
 _FIX_CATALOG = "fix the plan or the database, then check with `migrator plan PLAN`"
@@ -63,6 +69,9 @@ class Result:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     inspection: insp.Inspection | None = None
+    # The disk check's inputs and estimate (plan and backfill before the column is filled).
+    storage: TableStorage | None = None
+    growth: DiskGrowth | None = None
 
     def raise_first(self) -> None:
         """Raise the first problem's error (its exit code); the others ride along as lines."""
@@ -120,7 +129,38 @@ def check(
             res.problems.append(found)
     if command in ("plan", "backfill"):
         _check_redis(plan, settings, res)
+    if command in ("plan", "backfill") and phase in _FILL_PHASES and not ins.errors:
+        _check_disk(conn, plan, ins, res)
     return res
+
+
+# Phases from which a backfill still has rows to fill in the column (expanded: resumed).
+_FILL_PHASES = (None, State.PLANNED, State.EXPANDED, State.ABORTED)
+
+
+def _check_disk(conn: psycopg.Connection, plan: Plan, ins: insp.Inspection, res: Result) -> None:
+    """Refuse a backfill whose estimated growth does not fit (read-only: catalog sizes)."""
+    storage = res.storage = table_storage(conn, plan)
+    left = rows_left_to_fill(conn, plan, storage.rows, ins.target_exists)
+    growth = res.growth = disk_growth(plan, storage, left)
+    if growth.fits is None:
+        res.warnings.append(
+            f"disk room not checked: {storage.room_source}; the backfill and index build "
+            f"add about {human(growth.total_bytes)} (set backfill.max_database_size to check)"
+        )
+    elif not growth.fits:
+        room = max(0, growth.room_bytes or 0)
+        res.problems.append(
+            Problem(
+                DiskSpaceError,
+                f"the backfill and index build would add about {human(growth.total_bytes)} "
+                f"to the database ({human(growth.heap_bytes)} of new row versions, "
+                f"{human(growth.index_entries_bytes)} of index entries, "
+                f"{human(growth.new_index_bytes)} of new index) but only {human(room)} is "
+                f"left ({growth.room_source})",
+                "free disk space or raise backfill.max_database_size; a full disk stops PostgreSQL",
+            )
+        )
 
 
 def require(
@@ -129,6 +169,8 @@ def require(
     """`check`, raising the first problem's error (with the others) when there is any."""
     res = check(conn, settings, plan, command, phase)
     res.raise_first()
+    for warning in res.warnings:  # e.g. the disk room could not be checked: say so
+        log.warning("%s: %s", command, warning)
     return res
 
 

@@ -70,6 +70,18 @@ def _live_findings(console: Console, report: dict[str, Any]) -> None:
             f"(avg {est['avg_tokens']}/row), {est['requests']:,} requests, cost {cost}, "
             f"time {_duration(est['seconds'])} (bound by {est['bound_by']})"
         )
+        disk = est.get("disk")
+        if disk:
+            room = (
+                "room not checked"
+                if disk["fits"] is None
+                else f"{_mb(disk['room_bytes'])} MB left ({disk['room_source']})"
+            )
+            console.print(
+                f"  disk: +{_mb(disk['total_bytes'])} MB (row versions {_mb(disk['heap_bytes'])}, "
+                f"index entries {_mb(disk['index_entries_bytes'])}, new index "
+                f"{_mb(disk['new_index_bytes'])}); {room}"
+            )
     render_findings(console, report.get("findings", []))
 
 
@@ -184,3 +196,7 @@ def render_drill(console: Console, data: dict[str, Any]) -> None:
     for p in data["phases"]:
         t.add_row(*(str(p[key]) for key, _, _ in DRILL_COLUMNS))
     console.print(t)
+
+
+def _mb(nbytes: int | None) -> str:
+    return f"{(nbytes or 0) / 1048576:,.0f}"

@@ -26,15 +26,25 @@ from migrator.verify.run import QUERY_MODES, Stage, VerifyFailed, VerifyOptions,
 def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
     """A spinner on a terminal, plain lines otherwise; index progress from pg_stat_progress."""
     if not console.is_terminal:
-        last = {"phase": ""}
+        last = {"phase": "", "decile": ""}
 
         def line_stage(name: str) -> None:
             console.print(f"verify: {name}")
 
         def line_index(p: BuildProgress) -> None:
-            if p.phase != last["phase"]:  # one line per build phase keeps logs short
-                last["phase"] = p.phase
+            # One line per build phase, and one per 10% of it with the ETA, keeps logs short.
+            frac = p.fraction
+            decile = str(int(frac * 10)) if frac is not None else ""
+            if (p.phase, decile) == (last["phase"], last["decile"]):
+                return
+            last["phase"], last["decile"] = p.phase, decile
+            if p.eta_seconds is None or frac is None:
                 console.print(f"verify: index build: {p.phase}")
+            else:
+                console.print(
+                    f"verify: index build: {p.phase} {frac:.0%}, {p.seconds:.0f} s, "
+                    f"about {p.eta_seconds:.0f} s left"
+                )
 
         yield line_stage, line_index
         return
@@ -47,7 +57,8 @@ def progress_display(console: Console) -> Iterator[tuple[Stage, OnProgress]]:
             frac = p.fraction
             pct = f" {frac:.0%}" if frac is not None else ""
             done = f" ({p.tuples_done:,}/{p.tuples_total:,} rows)" if p.tuples_total else ""
-            status.update(f"verify: index build: {p.phase}{pct}{done}, {p.seconds:.0f} s")
+            eta = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds is not None else ""
+            status.update(f"verify: index build: {p.phase}{pct}{done}, {p.seconds:.0f} s{eta}")
 
         yield on_stage, on_index
 

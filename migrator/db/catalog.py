@@ -411,14 +411,47 @@ def _count_and_sample(conn: psycopg.Connection, plan: Plan, ins: Inspection, sam
     if not ins.rows:
         ins.warn(f"table {q.table_label(plan)} is empty")
         return
-    pct = min(100.0, max(0.01, 100.0 * sample * 3 / ins.rows))
-    rows = conn.execute(
-        sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) LIMIT %s").format(
-            q.text_expr(plan), q.table_ident(plan)
-        ),
-        (pct, sample),
+    ins.sample_texts = sample_texts(conn, plan, ins.rows, sample)
+
+
+# Up to this many heap pages BERNOULLI (every row with the same chance, reads every page) is
+# cheap enough; past it SYSTEM picks whole pages at random, this many of them.
+BERNOULLI_MAX_PAGES = 131_072  # 1 GB of heap
+SYSTEM_PAGES = 4_000
+
+
+def sample_texts(
+    conn: psycopg.Connection, plan: Plan, rows: int, sample: int, *, seed: int = 42
+) -> list[str]:
+    """A random sample of the texts to embed, the same on every run (REPEATABLE).
+
+    A table stored in key order often has text length correlated with the key: the sample
+    must not favour any part of it. BERNOULLI draws rows; SYSTEM (large tables) draws pages,
+    thousands of them so no few pages dominate. Either draws a few times the rows needed and
+    keeps `sample` of them in an order unrelated to storage (md5 of the row's ctid): a plain
+    LIMIT would keep the first pages' rows, the very bias this avoids.
+    """
+    if rows <= 0 or sample <= 0:
+        return []
+    pages_row = conn.execute(
+        "SELECT greatest(relpages, 1) FROM pg_class WHERE oid = %s::regclass",
+        (q.table_ident(plan).as_string(None),),
+    ).fetchone()
+    pages = int(pages_row[0]) if pages_row else 1
+    if pages <= BERNOULLI_MAX_PAGES:
+        method = sql.SQL("BERNOULLI")
+        pct = min(100.0, 100.0 * sample * 3 / rows)
+    else:
+        method = sql.SQL("SYSTEM")
+        pct = min(100.0, max(100.0 * sample * 3 / rows, 100.0 * SYSTEM_PAGES / pages))
+    out = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM {} TABLESAMPLE {} (%s) REPEATABLE (%s) "
+            "ORDER BY md5(ctid::text) LIMIT %s"
+        ).format(q.text_expr(plan), q.table_ident(plan), method),
+        (pct, seed, sample),
     ).fetchall()
-    ins.sample_texts = [r[0] for r in rows if r[0] is not None]
+    return [r[0] for r in out if r[0] is not None]
 
 
 def _quote(name: str) -> str:

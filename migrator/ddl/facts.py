@@ -81,3 +81,7 @@ class Facts:
     adopt_created_view: bool = True
     target_preexisted: bool = False
     prior_registry: RegistryRow | None = None
+    # Rows the new index will hold and the server's memory (None: unknown; offline), which
+    # size the index build's maintenance_work_mem (plan/index_memory.py).
+    index_rows: int | None = None
+    server_memory_bytes: int | None = None

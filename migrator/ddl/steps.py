@@ -17,6 +17,7 @@ from migrator.ddl.facts import Facts as Facts  # re-exported: steps.Facts predat
 from migrator.ddl.phases import State
 from migrator.ddl.statements import Lock, Statement
 from migrator.errors import PreflightError
+from migrator.plan.index_memory import BuildSizing, human, size_build
 from migrator.plan.model import CaptureNames, Plan
 
 
@@ -191,12 +192,42 @@ def backfill(plan: Plan, facts: Facts = Facts()) -> Step:
     )
 
 
+def build_sizing(plan: Plan, facts: Facts = Facts()) -> BuildSizing:
+    """The build's memory for the rows the facts name (offline: the plan's setting or cap)."""
+    idx, tgt = plan.index, plan.target
+    setting = idx.maintenance_work_mem
+    if facts.index_rows is None and setting == "auto":
+        setting = idx.max_maintenance_work_mem
+    return size_build(
+        rows=facts.index_rows or 0,
+        dimensions=tgt.model.dimensions,
+        vector_type=tgt.type,
+        method=idx.method,
+        m=idx.m,
+        setting=setting,
+        cap=idx.max_maintenance_work_mem,
+        workers=idx.max_parallel_maintenance_workers,
+        server_memory_bytes=facts.server_memory_bytes,
+    )
+
+
+def vacuum(plan: Plan) -> Statement:
+    """VACUUM (never FULL: that rewrites the table under ACCESS EXCLUSIVE), with ANALYZE."""
+    return Statement(
+        sql.SQL("VACUUM (ANALYZE) {}").format(q.table_ident(plan)),
+        "reclaim the backfill's dead row versions before the build locks autovacuum out",
+        Lock.SHARE_UPDATE_EXCLUSIVE,
+        q.table_label(plan),
+        ddl=False,
+        transactional=False,
+    )
+
+
 def index(plan: Plan, facts: Facts = Facts()) -> Step:
     tbl = q.table_label(plan)
+    sizing = build_sizing(plan, facts)
     set_mem = Statement(
-        sql.SQL("SET maintenance_work_mem = {}").format(
-            sql.Literal(plan.index.maintenance_work_mem)
-        ),
+        sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(sizing.setting)),
         "memory for the index build (session setting)",
         ddl=False,
         transactional=False,
@@ -223,12 +254,28 @@ def index(plan: Plan, facts: Facts = Facts()) -> Step:
         tbl,
         transactional=False,
     )
+    notes = ["An INVALID index left by a failed build is detected, dropped and rebuilt."]
+    if plan.index.maintenance_work_mem == "auto":
+        if facts.index_rows is None:
+            notes.append(
+                "maintenance_work_mem is sized at build time to the HNSW graph of the rows "
+                f"indexed, up to {plan.index.max_maintenance_work_mem} (shown: the cap)."
+            )
+        else:
+            notes.append(
+                f"maintenance_work_mem {sizing.setting}: the graph of {sizing.rows:,} rows "
+                f"needs about {human(sizing.graph_bytes)}."
+            )
+    warning = sizing.warning() if facts.index_rows is not None else None
+    if warning:
+        notes.append(f"Warning: {warning}.")
+    forward = (vacuum(plan),) if plan.index.vacuum_before_build else ()
     return Step(
         Phase.INDEX,
         f"build the {plan.index.method.value} index on {plan.target.column}",
-        (set_mem, set_par, build),
+        (*forward, set_mem, set_par, build),
         (drop,),
-        notes=("An INVALID index left by a failed build is detected, dropped and rebuilt.",),
+        notes=tuple(notes),
     )
 
 

@@ -1,6 +1,8 @@
-"""Estimates for `migrator plan`: tokens, cost and duration of a backfill.
+"""Estimates for `migrator plan`: tokens, cost, duration and disk growth of a backfill.
 
-Pure: takes counts measured elsewhere and the plan; no database, no network.
+Pure: takes counts and sizes measured elsewhere (db/server.py) and the plan; no database, no
+network. The write-cost and index-size figures are calibrated on PostgreSQL 18.6 + pgvector
+0.8.6 (bench/scale.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,8 +22,19 @@ PRICES: dict[str, float] = {
 }
 
 # Throughput assumed when the plan sets no rate limit: what one worker process reaches against
-# a fast provider on a small machine (see docs/benchmarks.md); used for the duration only.
+# a fast provider on a small machine without an HNSW index on the source column (see
+# docs/benchmarks.md); used for the duration only.
 ASSUMED_ROWS_PER_SECOND = 1000.0
+# Each UPDATE of a row re-inserts its unchanged source vector into every HNSW index on the
+# table (an index search to find the duplicate, then its heap TID is added): wall time per row
+# and index at 256 dimensions, m 16, ef_construction 64 on a quiet 2-core machine (issue 17:
+# 357 vs ~2,100 rows/s with and without the index); scaled by the index's dimensions and
+# ef_construction. A loaded database pays several times more (docs/benchmarks.md).
+HNSW_REINSERT_SECONDS = 2.3e-3
+HNSW_REINSERT_DIMS = 256
+HNSW_REINSERT_EF = 64
+PAGE = 8192
+_PAGE_USABLE = 8192 - 24 - 16  # page header and pgvector's special space
 
 
 def price_per_million(model: ModelSpec) -> float | None:
@@ -33,6 +46,105 @@ def price_per_million(model: ModelSpec) -> float | None:
 
 
 @dataclass(frozen=True)
+class IndexSize:
+    name: str
+    method: str  # pg_am.amname: btree, hnsw, ivfflat, gin...
+    bytes: int
+    dimensions: int = 0  # of the vector it indexes (hnsw/ivfflat)
+    ef_construction: int = HNSW_REINSERT_EF
+
+
+@dataclass(frozen=True)
+class TableStorage:
+    """Sizes of the table as the catalog reports them, and the room left for it to grow."""
+
+    rows: int
+    heap_bytes: int
+    toast_bytes: int = 0
+    indexes: tuple[IndexSize, ...] = ()
+    database_bytes: int = 0
+    # Bytes the database may still grow by: free disk (detected) or the plan's
+    # backfill.max_database_size minus the database's size; None: not determinable.
+    room_bytes: int | None = None
+    room_source: str = ""  # how room_bytes was found, for the message
+
+
+@dataclass(frozen=True)
+class DiskGrowth:
+    """What the column mode's backfill and index build add to the database."""
+
+    rows: int
+    heap_bytes: int  # one new row version per row, now carrying the new vector
+    index_entries_bytes: int  # a new entry per row version in each non-HNSW index
+    new_index_bytes: int  # the index the build adds on the target column
+    room_bytes: int | None
+    room_source: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.heap_bytes + self.index_entries_bytes + self.new_index_bytes
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.room_bytes is None else self.total_bytes <= self.room_bytes
+
+
+def vector_bytes(dimensions: int, halfvec: bool) -> int:
+    return 8 + dimensions * (2 if halfvec else 4)
+
+
+def hnsw_index_bytes(rows: int, dimensions: int, halfvec: bool, m: int) -> int:
+    """On-disk size of an HNSW index (pgvector's element and neighbor tuples, 8 kB pages)."""
+    upper = 1.0 / (m - 1)
+    element = 8 * math.ceil((72 + vector_bytes(dimensions, halfvec)) / 8)
+    neighbors = 8 * math.ceil((4 + 6 * (2 + upper) * m) / 8)
+    per_row = element + neighbors + 8  # two line pointers
+    per_page = max(1, _PAGE_USABLE // per_row)
+    return math.ceil(max(0, rows) / per_page) * PAGE
+
+
+def disk_growth(plan: Plan, storage: TableStorage, rows: int) -> DiskGrowth:
+    """Growth of the column mode for `rows` rows still to fill (see docs/backfill.md).
+
+    Every row gets a new version (UPDATEs of a row already this size are almost never HOT)
+    the size of the old one plus the new vector; the dead versions stay until vacuum, whose
+    space the table then reuses but does not return. Every non-HNSW index (the primary key,
+    say) gets one entry per new version; an HNSW index on the source column finds the same
+    vector and adds the new heap TID to its element, so it hardly grows.
+    """
+    tgt = plan.target
+    halfvec = tgt.type.value == "halfvec"
+    per_row = (storage.heap_bytes / storage.rows) if storage.rows else 0.0
+    heap = math.ceil(rows * (per_row + vector_bytes(tgt.model.dimensions, halfvec) + 4))
+    share = rows / storage.rows if storage.rows else 0.0
+    entries = math.ceil(
+        sum(i.bytes for i in storage.indexes if i.method not in ("hnsw", "ivfflat")) * share
+    )
+    if plan.index.method.value == "hnsw":
+        new_index = hnsw_index_bytes(
+            storage.rows or rows, tgt.model.dimensions, halfvec, plan.index.m
+        )
+    else:  # IVFFlat: one tuple of the vector per row
+        new_index = math.ceil(
+            (storage.rows or rows) * (vector_bytes(tgt.model.dimensions, halfvec) + 16)
+        )
+    return DiskGrowth(rows, heap, entries, new_index, storage.room_bytes, storage.room_source)
+
+
+def write_seconds_per_row(storage: TableStorage | None) -> float:
+    """PostgreSQL time per row the source table's HNSW indexes add to each UPDATE."""
+    if storage is None:
+        return 0.0
+    return sum(
+        HNSW_REINSERT_SECONDS
+        * (max(i.dimensions, 1) / HNSW_REINSERT_DIMS)
+        * (i.ef_construction / HNSW_REINSERT_EF)
+        for i in storage.indexes
+        if i.method == "hnsw"
+    )
+
+
+@dataclass(frozen=True)
 class Estimate:
     rows: int
     avg_tokens: float
@@ -41,12 +153,21 @@ class Estimate:
     cost_usd: float | None
     seconds: float
     bound_by: str
+    # Seconds of the database's writes per row (HNSW indexes on the table); 0 without them.
+    index_write_seconds_per_row: float = 0.0
+    disk: DiskGrowth | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.disk is not None:
+            out["disk"] = {**asdict(self.disk), "total_bytes": self.disk.total_bytes}
+            out["disk"]["fits"] = self.disk.fits
+        return out
 
 
-def estimate(plan: Plan, rows: int, token_counts: list[int]) -> Estimate:
+def estimate(
+    plan: Plan, rows: int, token_counts: list[int], storage: TableStorage | None = None
+) -> Estimate:
     avg = (sum(token_counts) / len(token_counts)) if token_counts else 0.0
     tokens = math.ceil(avg * rows)
     model = plan.target.model
@@ -56,12 +177,28 @@ def estimate(plan: Plan, rows: int, token_counts: list[int]) -> Estimate:
     requests = math.ceil(rows / per_request) if rows else 0
     price = price_per_million(model)
     cost = None if price is None else round(tokens / 1e6 * price, 4)
-    limits = {"throughput (no rate limit set)": rows / ASSUMED_ROWS_PER_SECOND}
+    write = write_seconds_per_row(storage)
+    # The pipeline and the database's index writes run one after the other in a batch.
+    label = "throughput (no rate limit set)"
+    if write:
+        label = "throughput and the source's HNSW index writes"
+    limits = {label: rows * (1.0 / ASSUMED_ROWS_PER_SECOND + write)}
     if plan.backfill.requests_per_minute:
         limits["requests per minute"] = requests / plan.backfill.requests_per_minute * 60
     if plan.backfill.tokens_per_minute:
         limits["tokens per minute"] = tokens / plan.backfill.tokens_per_minute * 60
-    if len(limits) > 1:
-        limits.pop("throughput (no rate limit set)")
+    if write == 0 and len(limits) > 1:
+        limits.pop(label)
     bound_by, seconds = max(limits.items(), key=lambda kv: kv[1])
-    return Estimate(rows, round(avg, 2), tokens, requests, cost, round(seconds, 1), bound_by)
+    disk = disk_growth(plan, storage, rows) if storage is not None else None
+    return Estimate(
+        rows,
+        round(avg, 2),
+        tokens,
+        requests,
+        cost,
+        round(seconds, 1),
+        bound_by,
+        round(write, 6),
+        disk,
+    )

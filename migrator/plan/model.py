@@ -78,6 +78,15 @@ SEARCH_KEYS = frozenset(
         "max_probes",
     }
 )
+# Keys of the index section that only tune the build: they may change mid-migration.
+TUNING_INDEX_KEYS = frozenset(
+    {
+        "maintenance_work_mem",
+        "max_maintenance_work_mem",
+        "max_parallel_maintenance_workers",
+        "vacuum_before_build",
+    }
+)
 
 # Re-exported: the vocabularies live in plan_types, the model here.
 __all__ = [
@@ -220,6 +229,10 @@ class BackfillSpec(Frozen):
     # Re-embed with the OLD model the rows change capture finds with an old vector of text they
     # no longer have, before cutover, so a rollback serves fresh vectors (docs/backfill.md).
     refresh_source: bool = True
+    # The size the database may reach (its volume minus a margin): the backfill refuses to
+    # start when its estimated growth would pass it. Unset: the free space of the server's
+    # data directory when migrator can see it (a local server), else the check is skipped.
+    max_database_size: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB|TB)$")] | None = None
 
 
 class IndexSpec(Frozen):
@@ -238,8 +251,15 @@ class IndexSpec(Frozen):
     max_scan_tuples: Annotated[int, Field(ge=1)] | None = None
     scan_mem_multiplier: Annotated[float, Field(ge=1, le=1000)] | None = None
     max_probes: Annotated[int, Field(ge=1, le=32768)] | None = None
-    maintenance_work_mem: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB)$")] = "512MB"
+    # Tuning (not in the plan hash): "auto" sizes the build's memory to the HNSW graph of the
+    # rows it indexes (plan/index_memory.py), within max_maintenance_work_mem and half the
+    # server's memory when migrator can read it; a size sets it as given.
+    maintenance_work_mem: Annotated[str, Field(pattern=r"^(auto|[0-9]+(kB|MB|GB|TB))$")] = "auto"
+    max_maintenance_work_mem: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB|TB)$")] = "4GB"
     max_parallel_maintenance_workers: Annotated[int, Field(ge=0, le=64)] = 1
+    # VACUUM (not FULL) the table after the backfill, before the build: a concurrent build
+    # locks autovacuum out of the table for its whole duration.
+    vacuum_before_build: bool = True
 
     def search_settings(self) -> dict[str, str]:
         """The session settings a search sets (SET LOCAL) for this index section, for either
@@ -407,23 +427,22 @@ class Plan(Frozen):
     def plan_hash(self) -> str:
         """Hash of what defines the migration (defaults filled in, comments and order ignored).
 
-        Tuning sections (backfill, verify, cutover, ddl), the description and the index's
-        search-time settings (SEARCH_KEYS) are left out: an operator may change a rate limit, a
-        threshold or ef_search mid-migration, never the table, text, models, index DDL or view.
+        Tuning sections (backfill, verify, cutover, ddl, bridge), the description, the index's
+        search-time settings (SEARCH_KEYS) and its build settings (TUNING_INDEX_KEYS) are left
+        out: an operator may change a rate limit, a threshold, ef_search or the build's memory
+        mid-migration, never the table, text, models, index DDL or view.
         """
         structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
-        structural["index"] = {k: v for k, v in structural["index"].items() if k not in SEARCH_KEYS}
+        skip = SEARCH_KEYS | TUNING_INDEX_KEYS
+        structural["index"] = {k: v for k, v in structural["index"].items() if k not in skip}
         return _digest(structural)
 
     def legacy_plan_hash(self) -> str:
         """The hash as migrator computed it before search settings were tuning (ef_search,
         probes and iterative_scan in it): migrations registered then are still recognised."""
         structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
-        structural["index"] = {
-            k: v
-            for k, v in structural["index"].items()
-            if k not in {"max_scan_tuples", "scan_mem_multiplier", "max_probes"}
-        }
+        skip = {"max_scan_tuples", "scan_mem_multiplier", "max_probes"} | TUNING_INDEX_KEYS
+        structural["index"] = {k: v for k, v in structural["index"].items() if k not in skip}
         return _digest(structural)
 
 

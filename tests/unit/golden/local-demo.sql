@@ -52,8 +52,10 @@ SELECT t."id", t."id"::text, "t"."body", md5("t"."body") FROM "public"."document
 -- workers, source role: compare-and-set write of embedding with local-hash-old [tx; ROW EXCLUSIVE on public.documents]
 UPDATE "public"."documents" AS t SET "embedding" = s.v FROM "migrator_stage_428fda_vector_256" AS s WHERE t."id" = s.pk AND md5("t"."body") IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'demo-local' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) RETURNING t."id"::text;
 -- phase: index
+-- reclaim the backfill's dead row versions before the build locks autovacuum out [no-tx; SHARE UPDATE EXCLUSIVE on public.documents]
+VACUUM (ANALYZE) "public"."documents";
 -- memory for the index build (session setting) [no-tx; no table lock]
-SET maintenance_work_mem = '256MB';
+SET maintenance_work_mem = '1GB';
 -- parallel workers for the build (session setting) [no-tx; no table lock]
 SET max_parallel_maintenance_workers = 1;
 -- build documents_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.documents]

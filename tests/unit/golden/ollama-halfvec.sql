@@ -52,8 +52,10 @@ SELECT t."chunk_id", t."chunk_id"::text, "t"."content", md5("t"."content") FROM 
 -- workers, source role: compare-and-set write of embedding with text-embedding-ada-002 [tx; ROW EXCLUSIVE on public.kb_chunks]
 UPDATE "public"."kb_chunks" AS t SET "embedding" = s.v FROM "migrator_stage_428fda_vector_1536" AS s WHERE t."chunk_id" = s.pk AND md5("t"."content") IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'kb-nomic-halfvec' AND st.pk = "t"."chunk_id"::text AND st.refreshed_at IS NULL)) RETURNING t."chunk_id"::text;
 -- phase: index
+-- reclaim the backfill's dead row versions before the build locks autovacuum out [no-tx; SHARE UPDATE EXCLUSIVE on public.kb_chunks]
+VACUUM (ANALYZE) "public"."kb_chunks";
 -- memory for the index build (session setting) [no-tx; no table lock]
-SET maintenance_work_mem = '512MB';
+SET maintenance_work_mem = '4GB';
 -- parallel workers for the build (session setting) [no-tx; no table lock]
 SET max_parallel_maintenance_workers = 1;
 -- build kb_chunks_embedding_nomic_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.kb_chunks]

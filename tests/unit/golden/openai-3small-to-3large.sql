@@ -64,8 +64,10 @@ UPDATE "public"."articles" AS t SET "embedding" = s.v FROM "migrator_stage_428fd
 
 ', "t"."body"::text) END) IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'articles-3large' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) RETURNING t."id"::text;
 -- phase: index
+-- reclaim the backfill's dead row versions before the build locks autovacuum out [no-tx; SHARE UPDATE EXCLUSIVE on public.articles]
+VACUUM (ANALYZE) "public"."articles";
 -- memory for the index build (session setting) [no-tx; no table lock]
-SET maintenance_work_mem = '2GB';
+SET maintenance_work_mem = '16GB';
 -- parallel workers for the build (session setting) [no-tx; no table lock]
 SET max_parallel_maintenance_workers = 2;
 -- build articles_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.articles]
