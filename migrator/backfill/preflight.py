@@ -24,7 +24,7 @@ from migrator.db import catalog as insp
 from migrator.db import privileges
 from migrator.db.context import Context, migration_context
 from migrator.db.state import State
-from migrator.embedding import EmbeddingError, RetryableError, provider_for
+from migrator.embedding.errors import EmbeddingError, RetryableError
 from migrator.errors import BrokerError, ConfigError, MigratorError, PreflightError, ProviderError
 from migrator.plan.model import ModelSpec, Plan
 
@@ -123,6 +123,8 @@ def probe(role: str, spec: ModelSpec, settings: Settings) -> Problem | None:
     dimension. Retryable errors (429, 5xx, timeouts) are tried PROBE_ATTEMPTS times."""
     label = f"the {role} model {spec.name!r}"
     try:
+        from migrator.embedding.factory import provider_for  # openai, httpx: when probing
+
         provider = provider_for(spec, settings.environ)
     except ConfigError as exc:
         return Problem(ConfigError, f"{label}: {exc.message}", exc.hint or "set the key")
