@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import psycopg
-from celery import Celery
 
 from migrator.backfill import ledger
 from migrator.config import Settings
 from migrator.db.embedded import embedded_redis_url
 from migrator.errors import BrokerError
 from migrator.plan.model import Plan
+
+if TYPE_CHECKING:  # celery is imported when an app is made, not by every CLI command
+    from celery import Celery
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix")
 
@@ -71,6 +74,8 @@ VISIBILITY_TIMEOUT_S = 4 * 3600
 
 
 def make_app(url: str) -> Celery:
+    from celery import Celery
+
     app = Celery("migrator", broker=url, include=["migrator.worker.tasks"])
     app.conf.update(
         task_acks_late=True,

@@ -27,7 +27,7 @@ from migrator.db import privileges
 from migrator.db.context import Context, migration_context
 from migrator.db.server import rows_left_to_fill, table_storage
 from migrator.db.state import State
-from migrator.embedding import EmbeddingError, RetryableError, provider_for
+from migrator.embedding.errors import EmbeddingError, RetryableError
 from migrator.errors import (
     BudgetError,
     ConfigError,
@@ -179,6 +179,8 @@ def probe(role: str, spec: ModelSpec, settings: Settings) -> Problem | None:
     dimension. Retryable errors (429, 5xx, timeouts) are tried PROBE_ATTEMPTS times."""
     label = f"the {role} model {spec.name!r}"
     try:
+        from migrator.embedding.factory import provider_for  # openai, httpx: when probing
+
         provider = provider_for(spec, settings.environ)
     except ConfigError as exc:
         return Problem(ConfigError, f"{label}: {exc.message}", exc.hint or "set the key")

@@ -10,21 +10,10 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from migrator.backfill import budget
-from migrator.backfill import monitor as backfill
 from migrator.cli.common import (
     child_log,
     emit_json,
@@ -35,7 +24,12 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.worker import launch
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import ProgressColumn
+
+    from migrator.backfill.monitor import ProgressFn
 
 
 def broker_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,6 +44,8 @@ def broker_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def progress_columns(width: int) -> tuple[ProgressColumn, ...]:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
     """Rows done/total, rate and ETA always fit (80 columns is every pipe's width): the bar
     takes what is left, and the retry and ledger counters show only on wide terminals (they
     are in the summary and in `migrator status` either way)."""
@@ -81,7 +77,9 @@ def _eta(rows_left: int | None, rate: float) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, enabled: bool) -> Iterator[backfill.ProgressFn | None]:
+def progress_bar(console: Console, enabled: bool) -> Iterator[ProgressFn | None]:
+    from rich.progress import Progress
+
     if not enabled:
         yield None
         return
@@ -161,6 +159,9 @@ def backfill_cmd(
     with DATABASE_URL and CELERY_BROKER_URL: `migrator worker PLAN`, or
     `celery -A migrator.worker.app worker -Q <queue>` (the queue is in `migrator plan`).
     """
+    from migrator.backfill import monitor as backfill
+    from migrator.worker import launch
+
     plan = read_plan(plan_path)
     settings = settings_from(database_url, broker_url)
     n = n_workers if n_workers is not None else (0 if settings.broker_url or no_wait else 2)
@@ -239,6 +240,9 @@ def worker_cmd(
     Equivalent to `celery -A migrator.worker.app worker -Q <queue>` with DATABASE_URL and
     CELERY_BROKER_URL set; the plan itself is read from the database by the tasks.
     """
+    from migrator.backfill import budget
+    from migrator.worker import launch
+
     plan = read_plan(plan_path)
     settings = settings_from(database_url, broker_url)
     budget.require(settings, plan)  # limits are one shared budget, or exit 15 now

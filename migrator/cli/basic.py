@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from migrator import api
 from migrator.cli.common import (
     database_option,
     emit_json,
@@ -14,11 +13,10 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.cli.render import render_findings, render_plan, render_status
-from migrator.ddl.runbook import render_runbook
-from migrator.ddl.script import render_script
-from migrator.ddl.steps import Facts
 from migrator.errors import EXIT_CODES
+
+# The API, the renderers and the statement builders are imported inside the commands:
+# `migrator --help` and `--version` must not pay for them (bench/startup.py).
 
 
 @plan_command(
@@ -53,6 +51,10 @@ def plan_cmd(
     """
     if as_sql and as_json:
         raise click.UsageError("--sql and --json are two outputs: choose one")
+    from migrator import api
+    from migrator.cli.render import render_findings, render_plan
+    from migrator.ddl.script import render_script
+
     plan = read_plan(plan_path)
     report = api.plan_offline(plan) if offline else api.plan_live(plan, settings_from(database_url))
     data = report.as_dict()
@@ -80,6 +82,9 @@ def plan_cmd(
 )
 def status_cmd(plan_path: str, database_url: str | None, as_json: bool, events_limit: int) -> None:
     """Show the migration's phase, progress, dead letters and event log."""
+    from migrator import api
+    from migrator.cli.render import render_status
+
     plan = read_plan(plan_path)
     data = api.status(settings_from(database_url), plan, events_limit=events_limit)
     if as_json:
@@ -95,6 +100,8 @@ def adopt_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None:
     Run it before moving the search service from the table to the view; `backfill` runs it
     too when needed. Changes nothing else.
     """
+    from migrator import api
+
     plan = read_plan(plan_path)
     res = api.adopt(settings_from(database_url), plan)
     if as_json:
@@ -116,6 +123,8 @@ def db_group() -> None:
 @handle_errors
 def db_url_cmd(database_url: str | None) -> None:
     """Print the database URL (starting the embedded PostgreSQL if needed)."""
+    from migrator import api
+
     click.echo(api.db_url(settings_from(database_url)))
 
 
@@ -123,6 +132,8 @@ def db_url_cmd(database_url: str | None) -> None:
 @handle_errors
 def db_stop_cmd() -> None:
     """Stop the embedded PostgreSQL and the embedded Redis."""
+    from migrator import api
+
     res = api.db_stop(settings_from())
     for name, stopped in res.items():
         click.echo(f"{name}: {'stopped' if stopped else 'not running'}")
@@ -145,6 +156,10 @@ def runbook_cmd(
 ) -> None:
     """Write a Markdown runbook for PLAN: each step's command, what it changes, expected
     duration, what to watch, how to check it worked and how to roll back from there."""
+    from migrator import api
+    from migrator.ddl.runbook import render_runbook
+    from migrator.ddl.steps import Facts
+
     plan = read_plan(plan_path)
     estimate = None
     facts = Facts()

@@ -13,14 +13,17 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from migrator.config import Settings, load_settings
 from migrator.errors import ConfirmationRequired, MigratorError
-from migrator.plan.model import Plan, load_plan
+
+if TYPE_CHECKING:  # imported where used: `migrator --help` stays fast (bench/startup.py)
+    from rich.console import Console
+
+    from migrator.config import Settings
+    from migrator.plan.model import Plan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,6 +86,8 @@ def confirm_or_require_yes(command: str, question: str, *, yes: bool, as_json: b
 
 
 def make_console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
@@ -142,10 +147,14 @@ def plan_command(
 
 
 def settings_from(database_url: str | None = None, broker_url: str | None = None) -> Settings:
+    from migrator.config import load_settings
+
     return load_settings(database_url=database_url, broker_url=broker_url)
 
 
 def read_plan(path: str) -> Plan:
+    from migrator.plan.model import load_plan
+
     return load_plan(path)
 
 

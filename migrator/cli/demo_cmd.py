@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from migrator.cli.common import emit_json, handle_errors, json_option, make_console, settings_from
 
@@ -64,6 +63,8 @@ def _get(d: dict[str, Any], *path: str, default: Any = None) -> Any:
 
 
 def render_summary(console: Any, s: dict[str, Any]) -> None:
+    from rich.table import Table
+
     t = Table(title="migrator demo: summary", show_header=False)
     t.add_column("figure")
     t.add_column("value", justify="right")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import click
 
-from migrator.embedding.server import serve
-from migrator.embedding.server_controls import BadMode, Controls
+# The server (uvicorn, starlette, numpy) is imported when the command runs.
+# server_controls.BadMode values (a unit test keeps the two equal).
+BAD_MODES = ("wrong-dim", "nan", "zero", "missing", "shuffle", "duplicate")
 
 
 @click.command("serve-embeddings")
@@ -54,7 +55,7 @@ from migrator.embedding.server_controls import BadMode, Controls
 )
 @click.option(
     "--bad",
-    type=click.Choice([m.value for m in BadMode]),
+    type=click.Choice(BAD_MODES),
     default=None,
     help="Answer every request wrongly, for tests of the client's checks.",
 )
@@ -95,6 +96,9 @@ def serve_embeddings(
                GET /control (controls and counters), POST /control (JSON, change controls)
     Use it with:  OPENAI_BASE_URL=http://127.0.0.1:8765/v1  (no API key needed on loopback)
     """
+    from migrator.embedding.server import serve
+    from migrator.embedding.server_controls import BadMode, Controls
+
     controls = Controls(
         rpm=rpm,
         tpm=tpm,

@@ -3,11 +3,10 @@ Presentation only."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from migrator import switch
 from migrator.cli.common import (
     confirm_or_require_yes,
     database_option,
@@ -19,13 +18,16 @@ from migrator.cli.common import (
     read_plan,
     settings_from,
 )
-from migrator.cli.render import render_drill
-from migrator.db.connect import resolve_url
 from migrator.errors import ConfigError, MigratorError
+
+if TYPE_CHECKING:  # imported inside the commands: `migrator --help` stays fast
+    from migrator import switch
 
 
 def describe_action(name: str, outcome: object) -> str:
     """One readable line for a step the drill ran (a result or the error it raised)."""
+    from migrator import switch
+
     if isinstance(outcome, switch.SwitchResult):
         return (
             f"{name}: the view now serves {outcome.column}; phase {outcome.phase_before} -> "
@@ -75,6 +77,8 @@ def cutover_cmd(plan_path: str, database_url: str | None, as_json: bool) -> None
     Refused unless the latest verification passed and is still current. Lock wait and hold
     times are recorded in the event log (`migrator status PLAN`).
     """
+    from migrator import switch
+
     plan = read_plan(plan_path)
     _print_switch(switch.cutover(settings_from(database_url), plan), as_json)
 
@@ -92,6 +96,8 @@ def rollback_cmd(
     plan_path: str, bridge: bool | None, database_url: str | None, as_json: bool
 ) -> None:
     """Switch the search view back to the old column (kept fresh since cutover)."""
+    from migrator import switch
+
     plan = read_plan(plan_path)
     _print_switch(switch.rollback(settings_from(database_url), plan, bridge=bridge), as_json)
 
@@ -108,6 +114,8 @@ def finalize_cmd(
 
     Allowed after the plan's cutover.rollback_window_hours (or with --force).
     """
+    from migrator import switch
+
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
     if not yes:
@@ -147,6 +155,8 @@ def abort_cmd(plan_path: str, yes: bool, database_url: str | None, as_json: bool
     adopt created is dropped; a view that existed is left exactly as it was. The migration's
     row (phase aborted) and its event log stay. Refused while cut over: roll back first.
     """
+    from migrator import switch
+
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
     if not yes:
@@ -182,6 +192,7 @@ def serve_search_cmd(
     view: str, host: str, port: int, pool_size: int, database_url: str | None
 ) -> None:
     """Serve GET /search?q=...&k=..., /healthz and /metrics over a migrator view."""
+    from migrator.db.connect import resolve_url
     from migrator.search.service import serve
 
     settings = settings_from(database_url)
@@ -223,6 +234,8 @@ def drill_cmd(
     Counts failed queries and rows from another model than the query's, and gives latency
     percentiles per phase. Run the phases from another terminal, or with --run.
     """
+    from migrator import switch
+    from migrator.db.connect import resolve_url
     from migrator.search.drill import run_drill
 
     plan = read_plan(plan_path)
@@ -259,6 +272,8 @@ def drill_cmd(
 
 
 def _print_drill(data: dict[str, Any]) -> None:
+    from migrator.cli.render import render_drill
+
     render_drill(make_console(), data)
     for err in data["errors"]:
         click.echo(f"  error: {err}", err=True)
