@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=2000)
     ap.add_argument("--pairs", default="10000,100000")
     ap.add_argument("--neural", action="store_true", help="also the neural pair (bridge-bench)")
+    ap.add_argument("--no-hash", action="store_true", help="skip the hash pairs")
+    ap.add_argument("--no-cost", action="store_true", help="skip fit cost and overhead")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     docs = load_docstrings(limit=args.docs)
@@ -189,6 +191,8 @@ def main() -> None:
         ("hash 384->256", hash_encoder("local-hash-new", 384), hash_encoder("local-hash-old", 256)),
         ("hash 256->256", hash_encoder("local-hash-new", 256), hash_encoder("local-hash-old", 256)),
     ]
+    if args.no_hash:
+        pairs = []
     if args.neural:
         found = neural_pair()
         if found:
@@ -196,17 +200,19 @@ def main() -> None:
             pairs.append((f"{nl} -> {ol}", ne, oe))
     print(f"corpus: {len(docs)} stdlib docstrings; recall@10 over the held-out documents")
     print(
-        "| pair (new -> old) | queries | n | corpus | old | new | bridge | swap | retention "
-        "| method |"
+        "| pair (new -> old) | query set | queries | corpus | old | new | bridge | swap "
+        "| retention | method |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, new, old in pairs:
         for row in run_pair(label, new, old, docs, rng, args):
             print("| " + " | ".join(row) + " |")
+    if args.no_cost:
+        return
     print()
     print("| fit (new -> old dims) | pairs | seconds | peak MiB |")
     print("|---|---|---|---|")
-    for dims_in, dims_out in ((384, 256), (384, 384), (1536, 3072)):
+    for dims_in, dims_out in ((384, 256), (384, 384)):
         for p in (int(v) for v in args.pairs.split(",")):
             s, mib = fit_cost(dims_in, dims_out, p)
             print(f"| {dims_in} -> {dims_out} | {p:,} | {s:.2f} | {mib:.0f} |")
