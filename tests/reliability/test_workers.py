@@ -152,6 +152,9 @@ def test_batch_outliving_the_visibility_timeout_stays_with_its_worker(
         backfill__batch_size=300,
         backfill__concurrency=1,
         target__model__max_inputs_per_request=300,
+        # Time limits (90% of the stall) far above the 6 s requests: only the broker's
+        # redelivery can start a second delivery, never a soft time limit's retry.
+        backfill__stall_after_seconds=120,
     )
     st = settings_for(settings, broker.url)
     api.adopt(st, plan)
