@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import psycopg
 
 from migrator.backfill import budget
-from migrator.bridge import store
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import privileges
@@ -96,6 +95,8 @@ def models_called(plan: Plan, command: str, phase: State | None) -> list[tuple[s
 
 def retired_source(conn: psycopg.Connection, plan: Plan) -> bool:
     """`bridge on --old-model-gone` named a bridge to stand in for the old model."""
+    from migrator.bridge import store  # numpy: only with a database at hand
+
     return store.replacing_source(conn, plan) is not None
 
 

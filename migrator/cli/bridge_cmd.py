@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from migrator import bridging
 from migrator.cli.common import emit_json, plan_command, read_plan, settings_from
+
+if TYPE_CHECKING:
+    from migrator import bridging
 
 
 @click.group("bridge")
@@ -40,6 +42,8 @@ def fit_cmd(
     plan_path: str, rows: int | None, seed: int | None, database_url: str | None, as_json: bool
 ) -> None:
     """Fit a map from the new model's space into the old one on rows holding both vectors."""
+    from migrator import bridging
+
     plan = read_plan(plan_path)
     res = bridging.fit(
         settings_from(database_url), plan, rows=rows, seed=seed, plan_dir=Path(plan_path).parent
@@ -103,6 +107,8 @@ def on_cmd(
     plan_path: str, force: bool, old_model_gone: bool, database_url: str | None, as_json: bool
 ) -> None:
     """Switch searches to new-model queries mapped into the old column, atomically."""
+    from migrator import bridging
+
     plan = read_plan(plan_path)
     res = bridging.bridge_on(
         settings_from(database_url), plan, force=force, old_model_gone=old_model_gone
@@ -115,6 +121,8 @@ def on_cmd(
 )
 def off_cmd(plan_path: str, force: bool, database_url: str | None, as_json: bool) -> None:
     """Switch searches back to old-model queries, atomically."""
+    from migrator import bridging
+
     plan = read_plan(plan_path)
     _print(bridging.bridge_off(settings_from(database_url), plan, force=force), as_json)
 

@@ -36,6 +36,9 @@ COVERED = {
     "finalize",
     "abort",
     "demo",
+    "bridge fit",
+    "bridge on",
+    "bridge off",
 }
 
 
@@ -117,6 +120,10 @@ def test_every_command_prints_one_json_document(database_url: str, tmp_path: Pat
         for c in report["checks"]
         if c["status"] != "pass"
     ]
+    for sub, args in (("fit", ()), ("on", ("--force",)), ("off", ())):
+        seen.add(f"bridge {sub}")
+        doc = run_json(["bridge", sub, path, *args, "--json"], env, tmp_path)
+        assert doc["ok"] is True, doc
     assert run("cutover")["phase_after"] == "cut_over"
     assert run("rollback")["phase_after"] == "rolled_back"
     drill = run("drill", "--qps", "5", "--duration", "2", "--processes", "1", "--run", "cutover")
