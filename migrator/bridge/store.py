@@ -122,30 +122,25 @@ def get(conn: psycopg.Connection, bridge_id: int) -> StoredBridge | None:
 
 def latest(conn: psycopg.Connection, plan: Plan) -> StoredBridge | None:
     """The newest bridge of the migration that fits the plan's two models, or None."""
-    try:
-        row = conn.execute(
-            sql.SQL(
-                "SELECT {} FROM migrator.bridges WHERE migration = %s AND from_fingerprint = %s "
-                "AND to_fingerprint = %s ORDER BY id DESC LIMIT 1"
-            ).format(sql.SQL(_COLUMNS)),
-            (plan.name, plan.target.model.fingerprint(), plan.source.model.fingerprint()),
-        ).fetchone()
-    except psycopg.errors.UndefinedTable:  # a read-only caller before schema 0004
-        return None
-    return _from_row(row) if row else None
+    return _newest(conn, plan, replacing_only=False)
 
 
 def replacing_source(conn: psycopg.Connection, plan: Plan) -> StoredBridge | None:
     """The bridge that stands in for a retired old model (catch-up, verify), if one was named."""
+    return _newest(conn, plan, replacing_only=True)
+
+
+def _newest(conn: psycopg.Connection, plan: Plan, *, replacing_only: bool) -> StoredBridge | None:
+    only = sql.SQL("AND replaces_source " if replacing_only else "")
     try:
         row = conn.execute(
             sql.SQL(
-                "SELECT {} FROM migrator.bridges WHERE migration = %s AND replaces_source "
+                "SELECT {} FROM migrator.bridges WHERE migration = %s {}"
                 "AND from_fingerprint = %s AND to_fingerprint = %s ORDER BY id DESC LIMIT 1"
-            ).format(sql.SQL(_COLUMNS)),
+            ).format(sql.SQL(_COLUMNS), only),
             (plan.name, plan.target.model.fingerprint(), plan.source.model.fingerprint()),
         ).fetchone()
-    except psycopg.errors.UndefinedTable:
+    except psycopg.errors.UndefinedTable:  # a read-only caller before schema 0004
         return None
     return _from_row(row) if row else None
 
