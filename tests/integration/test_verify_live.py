@@ -74,6 +74,10 @@ def test_verify_passes_5_of_5_under_steady_writes(database_url: str, settings: S
             # bound as the lag, so one writer at this rate stays well inside it.
             verify__max_stale_fraction=0.05,
             verify__catch_up_wait_seconds=30,
+            # The subject here is coverage under writes. The index gate (tested on its own in
+            # test_verify_ladder.py) compares two models' spaces on 100 queries: at that sample
+            # its 0.02 default is about one standard error of the difference.
+            verify__max_recall_drop=0.1,
         )
         st = _settings(settings)
         env = dict(st.environ)
