@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from migrator.backfill import expand, ledger, preflight, refresh
+from migrator.backfill import expand, ledger, preflight, probe, refresh
 from migrator.config import Settings
 from migrator.db import catalog as insp
 from migrator.db import state
@@ -235,6 +235,8 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
         from migrator.backfill.ledger import dead_letters
 
         out["dead_letters"] = dead_letters(conn, plan.name)
+        # The stored plan's pacing settings: they change live, the file may lag behind.
+        out["pacing"] = probe.status(conn, state.stored_plan(conn, plan.name) or plan)
         return out
 
 

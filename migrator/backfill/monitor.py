@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrator.backfill import expand, ledger, preflight, refresh, work
+from migrator.backfill import expand, ledger, preflight, probe, refresh, work
 from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
 from migrator.db import errors as dberrors
@@ -67,9 +67,14 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
     stall = float(opts.stall_after or plan.backfill.stall_after_seconds)
     enq = Enqueuer(broker_url(settings), plan, stall)
     t0 = time.monotonic()
+    gov: probe.Governor | None = None
+    mon: Monitor | None = None
     try:
         with preflight.context(settings, plan, "backfill") as ctx:
-            start = _prepare(ctx, enq, opts)
+            # Pacing needs a coordinator that keeps probing: not with --no-wait.
+            if opts.wait:
+                gov = probe.Governor(ctx.url, plan, settings.operator)
+            start = _prepare(ctx, enq, opts, gov)
             if not opts.wait:
                 return {
                     **_summary(ctx.conn, plan, start, t0),
@@ -77,22 +82,26 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
                     "phase": _phase(ctx.conn, plan).value,
                 }
             if not opts.follow:
-                mon = Monitor(ctx.conn, plan, enq, stall, opts, start, t0)
+                mon = Monitor(ctx.conn, plan, enq, stall, opts, start, t0, gov)
                 return mon.loop(lambda: _mark_complete(ctx.conn, plan, ctx.event))
         # --follow: keep catching up without holding the operator lock, so verify, cutover
         # and rollback can run meanwhile.
         conn = connect(ctx.url, application_name="migrator-follow")
         try:
             with _monitor_lock(conn, plan.name):
-                mon = Monitor(conn, plan, enq, stall, opts, start, t0)
+                mon = Monitor(conn, plan, enq, stall, opts, start, t0, gov)
                 return mon.loop(lambda: _try_mark_complete(conn, plan, settings.operator))
         finally:
             conn.close()
     finally:
+        if gov is not None:
+            gov.finish(mon.complete if mon is not None else False)
         enq.close()
 
 
-def _prepare(ctx: Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
+def _prepare(
+    ctx: Context, enq: Enqueuer, opts: Options, gov: probe.Governor | None = None
+) -> dict[str, Any]:
     plan = ctx.plan
     if ctx.migration is None or ctx.migration.phase is State.ABORTED:
         expand.adopt(ctx)
@@ -117,6 +126,9 @@ def _prepare(ctx: Context, enq: Enqueuer, opts: Options) -> dict[str, Any]:
         reset_failed=reset,
         rows_pending=start["rows_pending"],
     )
+    if gov is not None:
+        # The baseline of search latency, before the first batch of this run is dispatched.
+        gov.prepare()
     if opts.retry_dead_letters:
         enq.send(ctx.conn, ledger.replay_dead_letters(ctx.conn, plan))
     enq.send(ctx.conn, ledger.to_enqueue(ctx.conn, plan.name, 1e9, queue_empty=False))
@@ -233,8 +245,10 @@ class Monitor:
         opts: Options,
         start: dict[str, Any],
         t0: float,
+        gov: probe.Governor | None = None,
     ) -> None:
         self.conn, self.plan, self.enq, self.stall, self.opts = conn, plan, enq, stall, opts
+        self.gov = gov  # pacing (None: beat passes and --no-wait do not pace)
         self.start, self.t0 = start, t0
         self.complete = False
         self.expired = 0  # batches re-enqueued because their lease expired
@@ -283,6 +297,8 @@ class Monitor:
         """One pass; True when the database says the backfill is complete."""
         roles = self.roles(phase)
         refresh_source = self.plan.backfill.refresh_source
+        if self.gov is not None:
+            self.gov.tick()  # a probe when one is due: the pace every worker keeps
         try:
             self.enq.send(self.conn, ledger.batches_from_changes(self.conn, self.plan, roles))
             if refresh_source:

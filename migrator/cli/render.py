@@ -143,6 +143,9 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
                 f"  stale old vectors: {prog['stale_sources']:,} rows hold an old vector of text "
                 f"they no longer have; {action}"
             )
+    pc = st.get("pacing")
+    if pc and (pc.get("baseline_p99_ms") is not None or not pc.get("enabled")):
+        console.print("  " + pacing_line(pc))
     if st.get("dead_letters"):
         t = Table(title="dead letters", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
         t.add_column("pk", overflow="fold")
@@ -162,6 +165,24 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
             ph = f"{e['phase_before'] or ''} -> {e['phase_after']}" if e["phase_after"] else ""
             t.add_row(e["at"][:19], e["operator"], e["command"], ph, e["result"], e["message"])
         console.print(t)
+
+
+def pacing_line(pc: dict[str, Any]) -> str:
+    """`pacing: throttled 25% (search p99 4.1 ms = 1.62x the baseline 2.5 ms; limit 1.5x)`."""
+    if not pc.get("enabled"):
+        return "pacing: disabled (backfill.pacing.enabled is false)"
+    state = pc["state"]
+    what = {"full": "full rate", "paused": "PAUSED", "off": "not pacing (no backfill running)"}
+    head = what.get(state) or f"throttled to {float(pc['pace'] or 0):.0%}"
+    if pc.get("stale"):
+        head += " (the backfill coordinator stopped probing: workers keep min_pace)"
+    figures = f"baseline p99 {pc['baseline_p99_ms']} ms"
+    if pc.get("last_p99_ms") is not None:
+        figures = (
+            f"search p99 {pc['last_p99_ms']} ms = {pc['ratio']}x the {figures}; "
+            f"limit {pc['max_p99_ratio']}x"
+        )
+    return f"pacing: {head} ({figures})"
 
 
 DRILL_COLUMNS = (

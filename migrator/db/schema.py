@@ -107,6 +107,28 @@ workers = Table(
     Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# 0006: pacing that protects search (backfill.probe): the baseline, the last probe, the pace.
+pacing = Table(
+    "pacing",
+    metadata,
+    Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("baseline_p99_ms", Float),
+    Column("baseline_p50_ms", Float),
+    Column("baseline_queries", Integer),
+    Column("baseline_shape", JSONB),
+    Column("baseline_at", DateTime(timezone=True)),
+    Column("pace", Float),
+    Column("last_p99_ms", Float),
+    Column("last_ratio", Float),
+    Column("probed_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 dead_letters = Table(
     "dead_letters",
     metadata,

@@ -453,6 +453,18 @@ def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) ->
     return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
 
 
+def probe_query(plan: Plan, vtype: VectorType) -> sql.Composable:
+    """Pacing's probe (backfill.probe): the service's k-NN shape through the view, with the
+    model guard. Parameters: q (vector), fp (the served fingerprint), k."""
+    emb = sql.Identifier(plan.view.embedding_alias)
+    qv = sql.SQL("%(q)s::{}").format(sql.SQL(vtype.value))
+    op = sql.SQL(plan.index.metric.operator)  # from a closed enum
+    return sql.SQL(
+        "SELECT {emb} {op} {qv} AS distance FROM {view} WHERE {m} = %(fp)s AND {emb} IS NOT NULL "
+        "ORDER BY {emb} {op} {qv} LIMIT %(k)s"
+    ).format(emb=emb, op=op, qv=qv, view=view_ident(plan), m=sql.Identifier(plan.view.model_alias))
+
+
 def create_or_replace_view(
     plan: Plan,
     definition: sql.Composable,
@@ -537,7 +549,15 @@ def record_phase(
 
 
 # migrator's own rows of one migration; the migrations row and the event log stay (history).
-LEDGER_TABLES = ("changes", "batches", "dead_letters", "reports", "stale_sources", "bridges")
+LEDGER_TABLES = (
+    "changes",
+    "batches",
+    "dead_letters",
+    "reports",
+    "stale_sources",
+    "bridges",
+    "pacing",
+)
 
 
 def delete_ledger(plan: Plan, table: str) -> sql.Composable:

@@ -14,7 +14,7 @@ import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from migrator.backfill import ledger
+from migrator.backfill import ledger, probe
 from migrator.db import state
 from migrator.plan.model import Plan
 
@@ -81,6 +81,7 @@ class MigrationCollector(Collector):
             m = GaugeMetricFamily(metric, help_text, labels=["migration"])
             m.add_metric([name], float(value))
             yield m
+        yield from self._pacing(conn, migration)
         build = conn.execute(
             "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total "
             "FROM pg_stat_progress_create_index p JOIN pg_class i ON i.oid = p.index_relid "
@@ -107,6 +108,53 @@ class MigrationCollector(Collector):
             share = 1.0 if valid and valid[0] else 0.0
         m.add_metric([name, self.plan.index_name], share)
         yield m
+
+    def _pacing(
+        self, conn: psycopg.Connection, migration: state.Migration | None
+    ) -> Iterator[GaugeMetricFamily]:
+        """Pacing that protects search: the pace workers keep and the latencies it follows."""
+        name = self.plan.name
+        stored = state.stored_plan(conn, name) if migration is not None else None
+        pc = probe.status(conn, stored or self.plan)
+        pace = pc["pace"]
+        for metric, help_text, value in (
+            (
+                "migrator_pacing_pace",
+                "Share of the full backfill rate workers keep (1 full, 0 paused; "
+                "1 when not pacing)",
+                1.0 if pace is None else pace,
+            ),
+            ("migrator_pacing_paused", "1 while pacing pauses the backfill", pace == 0),
+            (
+                "migrator_pacing_baseline_p99_seconds",
+                "Search p99 through the view measured before the backfill",
+                _seconds(pc["baseline_p99_ms"]),
+            ),
+            (
+                "migrator_pacing_p99_seconds",
+                "Search p99 of the latest pacing probe",
+                _seconds(pc["last_p99_ms"]),
+            ),
+            (
+                "migrator_pacing_p99_ratio",
+                "Latest probe p99 / baseline p99 (the limit is backfill.pacing.max_p99_ratio)",
+                pc["ratio"],
+            ),
+            (
+                "migrator_pacing_max_p99_ratio",
+                "The plan's limit on the p99 ratio",
+                pc["max_p99_ratio"],
+            ),
+        ):
+            if value is None:
+                continue
+            m = GaugeMetricFamily(metric, help_text, labels=["migration"])
+            m.add_metric([name], float(value))
+            yield m
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000.0
 
 
 def serve(

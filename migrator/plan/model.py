@@ -205,6 +205,25 @@ class RetrySpec(Frozen):
     backoff_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0
 
 
+class PacingSpec(Frozen):
+    """Pacing that protects search (docs/backfill.md "Pacing"): the backfill probes search
+    latency through the view and slows or pauses every worker to keep p99 within a ratio of
+    the baseline measured before the first batch. Tuning: may change mid-migration."""
+
+    enabled: bool = True
+    # The probe's p99 may be at most this multiple of the baseline p99.
+    max_p99_ratio: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
+    probe_every_seconds: Annotated[float, Field(ge=0.2, le=600)] = 5.0
+    # k-NN queries per probe (sequential, from vectors already in the served column); the
+    # baseline runs 4 probes' worth and keeps the median of their p99s.
+    probe_queries: Annotated[int, Field(ge=5, le=2000)] = 50
+    k: Annotated[int, Field(ge=1, le=1000)] = 10
+    # The lowest pace (share of the full rate) throttling goes to; over the limit at this
+    # pace, the backfill pauses (pace 0) unless `pause` is false.
+    min_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
+    pause: bool = True
+
+
 class BackfillSpec(Frozen):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 256
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
@@ -233,6 +252,7 @@ class BackfillSpec(Frozen):
     # start when its estimated growth would pass it. Unset: the free space of the server's
     # data directory when migrator can see it (a local server), else the check is skipped.
     max_database_size: Annotated[str, Field(pattern=r"^[0-9]+(kB|MB|GB|TB)$")] | None = None
+    pacing: PacingSpec = PacingSpec()
 
 
 class IndexSpec(Frozen):

@@ -36,6 +36,10 @@ def _get() -> dict[str, Any]:
                 ),
                 retries=Counter("migrator_retries_total", "Embedding requests retried"),
                 limited=Counter("migrator_rate_limited_total", "HTTP 429 answers received"),
+                paced=Counter(
+                    "migrator_pacing_wait_seconds_total",
+                    "Seconds workers waited to keep the pace that protects search",
+                ),
             )
         return _metrics
 
@@ -52,6 +56,11 @@ def batch_finished(out: Any, stats: Any) -> None:
             now = int(getattr(stats, name))
             m[key].inc(max(0, now - _seen[name]))
             _seen[name] = now
+
+
+def paced(seconds: float) -> None:
+    if seconds > 0:
+        _get()["paced"].inc(seconds)
 
 
 def batch_retried() -> None:

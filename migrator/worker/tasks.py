@@ -18,8 +18,9 @@ import psycopg
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from migrator.backfill import budget, ledger, work
+from migrator.backfill import budget, ledger, probe, work
 from migrator.backfill.lease import Heartbeat
+from migrator.backfill.pacing import Pacer
 from migrator.backfill.ratelimit import Limiter
 from migrator.bridge import store
 from migrator.bridge.provider import bridged
@@ -33,6 +34,9 @@ from migrator.worker.app import TASK_NAME, app
 
 log = logging.getLogger(__name__)
 NO_BUDGET_RETRY_S = 30.0
+# A task paused by pacing longer than this hands its batch back (a fresh message), so no task
+# waits near its time limit while search is protected.
+PAUSED_HAND_BACK_S = 60.0
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Runtime:
     limiters: dict[tuple[str, str], tuple[Any, Limiter]] = field(default_factory=dict)
     stats: work.Stats = field(default_factory=work.Stats)
     heartbeats: dict[float, Heartbeat] = field(default_factory=dict)
+    pacers: dict[str, Pacer] = field(default_factory=dict)
 
     def connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -100,6 +105,16 @@ class Runtime:
             )
         self.plans[name] = (version, plan)
         return plan
+
+    def pacer(self, name: str) -> Pacer:
+        """This process's duty cycle at the migration's shared pace (read from the database
+        with the current stored plan: `backfill.pacing` changes live)."""
+        found = self.pacers.get(name)
+        if found is None:
+            found = self.pacers[name] = Pacer(
+                lambda: probe.worker_pace(self.connection(), self.plans[name][1])
+            )
+        return found
 
     def version(self, name: str) -> str | None:
         cached = self.plans.get(name)
@@ -174,6 +189,8 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
     rt = runtime()
     try:
         plan = rt.plan(migration)
+        if not _paced(self, rt, plan, batch_id):
+            return {"batch": batch_id, "status": "paused"}
         conn = rt.connection()
         out = work.run_batch(
             conn,
@@ -189,10 +206,34 @@ def embed_batch(self: Task, migration: str, batch_id: int) -> dict[str, Any]:
         raise
     except Exception as exc:
         return _failed(self, rt, migration, batch_id, exc)
+    if out.status in ("done", "duplicate"):
+        rt.pacer(migration).done(out.seconds)
     from migrator.worker import metrics
 
     metrics.batch_finished(out, rt.stats)
     return {"batch": batch_id, "status": out.status, "written": out.written}
+
+
+def _paced(task: Task, rt: Runtime, plan: Plan, batch_id: int) -> bool:
+    """Keep the shared pace before claiming (no lease is held while waiting). False: still
+    paused after PAUSED_HAND_BACK_S; the batch went back to the queue as a fresh message."""
+    if not plan.backfill.pacing.enabled:
+        return True
+    pacer = rt.pacer(plan.name)
+    waited = pacer.waited
+    ok = pacer.wait(PAUSED_HAND_BACK_S)
+    from migrator.worker import metrics
+
+    metrics.paced(pacer.waited - waited)
+    if ok:
+        return True
+    hard, soft = (*(task.request.timelimit or ()), None, None)[:2]
+    task.apply_async(
+        args=[plan.name, batch_id], queue=plan.queue, time_limit=hard, soft_time_limit=soft
+    )
+    ledger.mark_enqueued(rt.connection(), [batch_id])
+    log.info("batch %s handed back: the backfill is paused to protect search", batch_id)
+    return False
 
 
 def _failed(

@@ -64,7 +64,7 @@ def test_alembic_cli_with_shipped_ini(database_url: str) -> None:
     assert out.returncode == 0, out.stderr
     with psycopg.connect(database_url) as conn:
         v = conn.execute("SELECT version_num FROM migrator.alembic_version").fetchone()
-    assert v == ("0005",)
+    assert v == ("0006",)
 
 
 def test_live_plan_reports_rows_tokens_cost_time(database_url: str, settings: Settings) -> None:

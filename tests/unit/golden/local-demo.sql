@@ -175,3 +175,5 @@ DELETE FROM "migrator"."reports" WHERE migration = 'demo-local';
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'demo-local';
 -- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
 DELETE FROM "migrator"."bridges" WHERE migration = 'demo-local';
+-- delete this migration's rows of migrator.pacing [tx; ROW EXCLUSIVE on migrator.pacing]
+DELETE FROM "migrator"."pacing" WHERE migration = 'demo-local';

@@ -181,3 +181,5 @@ DELETE FROM "migrator"."reports" WHERE migration = 'kb-nomic-halfvec';
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'kb-nomic-halfvec';
 -- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
 DELETE FROM "migrator"."bridges" WHERE migration = 'kb-nomic-halfvec';
+-- delete this migration's rows of migrator.pacing [tx; ROW EXCLUSIVE on migrator.pacing]
+DELETE FROM "migrator"."pacing" WHERE migration = 'kb-nomic-halfvec';

@@ -187,3 +187,5 @@ DELETE FROM "migrator"."reports" WHERE migration = 'articles-3large';
 DELETE FROM "migrator"."stale_sources" WHERE migration = 'articles-3large';
 -- delete this migration's rows of migrator.bridges [tx; ROW EXCLUSIVE on migrator.bridges]
 DELETE FROM "migrator"."bridges" WHERE migration = 'articles-3large';
+-- delete this migration's rows of migrator.pacing [tx; ROW EXCLUSIVE on migrator.pacing]
+DELETE FROM "migrator"."pacing" WHERE migration = 'articles-3large';
