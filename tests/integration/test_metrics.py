@@ -26,7 +26,7 @@ REDIS = os.environ.get("MIGRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 def documented(prefix: str) -> set[str]:
     text = (ROOT / "docs" / "operations.md").read_text()
-    return set(re.findall(rf"`({prefix}[a-z_]+)`", text))
+    return set(re.findall(rf"`({prefix}[a-z0-9_]+)`", text))
 
 
 def free_port() -> int:

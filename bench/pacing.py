@@ -1,0 +1,193 @@
+"""Pacing that protects search: search p99 through the view before the backfill, during it
+without pacing and during it with pacing (backfill.pacing defaults: p99 at most 1.5x the
+baseline), with the backfill rate of each. HNSW on the source column, as in production.
+
+Two identical tables (documents_a, documents_b) loaded up front; each run measures its own
+"before" on its own table, then backfills it under the same search load. The search load is
+the service's database query (k-NN through the view, the plan's settings, query vectors from
+the source column) at a fixed rate from its own process, so the figure is the database's
+search latency, not the local embeddings server's queueing (the backfill shares that server).
+
+    nice -n 10 .venv/bin/python bench/pacing.py [--rows 100000] [--qps 20] [--before 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
+
+from migrator import api
+from migrator.backfill import monitor as backfill
+from migrator.backfill import probe
+from migrator.db.connect import connect
+from migrator.plan.model import Plan
+
+
+def _load(url: str, plan: Plan, qps: float, stop: Any, out: Any) -> None:
+    """A fixed-rate search load: (wall clock start, latency ms) per query, sent at the end."""
+    conn = connect(url, vector=False, application_name="bench-search")
+    srv = probe.served(conn, plan)
+    assert srv is not None
+    vecs = probe.sample_vectors(conn, plan, srv.column, 500)
+    settings = plan.index.search_settings()
+    records: list[tuple[float, float]] = []
+    interval, i = 1.0 / qps, 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        # A fixed schedule: a slow query delays the next one but the schedule does not move.
+        next_at += interval
+        t = time.time()
+        ms = probe.run_queries(
+            conn, plan, srv, [vecs[i % len(vecs)]], plan.backfill.pacing.k, settings=settings
+        )[0]
+        records.append((t, ms))
+        i += 1
+    conn.close()
+    out.put(records)
+
+
+class Load:
+    def __init__(self, url: str, plan: Plan, qps: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop, self.out = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_load, args=(url, plan, qps, self.stop, self.out))
+
+    def __enter__(self) -> Load:
+        self.proc.start()
+        return self
+
+    def finish(self) -> list[tuple[float, float]]:
+        self.stop.set()
+        records: list[tuple[float, float]] = self.out.get(timeout=120)
+        self.proc.join(30)
+        return records
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+
+
+def window(records: list[tuple[float, float]], t0: float, t1: float) -> np.ndarray:
+    return np.asarray([ms for t, ms in records if t0 <= t < t1] or [np.nan])
+
+
+def fmt(a: np.ndarray) -> str:
+    return (
+        f"p50 {np.percentile(a, 50):.2f} / p99 {np.percentile(a, 99):.2f} ms ({len(a):,} queries)"
+    )
+
+
+def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    api.adopt(b.settings, plan)
+    with Load(b.url, plan, args.qps) as load:
+        time.sleep(3.0)  # the load process starts, samples its vectors and warms up
+        t_before = time.time()
+        time.sleep(args.before)
+        t_start = time.time()
+        res = backfill.run(b.settings, plan, backfill.Options(poll_seconds=0.5))
+        t_end = time.time()
+        records = load.finish()
+    with psycopg.connect(b.url) as conn:
+        events = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT message FROM migrator.events WHERE migration = %s "
+                "AND message LIKE 'pacing%%' ORDER BY id",
+                (plan.name,),
+            ).fetchall()
+        ]
+    before = window(records, t_before, t_start)
+    during = window(records, t_start, t_end)
+    seconds = t_end - t_start
+    return {
+        "before": before,
+        "during": during,
+        "ratio": float(np.percentile(during, 99) / np.percentile(before, 99)),
+        "rows": res["rows_written"],
+        "seconds": seconds,
+        "rate": res["rows_written"] / seconds,
+        "events": events,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--qps", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--before", type=float, default=20.0, help="seconds of load before")
+    ap.add_argument("--batch-size", type=int, default=500)
+    args = ap.parse_args()
+    texts = corpus_texts(args.rows)
+    with Bench() as b:
+        plans = {
+            "unpaced": bench_plan(
+                b.base_url,
+                name="bench-unpaced",
+                table="documents_a",
+                backfill__batch_size=args.batch_size,
+                backfill__pacing__enabled=False,
+            ),
+            "paced": bench_plan(
+                b.base_url,
+                name="bench-paced",
+                table="documents_b",
+                backfill__batch_size=args.batch_size,
+            ),
+        }
+        for plan in plans.values():
+            print(
+                f"loading {args.rows:,} rows into {plan.table.name} (HNSW on the source)...",
+                flush=True,
+            )
+            load_table(b.url, plan.table.name, texts, index=True)
+        out: dict[str, dict[str, Any]] = {}
+        for label, plan in plans.items():
+            b.start_workers(plan.queue, args.workers)
+            wait_workers_ready(b)
+            print(f"{label}: backfill of {plan.table.name} under {args.qps:g} q/s...", flush=True)
+            out[label] = run_one(b, plan, args)
+            b.stop_workers()
+            r = out[label]
+            print(
+                f"  {r['rows']:,} rows in {r['seconds']:.1f} s ({r['rate']:.0f} rows/s); "
+                f"before {fmt(r['before'])}; during {fmt(r['during'])}; ratio {r['ratio']:.2f}",
+                flush=True,
+            )
+            for e in r["events"]:
+                print(f"    {e}")
+    u, p = out["unpaced"], out["paced"]
+    print_figures(
+        f"pacing, {args.rows:,} rows (256 dims, HNSW on the source), {args.workers} workers, "
+        f"{args.qps:g} q/s of k-NN through the view",
+        [
+            ("before (unpaced run)", fmt(u["before"])),
+            ("during, no pacing", fmt(u["during"])),
+            ("ratio p99 during / before, no pacing", f"{u['ratio']:.2f}"),
+            ("before (paced run)", fmt(p["before"])),
+            ("during, pacing (max_p99_ratio 1.5)", fmt(p["during"])),
+            ("ratio p99 during / before, pacing", f"{p['ratio']:.2f}  (target <= 1.50)"),
+            ("backfill rate, no pacing", f"{u['rate']:.0f} rows/s ({u['seconds']:.0f} s)"),
+            ("backfill rate, pacing", f"{p['rate']:.0f} rows/s ({p['seconds']:.0f} s)"),
+            ("rate paced / unpaced", f"{p['rate'] / u['rate']:.2f}"),
+            ("pacing events", str(len(p["events"]))),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
