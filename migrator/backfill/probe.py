@@ -304,7 +304,16 @@ class Governor:
 
     def prepare(self) -> None:
         """Before the first batch: the baseline p99 (stored: a restarted coordinator reuses it
-        while the view serves the same column with the same settings) and the starting pace."""
+        while the view serves the same column with the same settings) and the starting pace.
+        A failed probe never stops the backfill: it is not paced until a later probe works."""
+        try:
+            self._prepare()
+        except psycopg.Error as exc:
+            log.warning("pacing: the baseline failed (%s); retried at the next probe", exc)
+            self.baseline, self.conn = None, None
+            self.next_probe = time.monotonic() + self.spec.probe_every_seconds
+
+    def _prepare(self) -> None:
         if not self.spec.enabled:
             self._off()
             return

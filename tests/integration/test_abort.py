@@ -34,7 +34,7 @@ VIEW = sql.Identifier("public", "documents_search")
 def _migrator_rows(url: str, plan: Plan) -> dict[str, int]:
     out = {}
     with psycopg.connect(url) as conn:
-        for table in ("changes", "batches", "dead_letters", "reports", "active_models"):
+        for table in ("changes", "batches", "dead_letters", "reports", "active_models", "pacing"):
             row = conn.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE migration = %s").format(
                     sql.Identifier("migrator", table)

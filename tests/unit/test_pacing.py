@@ -149,3 +149,18 @@ def test_the_idle_wait_is_capped() -> None:
     p.done(100.0)  # 900 s due at 0.1
     assert p.wait(30)
     assert clock.now - 100.0 == pytest.approx(30.0)
+
+
+def test_the_probe_is_the_services_query_through_the_view() -> None:
+    from migrator.ddl import statements as q
+    from migrator.plan.model import VectorType
+    from tests.helpers import demo_plan
+
+    plan = demo_plan()
+    text = q.probe_query(plan, VectorType.VECTOR).as_string(None)
+    view = f'"{plan.view_schema}"."{plan.view.name}"'
+    assert text == (
+        f'SELECT "embedding" <=> %(q)s::vector AS distance FROM {view} '
+        """WHERE "embedding_model" = %(fp)s AND "embedding" IS NOT NULL """
+        'ORDER BY "embedding" <=> %(q)s::vector LIMIT %(k)s'
+    )
