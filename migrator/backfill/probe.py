@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -246,9 +247,12 @@ def _round(x: float | None, digits: int = 2) -> float | None:
 
 
 class Governor:
-    """What the monitor runs for pacing: `prepare` before the first batch is dispatched (the
-    baseline, measured or reused), `tick` every pass (a probe when one is due), `finish` at
-    the end. Reads the stored plan's `backfill.pacing` on every probe: it changes live."""
+    """What the coordinator runs for pacing. `prepare` before the first batch is dispatched
+    (the baseline, measured or reused), then a thread of its own: probe queries spread evenly
+    over each `probe_every_seconds` (a burst of queries would sample one instant of a
+    backfill whose writes come in bursts), at the end of each interval its p99 -> the
+    controller -> the stored pace. `finish` at the end. The stored plan's `backfill.pacing` is
+    re-read every interval: it changes live."""
 
     def __init__(self, url: str, plan: Plan, operator: str) -> None:
         self.url, self.plan, self.operator = url, plan, operator
@@ -259,7 +263,8 @@ class Governor:
         self.offset = 0
         self.baseline: float | None = None
         self.pace: float | None = None
-        self.next_probe = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def event(self, result: str, message: str, **details: Any) -> None:
         """An event of the backfill in the migration's log (on the probe's own connection:
@@ -289,29 +294,40 @@ class Governor:
             "settings": self.plan.index.search_settings(),
         }
 
-    def _probe(self, n: int) -> list[float]:
+    def _query(self) -> float:
+        """One probe query (ms), the next vector of the sample."""
         assert self.srv is not None
-        vecs = [self.vectors[(self.offset + i) % len(self.vectors)] for i in range(n)]
-        self.offset = (self.offset + n) % len(self.vectors)
+        vec = self.vectors[self.offset % len(self.vectors)]
+        self.offset = (self.offset + 1) % len(self.vectors)
         return run_queries(
             self._conn(),
             self.plan,
             self.srv,
-            vecs,
+            [vec],
             self.spec.k,
             settings=self.plan.index.search_settings(),
-        )
+        )[0]
+
+    def _spread(self, n: int, seconds: float) -> list[float] | None:
+        """`n` probe queries evenly spread over `seconds`; None when stopped meanwhile."""
+        t0 = time.monotonic()
+        out: list[float] = []
+        for i in range(n):
+            if self._stop.wait(max(0.0, t0 + (i + 0.5) * seconds / n - time.monotonic())):
+                return None
+            out.append(self._query())
+        return out
 
     def prepare(self) -> None:
         """Before the first batch: the baseline p99 (stored: a restarted coordinator reuses it
-        while the view serves the same column with the same settings) and the starting pace.
-        A failed probe never stops the backfill: it is not paced until a later probe works."""
+        while the view serves the same column with the same settings), the starting pace, and
+        the probe thread. A failed probe never stops the backfill: the thread tries again."""
         try:
             self._prepare()
         except psycopg.Error as exc:
-            log.warning("pacing: the baseline failed (%s); retried at the next probe", exc)
+            log.warning("pacing: the baseline failed (%s); tried again at the next probe", exc)
             self.baseline, self.conn = None, None
-            self.next_probe = time.monotonic() + self.spec.probe_every_seconds
+        self._start()
 
     def _prepare(self) -> None:
         if not self.spec.enabled:
@@ -338,20 +354,25 @@ class Governor:
         # A coordinator that stopped mid-run resumes at the pace it left (never above it).
         self.pace = row.pace if row is not None and row.pace is not None else 1.0
         store_pace(conn, self.plan.name, self.pace)
-        self.next_probe = time.monotonic() + self.spec.probe_every_seconds
 
     def _measure_baseline(self, row: Row | None, shape: dict[str, Any]) -> None:
         conn = self._conn()
-        if row is not None and row.pace is not None:
-            # Workers may still be running batches: pause them and let running batches end,
-            # so the new baseline is one of search alone.
+        if _running(conn, self.plan.name):
+            # Workers are running batches (a restart, a cutover, pacing enabled live): pause
+            # them and let running batches end, so the new baseline is of search alone.
             store_pace(conn, self.plan.name, 0.0)
             self._quiesce(conn)
         n = self.spec.probe_queries
-        self._probe(min(WARM_UP, len(self.vectors)))
-        chunks = [self._probe(n) for _ in range(BASELINE_PROBES)]
+        for _ in range(min(WARM_UP, len(self.vectors))):
+            self._query()
+        # Spread over one probe interval in all (4x the probe's rate): long enough to see the
+        # database's own variation, short enough not to hold up the first batch for long.
+        lat = self._spread(BASELINE_PROBES * n, self.spec.probe_every_seconds) or []
+        chunks = [lat[i::BASELINE_PROBES] for i in range(BASELINE_PROBES)]
         p99 = pacing.median([pacing.p99(c) for c in chunks])
-        flat = sorted(x for c in chunks for x in c)
+        if math.isnan(p99):
+            return
+        flat = sorted(lat)
         p50 = flat[len(flat) // 2]
         self.baseline = max(p99, 0.01)
         store_baseline(conn, self.plan.name, self.baseline, p50, len(flat), shape)
@@ -366,14 +387,7 @@ class Governor:
 
     def _quiesce(self, conn: psycopg.Connection) -> None:
         deadline = time.monotonic() + 2 * self.plan.backfill.lease_seconds + 5
-        while time.monotonic() < deadline:
-            r = conn.execute(
-                "SELECT count(*) FROM migrator.batches WHERE migration = %s AND status = "
-                "'running' AND (lease_until IS NULL OR lease_until > now())",
-                (self.plan.name,),
-            ).fetchone()
-            if not r or not r[0]:
-                return
+        while time.monotonic() < deadline and _running(conn, self.plan.name):
             time.sleep(0.5)
 
     def _off(self) -> None:
@@ -383,19 +397,35 @@ class Governor:
                 store_pace(self._conn(), self.plan.name, None)
         self.pace = None
 
-    # -- every pass --
-    def tick(self) -> None:
-        if time.monotonic() < self.next_probe:
-            return
-        try:
-            self._tick()
-        except psycopg.Error as exc:
-            # Never stops the backfill: the pace stays (and goes stale) until a probe succeeds.
-            log.warning("pacing probe failed: %s", str(exc).strip().splitlines()[0:1])
-            self.conn = None
-        self.next_probe = time.monotonic() + self.spec.probe_every_seconds
+    # -- the probe thread --
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="migrator-probe", daemon=True)
+            self._thread.start()
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """From the monitor's pass: restart a probe thread that died (it logs why)."""
+        if self._thread is not None and not self._stop.is_set():
+            self._start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._interval():
+                    return
+            except psycopg.Error as exc:
+                # Never stops the backfill: the pace stays (and goes stale) until a probe works.
+                log.warning("pacing probe failed: %s", str(exc).strip().split("\n")[0])
+                with contextlib.suppress(Exception):
+                    if self.conn is not None:
+                        self.conn.close()
+                self.conn = None
+                if self._stop.wait(self.spec.probe_every_seconds):
+                    return
+
+    def _interval(self) -> bool:
+        """One probe interval; False when stopped."""
         conn = self._conn()
         stored = state.stored_plan(conn, self.plan.name)
         if stored is not None:
@@ -404,41 +434,51 @@ class Governor:
             if self.pace is not None:
                 self.event("ok", "pacing off: the backfill runs at the full rate")
             self._off()
-            return
-        if self.baseline is None or self.srv is None:
-            self.prepare()  # enabled live, or nothing to probe with before
-            return
-        srv = served(conn, self.plan)
-        if srv != self.srv:  # cutover or rollback: another column, another index
-            self.prepare()
-            return
-        p99 = pacing.p99(self._probe(self.spec.probe_queries))
+            return not self._stop.wait(self.spec.probe_every_seconds)
+        if self.baseline is None or self.srv is None or served(conn, self.plan) != self.srv:
+            # Enabled live, nothing to probe with before, or a cutover / rollback (another
+            # column, another index): a new baseline, workers paused meanwhile.
+            self._prepare()
+            return not self._stop.wait(0.0 if self.baseline else self.spec.probe_every_seconds)
+        lat = self._spread(self.spec.probe_queries, self.spec.probe_every_seconds)
+        if lat is None:
+            return False
+        self._decide(conn, pacing.p99(lat))
+        return True
+
+    def _decide(self, conn: psycopg.Connection, p99: float) -> None:
+        assert self.baseline is not None
         ratio = p99 / self.baseline
         before = self.pace if self.pace is not None else 1.0
         d = pacing.decide(before, ratio, self.spec)
         self.pace = d.pace
         store_pace(conn, self.plan.name, d.pace, p99=p99, ratio=ratio)
         log.info("pacing: p99 %.2f ms (%.2fx) -> pace %.2f", p99, ratio, d.pace)
-        if d.change is not None:
-            what = {
-                "throttled": f"throttled to {d.pace:.0%} of the full rate",
-                "paused": "paused",
-                "resumed": f"resumed at {d.pace:.0%} of the full rate",
-                "full": "back to the full rate",
-            }[d.change]
-            self.event(
-                "ok",
-                f"pacing: {what} (search p99 {p99:.2f} ms = {ratio:.2f}x the baseline "
-                f"{self.baseline:.2f} ms; limit {self.spec.max_p99_ratio:g}x)",
-                pace=d.pace,
-                p99_ms=round(p99, 3),
-                ratio=round(ratio, 3),
-                change=d.change,
-            )
+        if d.change is None:
+            return
+        what = {
+            "throttled": f"throttled to {d.pace:.0%} of the full rate",
+            "paused": "paused",
+            "resumed": f"resumed at {d.pace:.0%} of the full rate",
+            "full": "back to the full rate",
+        }[d.change]
+        self.event(
+            "ok",
+            f"pacing: {what} (search p99 {p99:.2f} ms = {ratio:.2f}x the baseline "
+            f"{self.baseline:.2f} ms; limit {self.spec.max_p99_ratio:g}x)",
+            pace=d.pace,
+            p99_ms=round(p99, 3),
+            ratio=round(ratio, 3),
+            change=d.change,
+        )
 
     def finish(self, complete: bool) -> None:
-        """At the end of the run: a complete backfill stops pacing (catch-up batches run at the
-        full rate until the next run); otherwise the pace stays and goes stale (min_pace)."""
+        """At the end of the run: stop the probe; a complete backfill stops pacing (catch-up
+        batches run at the full rate until the next run); otherwise the pace stays and goes
+        stale (workers keep min_pace)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(PROBE_TIMEOUT_MS / 1000 + 5)
         with contextlib.suppress(psycopg.Error):
             if complete and self.pace is not None:
                 store_pace(self._conn(), self.plan.name, None)
@@ -450,3 +490,12 @@ class Governor:
             with contextlib.suppress(Exception):
                 self.conn.close()
             self.conn = None
+
+
+def _running(conn: psycopg.Connection, name: str) -> bool:
+    r = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND status = "
+        "'running' AND (lease_until IS NULL OR lease_until > now()))",
+        (name,),
+    ).fetchone()
+    return bool(r and r[0])
