@@ -164,3 +164,24 @@ def test_the_probe_is_the_services_query_through_the_view() -> None:
         """WHERE "embedding_model" = %(fp)s AND "embedding" IS NOT NULL """
         'ORDER BY "embedding" <=> %(q)s::vector LIMIT %(k)s'
     )
+
+
+def test_status_line() -> None:
+    from migrator.cli.render import pacing_line
+
+    pc = {
+        "enabled": True,
+        "state": "throttled",
+        "pace": 0.25,
+        "baseline_p99_ms": 2.5,
+        "last_p99_ms": 4.05,
+        "ratio": 1.62,
+        "max_p99_ratio": 1.5,
+        "stale": False,
+    }
+    assert pacing_line(pc) == (
+        "pacing: throttled to 25% (search p99 4.05 ms = 1.62x the baseline p99 2.5 ms; limit 1.5x)"
+    )
+    assert pacing_line({**pc, "state": "paused", "pace": 0.0}).startswith("pacing: PAUSED (")
+    assert "stopped probing" in pacing_line({**pc, "stale": True})
+    assert pacing_line({**pc, "enabled": False}).startswith("pacing: disabled")
