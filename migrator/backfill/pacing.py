@@ -55,8 +55,8 @@ def median(values: Sequence[float]) -> float:
 class Decision:
     pace: float
     ratio: float
-    # The change of label this decision makes ("throttled", "paused", "resumed", "full"),
-    # None when the label stays (the pace may still move within "throttled").
+    # The change of label this decision makes ("throttled", "paused", "resumed", "full"; the
+    # Controller's "futile": resumed because pausing did not help), None when the label stays (the pace may still move within "throttled").
     change: str | None
 
 
@@ -91,6 +91,41 @@ def decide(pace: float, ratio: float, spec: PacingSpec) -> Decision:
     else:
         change = after
     return Decision(new, ratio, change)
+
+
+class Controller:
+    """`decide` with a memory: how long the backfill has been paused. Paused for
+    `max_pause_seconds` with search still over the limit, pausing does not help (nothing of
+    the backfill runs: the slowness is someone else's), so it goes on at `min_pace` without
+    pausing ("futile") until a probe is back under the hold band."""
+
+    def __init__(self, spec: PacingSpec, pace: float = 1.0) -> None:
+        self.spec, self.pace = spec, pace
+        self.paused_since: float | None = None
+        self.futile = False
+
+    def update(self, ratio: float, now: float) -> Decision:
+        if self.pace <= 0 and self.paused_since is None:
+            self.paused_since = now  # paused before this controller (a restarted coordinator)
+        spec = self.spec.model_copy(update={"pause": False}) if self.futile else self.spec
+        d = decide(self.pace, ratio, spec)
+        over = not math.isnan(ratio) and ratio > self.spec.max_p99_ratio
+        if (
+            self.pace <= 0
+            and over
+            and self.paused_since is not None
+            and now - self.paused_since >= self.spec.max_pause_seconds
+        ):
+            self.futile = True
+            d = Decision(self.spec.min_pace, ratio, "futile")
+        elif not math.isnan(ratio) and ratio <= self.spec.max_p99_ratio * HOLD_BAND:
+            self.futile = False
+        if d.pace <= 0 and self.pace > 0:
+            self.paused_since = now
+        elif d.pace > 0:
+            self.paused_since = None
+        self.pace = d.pace
+        return d
 
 
 class Pacer:

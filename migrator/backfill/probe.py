@@ -263,6 +263,7 @@ class Governor:
         self.offset = 0
         self.baseline: float | None = None
         self.pace: float | None = None
+        self.ctl: pacing.Controller | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -353,6 +354,7 @@ class Governor:
             self._measure_baseline(row, shape)
         # A coordinator that stopped mid-run resumes at the pace it left (never above it).
         self.pace = row.pace if row is not None and row.pace is not None else 1.0
+        self.ctl = pacing.Controller(self.spec, self.pace)
         store_pace(conn, self.plan.name, self.pace)
 
     def _measure_baseline(self, row: Row | None, shape: dict[str, Any]) -> None:
@@ -449,8 +451,10 @@ class Governor:
     def _decide(self, conn: psycopg.Connection, p99: float) -> None:
         assert self.baseline is not None
         ratio = p99 / self.baseline
-        before = self.pace if self.pace is not None else 1.0
-        d = pacing.decide(before, ratio, self.spec)
+        if self.ctl is None:
+            self.ctl = pacing.Controller(self.spec, self.pace if self.pace is not None else 1.0)
+        self.ctl.spec = self.spec
+        d = self.ctl.update(ratio, time.monotonic())
         self.pace = d.pace
         store_pace(conn, self.plan.name, d.pace, p99=p99, ratio=ratio)
         log.info("pacing: p99 %.2f ms (%.2fx) -> pace %.2f", p99, ratio, d.pace)
@@ -461,6 +465,10 @@ class Governor:
             "paused": "paused",
             "resumed": f"resumed at {d.pace:.0%} of the full rate",
             "full": "back to the full rate",
+            "futile": f"search stayed over the limit for {self.spec.max_pause_seconds:g} s "
+            "while paused, so its slowness is not the backfill's: going on at "
+            f"{d.pace:.0%} of the full rate, without pausing until search is back under the "
+            "limit",
         }[d.change]
         self.event(
             "ok",

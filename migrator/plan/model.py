@@ -223,6 +223,9 @@ class PacingSpec(Frozen):
     # pace, the backfill pauses (pace 0) unless `pause` is false.
     min_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
     pause: bool = True
+    # Paused this long with search still over the limit, the slowness is not the backfill's
+    # (nothing of it runs): go on at min_pace, without pausing, until search is back under.
+    max_pause_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300.0
 
 
 class BackfillSpec(Frozen):

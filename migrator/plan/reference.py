@@ -81,6 +81,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.pacing.k": "LIMIT of the probe's k-NN queries (use the service's k).",
     "backfill.pacing.min_pace": "The lowest share of the full rate throttling goes to; over the limit at this pace the backfill pauses (when `pause`). A paused backfill resumes at this pace.",
     "backfill.pacing.pause": "Pause (pace 0) when search is over the limit at `min_pace`; false: keep `min_pace`, never stop.",
+    "backfill.pacing.max_pause_seconds": "A pause this long with search still over the limit proves the slowness is not the backfill's (none of it runs): it goes on at `min_pace`, without pausing, until a probe is back under the limit.",
     "index": "The index built on the target column by `verify`.",
     "index.method": "`hnsw` or `ivfflat`.",
     "index.metric": "`cosine`, `l2`, `inner_product` or `l1` (hnsw only).",

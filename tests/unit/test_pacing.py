@@ -185,3 +185,25 @@ def test_status_line() -> None:
     assert pacing_line({**pc, "state": "paused", "pace": 0.0}).startswith("pacing: PAUSED (")
     assert "stopped probing" in pacing_line({**pc, "stale": True})
     assert pacing_line({**pc, "enabled": False}).startswith("pacing: disabled")
+
+
+def test_a_pause_that_does_not_help_goes_on_at_the_floor_until_search_recovers() -> None:
+    spec = PacingSpec(max_p99_ratio=1.5, min_pace=0.1, max_pause_seconds=60)
+    ctl = pacing.Controller(spec, 0.1)
+    d = ctl.update(3.0, now=0.0)
+    assert d.pace == 0.0 and d.change == "paused"
+    assert ctl.update(3.0, now=59.0).pace == 0.0  # not yet
+    d = ctl.update(3.0, now=60.0)  # paused 60 s and search is still slow: not our doing
+    assert d.pace == 0.1 and d.change == "futile" and ctl.futile
+    for t in (65.0, 70.0, 75.0):  # still over: the floor, no pause
+        assert ctl.update(3.0, now=t).pace == 0.1
+    assert ctl.update(1.0, now=80.0).pace == pytest.approx(0.2)  # under: normal again
+    assert not ctl.futile
+    ctl.update(3.0, now=85.0)
+    assert ctl.update(3.0, now=90.0).pace == 0.0  # pauses again once over at the floor
+
+
+def test_a_controller_started_paused_counts_the_pause_from_its_first_probe() -> None:
+    ctl = pacing.Controller(PacingSpec(max_pause_seconds=10), 0.0)
+    assert ctl.update(5.0, now=100.0).pace == 0.0
+    assert ctl.update(5.0, now=110.0).change == "futile"
