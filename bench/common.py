@@ -68,6 +68,9 @@ def bench_plan(base_url: str, name: str = "bench", table: str = TABLE, **overrid
     data["table"]["name"] = table
     data["view"]["name"] = f"{table}_search"
     data["target"]["model"]["dimensions"] = 256
+    # Pacing (on by default) would make every other figure depend on the machine's search
+    # latency: off unless a bench turns it on (bench/pacing.py).
+    data["backfill"]["pacing"]["enabled"] = False
     for role in ("source", "target"):
         data[role]["model"]["base_url"] = base_url
     for path, value in overrides.items():

@@ -161,6 +161,7 @@ def main() -> None:
                 name="bench-paced",
                 table="documents_b",
                 backfill__batch_size=args.batch_size,
+                backfill__pacing__enabled=True,  # the defaults otherwise
             ),
         }
         for plan in plans.values():
