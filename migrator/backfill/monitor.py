@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrator.backfill import expand, ledger, preflight, probe, refresh, work
+from migrator.backfill import expand, governor, ledger, preflight, refresh, work
 from migrator.backfill.broker import Enqueuer, broker_url
 from migrator.config import Settings
 from migrator.db import errors as dberrors
@@ -67,13 +67,13 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
     stall = float(opts.stall_after or plan.backfill.stall_after_seconds)
     enq = Enqueuer(broker_url(settings), plan, stall)
     t0 = time.monotonic()
-    gov: probe.Governor | None = None
+    gov: governor.Governor | None = None
     mon: Monitor | None = None
     try:
         with preflight.context(settings, plan, "backfill") as ctx:
             # Pacing needs a coordinator that keeps probing: not with --no-wait.
             if opts.wait:
-                gov = probe.Governor(ctx.url, plan, settings.operator)
+                gov = governor.Governor(ctx.url, plan, settings.operator)
             start = _prepare(ctx, enq, opts, gov)
             if not opts.wait:
                 return {
@@ -100,7 +100,7 @@ def _run(settings: Settings, plan: Plan, opts: Options) -> dict[str, Any]:
 
 
 def _prepare(
-    ctx: Context, enq: Enqueuer, opts: Options, gov: probe.Governor | None = None
+    ctx: Context, enq: Enqueuer, opts: Options, gov: governor.Governor | None = None
 ) -> dict[str, Any]:
     plan = ctx.plan
     if ctx.migration is None or ctx.migration.phase is State.ABORTED:
@@ -245,7 +245,7 @@ class Monitor:
         opts: Options,
         start: dict[str, Any],
         t0: float,
-        gov: probe.Governor | None = None,
+        gov: governor.Governor | None = None,
     ) -> None:
         self.conn, self.plan, self.enq, self.stall, self.opts = conn, plan, enq, stall, opts
         self.gov = gov  # pacing (None: beat passes and --no-wait do not pace)
