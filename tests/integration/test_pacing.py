@@ -21,6 +21,7 @@ from migrator import api
 from migrator.backfill import monitor as backfill
 from migrator.cli import cli
 from migrator.config import Settings, load_settings
+from migrator.db import state
 from migrator.embedding.server import ServerHandle, run_server_in_thread
 from migrator.ops.exporter import MigrationCollector
 from tests.backfill_helpers import assert_all_fresh, make_documents, unique_plan, wait_for, workers
@@ -174,3 +175,53 @@ def _file(plan: Any, st: Settings) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(plan.canonical()))
     return str(path)
+
+
+def test_a_restarted_coordinator_reuses_the_baseline_and_a_stale_pace_falls_to_the_floor(
+    database_url: str, settings: Settings
+) -> None:
+    from migrator.backfill import probe
+    from migrator.backfill.governor import Governor
+    from migrator.db.connect import ensure_schema
+
+    make_documents(database_url, 400)
+    plan = unique_plan(
+        "http://127.0.0.1:9/v1",
+        backfill__pacing={"enabled": True, "probe_every_seconds": 0.2, "min_pace": 0.3},
+    )
+    ensure_schema(database_url)
+    api.adopt(settings, plan)
+    first = Governor(database_url, plan, "test")
+    first.prepare()
+    first.finish(complete=False)  # a coordinator that stopped mid-run
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = probe.read_row(conn, plan.name)
+        assert row is not None and row.baseline_p99_ms and row.baseline_p99_ms > 0
+        assert row.pace is not None and 0 < row.pace <= 1
+        stored = state.stored_plan(conn, plan.name)
+        assert stored is not None and probe.worker_pace(conn, stored) == row.pace
+        # Nobody refreshed it for longer than stale_after: workers keep min_pace.
+        conn.execute(
+            "UPDATE migrator.pacing SET pace = 0, updated_at = now() - interval '1 hour' "
+            "WHERE migration = %s",
+            (plan.name,),
+        )
+        assert probe.worker_pace(conn, stored) == 0.3
+        assert probe.status(conn, stored)["stale"] is True
+        baseline_at = conn.execute(
+            "SELECT baseline_at FROM migrator.pacing WHERE migration = %s", (plan.name,)
+        ).fetchone()
+    second = Governor(database_url, plan, "test")
+    second.prepare()
+    assert second.baseline == row.baseline_p99_ms and second.pace == 0.0  # resumes paused
+    second.finish(complete=True)  # a complete backfill stops pacing
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        again = conn.execute(
+            "SELECT baseline_at, pace FROM migrator.pacing WHERE migration = %s", (plan.name,)
+        ).fetchone()
+        events = [
+            e["message"] for e in state.events(conn, plan.name, 100) if "baseline" in e["message"]
+        ]
+    assert again is not None and baseline_at is not None
+    assert again[0] == baseline_at[0] and again[1] is None
+    assert len(events) == 1, events
