@@ -145,7 +145,7 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
     url = resolve_url(settings)
     with contextlib.closing(connect(url)) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        migration = _migration_if_schema(conn, plan.name)
+        migration = state.find_migration(conn, plan.name)
         phase = migration.phase if migration else None
         checked = preflight.check(conn, settings, plan, "plan", phase, sample=500)
         memory = server_memory_bytes(conn)
@@ -188,13 +188,6 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
     return report
 
 
-def _migration_if_schema(conn: psycopg.Connection, name: str) -> state.Migration | None:
-    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
-    if not exists or exists[0] is None:
-        return None
-    return state.get_migration(conn, name)
-
-
 # Re-exported for callers of the API.
 live_facts = insp.live_facts
 
@@ -214,7 +207,7 @@ def status(settings: Settings, plan: Plan, *, events_limit: int = 20) -> dict[st
     url = resolve_url(settings)
     with contextlib.closing(connect(url)) as conn:
         # Read-only until a migration exists: status never creates migrator's schema.
-        migration = _migration_if_schema(conn, plan.name)
+        migration = state.find_migration(conn, plan.name)
         if migration is not None:
             ensure_schema(url)  # an older migrator's schema: upgrade it to read it
         out: dict[str, Any] = {

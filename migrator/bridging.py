@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import psycopg
 from psycopg import sql
 
 from migrator.backfill import preflight
@@ -258,7 +257,7 @@ def _context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
     conn = connect(url)
     try:
         with state.operator_lock(conn, f"{plan.name}#bridge"):
-            migration = state.get_migration(conn, plan.name) if _has_schema(conn) else None
+            migration = state.find_migration(conn, plan.name)
             if migration is not None:
                 state.check_plan_unchanged(migration, plan)
             state.guard(command, migration)
@@ -266,11 +265,6 @@ def _context(settings: Settings, plan: Plan, command: str) -> Iterator[Context]:
             yield Context(settings, plan, url, conn, command, migration)
     finally:
         conn.close()
-
-
-def _has_schema(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
-    return bool(row and row[0])
 
 
 def _registry_statements(

@@ -35,7 +35,6 @@ def upgrade() -> None:
         schema=S,
     )
 
-
     # Worker processes seen alive (their heartbeat): a retry held by a worker no longer seen
     # is sent again.
     op.create_table(

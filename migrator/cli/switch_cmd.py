@@ -3,6 +3,7 @@ Presentation only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -118,17 +119,17 @@ def finalize_cmd(
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
-    if not yes:
-        # Check first (phase, rollback window, dependents: read-only), then ask: never a
-        # question whose answer is then refused.
+    question = (
+        f"finalize drops {plan.table.schema_}.{plan.table.name}.{plan.source.column} and its "
+        "indexes; rollback will no longer be possible. Continue?"
+    )
+
+    # The checks: phase, rollback window, dependents.
+    def check() -> None:
         switch.check_finalize(settings, plan, force=force)
-        question = (
-            f"finalize drops {plan.table.schema_}.{plan.table.name}.{plan.source.column} and its "
-            "indexes; rollback will no longer be possible. Continue?"
-        )
-        if not confirm_or_require_yes("finalize", question, yes=yes, as_json=as_json):
-            click.echo("nothing was changed", err=True)
-            return
+
+    if not _asked("finalize", check, question, yes=yes, as_json=as_json):
+        return
     res = switch.finalize(settings, plan, yes=True, force=force)
     if as_json:
         emit_json({"ok": True, **res.as_dict()})
@@ -159,15 +160,14 @@ def abort_cmd(plan_path: str, yes: bool, database_url: str | None, as_json: bool
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
-    if not yes:
-        switch.check_abort(settings, plan)  # refusals first (read-only), then the question
-        question = (
-            f"abort drops {plan.table.schema_}.{plan.table.name}.{plan.target.column} with "
-            "every new vector in it (and the view, if adopt created it). Continue?"
-        )
-        if not confirm_or_require_yes("abort", question, yes=yes, as_json=as_json):
-            click.echo("nothing was changed", err=True)
-            return
+    question = (
+        f"abort drops {plan.table.schema_}.{plan.table.name}.{plan.target.column} with "
+        "every new vector in it (and the view, if adopt created it). Continue?"
+    )
+    if not _asked(
+        "abort", lambda: switch.check_abort(settings, plan), question, yes=yes, as_json=as_json
+    ):
+        return
     res = switch.abort(settings, plan, yes=True)
     if as_json:
         emit_json({"ok": True, **res.as_dict()})
@@ -282,3 +282,17 @@ def _print_drill(data: dict[str, Any]) -> None:
 def register(group: click.Group) -> None:
     for cmd in (cutover_cmd, rollback_cmd, finalize_cmd, abort_cmd, serve_search_cmd, drill_cmd):
         group.add_command(cmd)
+
+
+def _asked(
+    command: str, check: Callable[[], object], question: str, *, yes: bool, as_json: bool
+) -> bool:
+    """True to go on. Without --yes: the read-only checks first, then the question, so no
+    question is asked whose answer would then be refused."""
+    if yes:
+        return True
+    check()
+    if confirm_or_require_yes(command, question, yes=yes, as_json=as_json):
+        return True
+    click.echo("nothing was changed", err=True)
+    return False

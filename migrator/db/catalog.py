@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrator.db import state
 from migrator.db.view_catalog import read_view
 from migrator.ddl import statements as q
 from migrator.ddl.facts import Facts, RegistryRow
@@ -133,8 +134,7 @@ def _with_table_facts(
 
 
 def _migration_row(conn: psycopg.Connection, name: str) -> tuple[Any, Any, Any] | None:
-    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
-    if not exists or exists[0] is None:
+    if not state.has_table(conn, "migrations"):
         return None
     row = conn.execute(
         "SELECT trigger_name, function_name, view_snapshot FROM migrator.migrations "

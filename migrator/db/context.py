@@ -91,7 +91,7 @@ def migration_context(
     conn = connect(url, application_name=app_name(command))
     try:
         with state.operator_lock(conn, plan.name):
-            migration = _migration_if_schema(conn, plan.name)
+            migration = state.find_migration(conn, plan.name)
             if migration is not None:
                 state.check_plan_unchanged(migration, plan)
             ctx = Context(settings, plan, url, conn, command, migration)
@@ -131,11 +131,3 @@ def migration_context(
                 raise
     finally:
         conn.close()
-
-
-def _migration_if_schema(conn: psycopg.Connection, name: str) -> state.Migration | None:
-    """The migration's row, or None before migrator's schema exists (nothing created yet)."""
-    exists = conn.execute("SELECT to_regclass('migrator.migrations')").fetchone()
-    if not exists or exists[0] is None:
-        return None
-    return state.get_migration(conn, name)

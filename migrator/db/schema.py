@@ -5,6 +5,8 @@ Pure: table definitions only; no connection is made here.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -27,6 +29,20 @@ SCHEMA = "migrator"
 metadata = MetaData(schema=SCHEMA)
 
 
+def _owned_by_migration() -> Column[str]:
+    """The `migration` column of a table whose rows go with their migration's row."""
+    return Column(
+        "migration",
+        Text,
+        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
+def _created_at() -> Column[datetime]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
 migrations = Table(
     "migrations",
     metadata,
@@ -37,7 +53,7 @@ migrations = Table(
     Column("source_fingerprint", Text, nullable=False),
     Column("target_fingerprint", Text, nullable=False),
     Column("view_snapshot", JSONB),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _created_at(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("cutover_at", DateTime(timezone=True)),
     # The change capture's names, stored at registration (0002): never re-derived later.
@@ -65,12 +81,7 @@ batches = Table(
     "batches",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column(
-        "migration",
-        Text,
-        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _owned_by_migration(),
     Column("role", Text, nullable=False, server_default="target"),
     Column("kind", Text, nullable=False),
     Column("key_lo", Text),
@@ -85,7 +96,7 @@ batches = Table(
     Column("rows_stale", Integer, nullable=False, server_default="0"),
     Column("rows_dead", Integer, nullable=False, server_default="0"),
     Column("tokens", BigInteger, nullable=False, server_default="0"),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _created_at(),
     Column("enqueued_at", DateTime(timezone=True)),
     Column("claimed_at", DateTime(timezone=True)),
     Column("claimed_by", Text),
@@ -133,18 +144,13 @@ dead_letters = Table(
     "dead_letters",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column(
-        "migration",
-        Text,
-        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _owned_by_migration(),
     Column("role", Text, nullable=False, server_default="target"),
     Column("pk", Text, nullable=False),
     Column("text_hash", Text),
     Column("reason", Text, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="1"),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _created_at(),
     Column("resolved_at", DateTime(timezone=True)),
     Index("dead_letters_key_idx", "migration", "role", "pk", unique=True),
 )
@@ -155,7 +161,7 @@ changes = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("migration", Text, nullable=False),
     Column("pk", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _created_at(),
     # Kept after processing (marked, not deleted) so verify can measure staleness since a report.
     Column("processed_at", DateTime(timezone=True)),
     # The writing transaction: ids are assigned before commit, so "changed since a report" asks
@@ -169,13 +175,8 @@ reports = Table(
     "reports",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column(
-        "migration",
-        Text,
-        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _owned_by_migration(),
+    _created_at(),
     Column("passed", Boolean, nullable=False),
     Column("report", JSONB, nullable=False),
     Column("changes_watermark", BigInteger, nullable=False, server_default="0"),
@@ -223,13 +224,8 @@ bridges = Table(
     "bridges",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column(
-        "migration",
-        Text,
-        ForeignKey("migrator.migrations.name", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _owned_by_migration(),
+    _created_at(),
     Column("from_fingerprint", Text, nullable=False),
     Column("to_fingerprint", Text, nullable=False),
     Column("from_model", JSONB, nullable=False),

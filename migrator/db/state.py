@@ -112,6 +112,18 @@ class Migration:
     function_name: str
 
 
+def has_table(conn: psycopg.Connection, table: str) -> bool:
+    """Whether migrator's schema has this table yet (nothing is created before the first
+    command that changes something)."""
+    row = conn.execute("SELECT to_regclass(%s)", (f"migrator.{table}",)).fetchone()
+    return bool(row and row[0])
+
+
+def find_migration(conn: psycopg.Connection, name: str) -> Migration | None:
+    """The migration's row, or None (none of that name, or migrator's schema not there yet)."""
+    return get_migration(conn, name) if has_table(conn, "migrations") else None
+
+
 def get_migration(conn: psycopg.Connection, name: str) -> Migration | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -167,8 +179,7 @@ class Verdict:
 
 def latest_verdict(conn: psycopg.Connection, name: str) -> Verdict | None:
     """The latest report of the migration if it failed (None: none yet, or it passed)."""
-    exists = conn.execute("SELECT to_regclass('migrator.reports')").fetchone()
-    if not exists or exists[0] is None:
+    if not has_table(conn, "reports"):
         return None
     row = conn.execute(
         "SELECT id, passed, report->'failed', report->>'failure', report->>'next' "

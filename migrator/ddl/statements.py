@@ -315,31 +315,22 @@ def read_ids(
     `stale` (batches of the source role): also the rows whose old vector change capture
     recorded as stale, which are not NULL (before cutover the old column is never cleared).
     """
-    pk = sql.Identifier(plan.table.primary_key)
     col = sql.Identifier(column or plan.target.column)
-    if stale:
-        cond = sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
-        return sql.SQL(
-            "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
-            "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
-        ).format(
-            pk=pk,
-            text=text_expr(plan, "t"),
-            hash=text_hash_expr(plan, "t"),
-            tbl=table_ident(plan),
-            pkt=pk_type_sql(pk_type),
-            cond=cond,
-        )
+    cond = (
+        sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
+        if stale
+        else sql.SQL("t.{col} IS NULL").format(col=col)
+    )
     return sql.SQL(
-        "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} "
-        "WHERE {pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {col} IS NULL ORDER BY 1"
+        "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
+        "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
     ).format(
-        pk=pk,
-        text=text_expr(plan),
-        hash=text_hash_expr(plan),
+        pk=sql.Identifier(plan.table.primary_key),
+        text=text_expr(plan, "t"),
+        hash=text_hash_expr(plan, "t"),
         tbl=table_ident(plan),
         pkt=pk_type_sql(pk_type),
-        col=col,
+        cond=cond,
     )
 
 
@@ -379,30 +370,28 @@ def cas_update(
     staged NULL (the text became blank) clears one; a row whose text became NULL compares
     equal to its NULL hash. Returns the keys written.
     """
-    pk = sql.Identifier(plan.table.primary_key)
-    col = sql.Identifier(column)
     if stale:
-        return sql.SQL(
-            "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s WHERE t.{pk} = s.pk "
-            "AND {hash} IS NOT DISTINCT FROM s.text_hash AND NOT (t.{col} IS NULL AND s.v IS NULL) "
-            "AND (t.{col} IS NULL OR {open}) RETURNING t.{pk}::text"
-        ).format(
-            tbl=table_ident(plan),
-            col=col,
-            pk=pk,
-            hash=text_hash_expr(plan, "t"),
-            stage=stage_ident(pk_type, vtype, dims),
-            open=_stale_open(plan, "t"),
+        # Either NULL, or an old vector the capture found open (its text changed).
+        match = sql.SQL(
+            "{hash} IS NOT DISTINCT FROM s.text_hash AND NOT (t.{col} IS NULL AND s.v IS NULL) "
+            "AND (t.{col} IS NULL OR {open})"
         )
+    else:
+        match = sql.SQL("{hash} = s.text_hash AND t.{col} IS NULL")
+    parts = {
+        "col": sql.Identifier(column),
+        "pk": sql.Identifier(plan.table.primary_key),
+        "hash": text_hash_expr(plan, "t"),
+        "open": _stale_open(plan, "t"),
+    }
     return sql.SQL(
-        "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s "
-        "WHERE t.{pk} = s.pk AND {hash} = s.text_hash AND t.{col} IS NULL RETURNING t.{pk}::text"
+        "UPDATE {tbl} AS t SET {col} = s.v FROM {stage} AS s WHERE t.{pk} = s.pk AND {match} "
+        "RETURNING t.{pk}::text"
     ).format(
         tbl=table_ident(plan),
-        col=col,
-        pk=pk,
-        hash=text_hash_expr(plan, "t"),
         stage=stage_ident(pk_type, vtype, dims),
+        match=match.format(**parts),
+        **parts,
     )
 
 

@@ -56,6 +56,23 @@ def _phase(plan: Plan, phase: State, purpose: str, *, new_transaction: bool = Fa
     )
 
 
+def _drop_capture(
+    plan: Plan, names: CaptureNames, *, new_transaction: bool = False
+) -> tuple[Statement, Statement]:
+    """Detach the change-capture trigger, then drop its function."""
+    return (
+        # DROP TRIGGER takes ACCESS EXCLUSIVE (CREATE TRIGGER only SHARE ROW EXCLUSIVE).
+        Statement(
+            q.drop_trigger(plan, names),
+            "detach the change-capture trigger",
+            Lock.ACCESS_EXCLUSIVE,
+            q.table_label(plan),
+            new_transaction=new_transaction,
+        ),
+        Statement(q.drop_function(plan, names), "drop the change-capture function"),
+    )
+
+
 def record_phase(plan: Plan, phase: State) -> Statement:
     """The phase change as the last statement of a step's transaction (cutover, rollback)."""
     return _phase(plan, phase, f"record the phase {phase.value}")
@@ -106,14 +123,7 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
         ),
     )
     back = (
-        # DROP TRIGGER takes ACCESS EXCLUSIVE (CREATE TRIGGER only SHARE ROW EXCLUSIVE).
-        Statement(
-            q.drop_trigger(plan, names),
-            "detach the change-capture trigger",
-            Lock.ACCESS_EXCLUSIVE,
-            tbl,
-        ),
-        Statement(q.drop_function(plan, names), "drop the change-capture function"),
+        *_drop_capture(plan, names),
         Statement(
             q.drop_column(plan, plan.target.column),
             f"drop {plan.target.column}",
@@ -351,14 +361,7 @@ def finalize(plan: Plan, facts: Facts = Facts()) -> Step:
             )
         )
     stmts += [
-        Statement(
-            q.drop_trigger(plan, names),
-            "detach the change-capture trigger",
-            Lock.ACCESS_EXCLUSIVE,
-            tbl,
-            new_transaction=True,
-        ),
-        Statement(q.drop_function(plan, names), "drop the change-capture function"),
+        *_drop_capture(plan, names, new_transaction=True),
         Statement(
             q.drop_column(plan, plan.source.column),
             f"drop {plan.source.column} (irreversible)",
@@ -389,15 +392,7 @@ def abort(plan: Plan, facts: Facts = Facts()) -> Step:
     tbl = q.table_label(plan)
     names = _names(plan, facts)
     tgt = plan.target
-    stmts: list[Statement] = [
-        Statement(
-            q.drop_trigger(plan, names),
-            "detach the change-capture trigger",
-            Lock.ACCESS_EXCLUSIVE,
-            tbl,
-        ),
-        Statement(q.drop_function(plan, names), "drop the change-capture function"),
-    ]
+    stmts: list[Statement] = list(_drop_capture(plan, names))
     notes = [
         "Allowed before cutover and after a rollback; refused while cut over (roll back first).",
         "One transaction for the table, the view, the registry and the phase aborted; then "

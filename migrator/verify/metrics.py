@@ -56,28 +56,59 @@ def distances(queries: F32, matrix: F32, metric: Metric, *, unit_rows: bool = Fa
 
 def exact_topk(
     queries: F32, matrix: F32, k: int, metric: Metric, *, chunk_floats: int = _CHUNK_FLOATS
-) -> tuple[I64, F32]:
+) -> tuple[I64, npt.NDArray[np.float64]]:
     """Row positions and distances of the k nearest rows to each query, nearest first.
 
-    Ties are broken by row position, like a stable sort. With fewer than k rows, all are returned.
+    Deterministic: the float32 pass only picks 2k candidates, whose distances are then computed
+    again in float64 (`refine`), and ties are broken by row position, like a stable sort. (A
+    float32 matrix product's last bits depend on the BLAS kernel's path, which can differ
+    between runs; two rows that close would otherwise swap at the k-th place from one run to the
+    next.) With fewer than k rows, all are returned.
     """
     nq, n = len(queries), len(matrix)
     kk = min(k, n)
     idx = np.empty((nq, kk), dtype=np.int64)
-    dist = np.empty((nq, kk), dtype=np.float32)
+    dist = np.empty((nq, kk), dtype=np.float64)
     per = n * (matrix.shape[1] if metric is Metric.L1 else 1)
     step = max(1, chunk_floats // max(per, 1))
     cosine = metric is Metric.COSINE
     rows = _unit(matrix) if cosine else matrix  # once, not once per chunk
     for lo in range(0, nq, step):
         d = distances(queries[lo : lo + step], rows, metric, unit_rows=cosine)
-        part = _k_smallest(d, kk)
-        pd = np.take_along_axis(d, part, axis=1)
-        # lexsort: by distance, then by row position for a deterministic order among ties.
-        order = np.lexsort((part, pd), axis=1)
-        idx[lo : lo + step] = np.take_along_axis(part, order, axis=1)
-        dist[lo : lo + step] = np.take_along_axis(pd, order, axis=1)
+        cand = _k_smallest(d, min(2 * k, n))
+        idx[lo : lo + step], dist[lo : lo + step] = refine(
+            queries[lo : lo + step], matrix, cand, 0, kk, metric
+        )
     return idx, dist
+
+
+def refine(
+    queries: F32, rows: F32, cand: I64, offset: int, k: int, metric: Metric
+) -> tuple[I64, npt.NDArray[np.float64]]:
+    """The k nearest of each query's candidate rows (`cand`: positions in `rows`), by their
+    distance computed again in float64 from the raw vectors, then by position (`offset` + the
+    position: where `rows` starts in the column). Nearest first."""
+    q = np.asarray(queries, dtype=np.float64)
+    out_d = np.empty(cand.shape, dtype=np.float64)
+    # Blocks of queries, so the gathered candidates stay small (at most ~2M floats).
+    step = max(1, (1 << 21) // max(1, cand.shape[1] * rows.shape[1]))
+    for lo in range(0, len(q), step):
+        c = np.asarray(rows[cand[lo : lo + step]], dtype=np.float64)  # (b, c, dims)
+        qq = q[lo : lo + step, None, :]
+        if metric is Metric.COSINE:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = 1.0 - (c * qq).sum(2) / (np.sqrt((c * c).sum(2)) * np.sqrt((qq * qq).sum(2)))
+        elif metric is Metric.INNER_PRODUCT:
+            d = -(c * qq).sum(2)
+        elif metric is Metric.L2:
+            d = np.sqrt(((c - qq) ** 2).sum(2))
+        else:
+            d = np.abs(c - qq).sum(2)
+        d[~np.isfinite(d)] = np.inf
+        out_d[lo : lo + step] = d
+    pos = cand + offset
+    order = np.lexsort((pos, out_d), axis=1)[:, :k]
+    return np.take_along_axis(pos, order, axis=1), np.take_along_axis(out_d, order, axis=1)
 
 
 def _k_smallest(d: F32, k: int) -> I64:

@@ -267,7 +267,9 @@ def _exact(
     lo = 0
     for size in sizes:
         pos, dist = top.pos[lo : lo + size], top.dist[lo : lo + size]
-        out.append(checks.Exact([[keys[int(p)] for p in row] for row in pos], dist))
+        out.append(
+            checks.Exact([[keys[int(p)] for p in row] for row in pos], dist.astype(np.float32))
+        )
         lo += size
     return out, scanned
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from migrator.plan.model import Metric
-from migrator.verify.metrics import F32, I64, Health, _k_smallest, _unit, distances
+from migrator.verify.metrics import F32, I64, Health, _k_smallest, _unit, distances, refine
 
 # Distance block per chunk: at most this many floats (16 MB) whatever the query count.
 BLOCK_FLOATS = 1 << 22
@@ -31,10 +32,13 @@ class RunningTopK:
         self.metric = metric
         self.k = k
         q = np.asarray(queries, dtype=np.float32)
+        self.raw = q
         self.queries = _unit(q) if metric is Metric.COSINE and len(q) else q
         n = len(q)
         self.pos: I64 = np.zeros((n, 0), dtype=np.int64)
-        self.dist: F32 = np.zeros((n, 0), dtype=np.float32)
+        # Distances in float64, recomputed for each chunk's candidates (metrics.refine): the
+        # result does not depend on the float32 pass's last bits.
+        self.dist: npt.NDArray[np.float64] = np.zeros((n, 0), dtype=np.float64)
         self.rows = 0
 
     def add(self, offset: int, chunk: F32) -> None:
@@ -46,9 +50,9 @@ class RunningTopK:
         rows = _unit(chunk) if cosine else chunk
         d = distances(self.queries, rows, self.metric, unit_rows=cosine)
         kk = min(self.k, len(chunk))
-        part = _k_smallest(d, kk)
-        pd = np.take_along_axis(d, part, axis=1)
-        pos = np.concatenate([self.pos, part + offset], axis=1)
+        cand = _k_smallest(d, min(2 * self.k, len(chunk)))
+        part, pd = refine(self.raw, chunk, cand, offset, kk, self.metric)
+        pos = np.concatenate([self.pos, part], axis=1)
         dist = np.concatenate([self.dist, pd], axis=1)
         # By distance, then position: the earlier row wins a tie, as in one whole-column pass.
         order = np.lexsort((pos, dist), axis=1)[:, : self.k]

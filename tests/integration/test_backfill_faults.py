@@ -74,6 +74,7 @@ def _done_batches(url: str, name: str) -> int:
     return int(row[0]) if row else 0
 
 
+@pytest.mark.slow  # the lease tests kill workers too; this one also kills the producer
 def test_sigkill_worker_mid_batch_and_producer_then_rerun(
     database_url: str, settings: Settings, server: ServerHandle, tmp_path: Path
 ) -> None:

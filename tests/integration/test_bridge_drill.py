@@ -33,7 +33,7 @@ from tests.backfill_helpers import random_text, workers
 from tests.helpers import create_documents, demo_plan
 from tests.switch_helpers import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # `pytest -m slow`
 REDIS = os.environ.get("MIGRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROWS = 2000
 

@@ -42,7 +42,7 @@ def _servers(home: Path) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("rounds", [3])
+@pytest.mark.parametrize("rounds", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_two_processes_start_one_embedded_redis(tmp_path: Path, rounds: int) -> None:
     for i in range(rounds):
         home = tmp_path / f"home{i}"

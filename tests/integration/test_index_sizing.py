@@ -27,7 +27,9 @@ from tests.verify_helpers import (  # noqa: F401  (fixtures)
     verify_template,
 )
 
-pytestmark = pytest.mark.integration
+# Slow: a 30k-row build at several settings (`pytest -m slow`); the sizing itself is unit-tested
+# in tests/unit/test_index_memory.py.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 INDEX = "documents_embedding_v2_hnsw_idx"
 
 

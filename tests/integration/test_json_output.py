@@ -163,6 +163,7 @@ def test_plan_error_is_one_json_document(tmp_path: Path) -> None:
     assert "did you mean `table`" in json.dumps(doc)
 
 
+@pytest.mark.slow  # the demo itself runs in the CI subset (test_demo.py)
 def test_demo_prints_one_json_document(tmp_path: Path) -> None:
     """The full demo with its summary is tests/integration/test_demo.py (1,500 rows); at 200
     rows the planner may skip the new index and verify fail (exit 9): stdout must be one JSON

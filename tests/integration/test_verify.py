@@ -54,7 +54,9 @@ def settings_for(url: str, tmp_path: Path) -> Settings:
 
 
 def brute_top(ids: list[int], m: np.ndarray, q: np.ndarray, k: int) -> list[list[int]]:
-    """Cosine top-k by a full argsort: an independent twin of evaluation.exact_topk."""
+    """Cosine top-k by a full argsort in float64: an independent twin of metrics.exact_topk
+    (which refines its float32 pass in float64, so the two agree to the last row)."""
+    m, q = m.astype(np.float64), q.astype(np.float64)
     mn = m / np.linalg.norm(m, axis=1, keepdims=True)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     order = np.argsort(-(qn @ mn.T), axis=1, kind="stable")[:, :k]

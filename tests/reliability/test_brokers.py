@@ -153,6 +153,7 @@ def test_redis_restart_with_persistence_loses_nothing(
     assert out["queued_before"] > 0 and out["queued_after"] > 0  # the messages survived
 
 
+@pytest.mark.slow
 def test_redis_restart_without_persistence_is_caught_by_the_ledger(
     database_url: str, settings: Settings, server: ServerHandle, proxy: FaultProxy, tmp_path: Path
 ) -> None:

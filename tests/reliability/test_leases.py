@@ -68,6 +68,7 @@ def _requeue_lines(caplog: pytest.LogCaptureFixture, batch_id: int) -> list[str]
     ]
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_batch_completes_elsewhere_within_the_bound(
     database_url: str,
     settings: Settings,
@@ -132,6 +133,7 @@ def test_sigkilled_worker_batch_completes_elsewhere_within_the_bound(
     assert_all_fresh(database_url)
 
 
+@pytest.mark.slow
 def test_slow_but_alive_batch_is_never_taken_away(
     database_url: str,
     settings: Settings,

@@ -26,6 +26,7 @@ from migrator.verify.metrics import (
     rowwise_cosine,
     vector_health,
 )
+from migrator.verify.streaming import RunningTopK
 
 RANKED = [["a", "b", "c", "d"], ["x", "y", "z", "w"], ["q", "r", "s", "t"]]
 RELEVANT = [{"c"}, {"x", "w"}, {"nothing"}]
@@ -107,6 +108,40 @@ def test_exact_topk_ties_and_small_matrices() -> None:
     np.testing.assert_allclose(dist[0], [0, 0, 1], atol=1e-6)
 
 
+def _distances64(q: np.ndarray, m: np.ndarray, metric: Metric) -> np.ndarray:
+    """pgvector's distances in float64, written out here (an independent reference)."""
+    q64, m64 = q.astype(np.float64), m.astype(np.float64)
+    if metric is Metric.COSINE:
+        nq = np.linalg.norm(q64, axis=1)[:, None]
+        nm = np.linalg.norm(m64, axis=1)[None, :]
+        return 1.0 - (q64 @ m64.T) / (nq * nm)
+    if metric is Metric.INNER_PRODUCT:
+        return -(q64 @ m64.T)
+    return np.sqrt(((q64[:, None, :] - m64[None, :, :]) ** 2).sum(2))
+
+
+def test_exact_topk_is_the_same_whatever_the_float32_pass_rounds() -> None:
+    # Two rows whose distances differ below float32's resolution: the float32 pass cannot tell
+    # them apart (its last bits depend on the BLAS kernel's path, which changed between runs
+    # of the CI's verify test), the float64 refinement can, so the order is fixed.
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=64).astype(np.float32)
+    near = base.copy()
+    near[0] = np.nextafter(near[0], np.float32(np.inf))  # one ulp apart
+    # near (one ulp towards the query) comes after base: a float32 tie would put base first.
+    m = np.vstack([rng.normal(size=(50, 64)).astype(np.float32), base, near])
+    q = base[None, :] + np.float32(1e-3)
+    full = _distances64(q, m, Metric.L2)
+    want = np.argsort(full[0], kind="stable")[:10].tolist()
+    for chunk_floats in (10, 100, 10_000):
+        idx, _ = exact_topk(q, m, 10, Metric.L2, chunk_floats=chunk_floats)
+        assert idx[0].tolist() == want
+    top = RunningTopK(q, 10, Metric.L2)
+    for lo in range(0, len(m), 7):  # chunks that split the pair differently
+        top.add(lo, m[lo : lo + 7])
+    assert top.pos[0].tolist() == want
+
+
 def test_exact_topk_breaks_ties_at_the_kth_place_by_row_position() -> None:
     # Real ties: a corpus where many documents share one text (duplicates are common in real
     # tables: boilerplate, empty templates), embedded by the local model. The k-th place is
@@ -122,11 +157,11 @@ def test_exact_topk_breaks_ties_at_the_kth_place_by_row_position() -> None:
     q = model.encode(["boilerplate about refunds", "doc 5 5", "refunds"])
     for metric in (Metric.COSINE, Metric.L2, Metric.INNER_PRODUCT):
         idx, dist = exact_topk(q, m, 10, metric, chunk_floats=800)
-        full = distances(q, m, metric)
+        full = _distances64(q, m, metric)
         for i in range(len(q)):
             stable = np.argsort(full[i], kind="stable")[:10]
             assert idx[i].tolist() == stable.tolist(), metric
-            np.testing.assert_array_equal(dist[i], full[i][stable])
+            np.testing.assert_allclose(dist[i], full[i][stable], rtol=1e-12, atol=1e-12)
     # The boilerplate query ties >100 rows at distance ~0: rows 0, 3, 6, ... come first.
     idx, _ = exact_topk(q[:1], m, 10, Metric.COSINE)
     assert idx[0].tolist() == list(range(0, 30, 3))
