@@ -61,7 +61,7 @@ def run_table(b: Bench, table: str, texts: list[str], workers: int, index: bool)
     name = f"scale-{table}"
     plan = bench_plan(b.base_url, name=name, table=table)
     load_table(b.url, table, texts, index=index)
-    report = api.plan_live(plan, b.settings)
+    report = api.plan_live(plan, b.settings, workers=workers)
     est = report.estimate or {}
     truth = sum(api.count_tokens(plan, b.settings, texts)[0])
     before = sizes(b.url, table)
@@ -109,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-build", action="store_true", help="Only the backfills and the estimates.")
     args = ap.parse_args()
     texts = corpus_texts(args.rows)
     # A loaded machine takes longer than the default 15 s to start the embeddings server.
@@ -117,8 +118,11 @@ def main() -> None:
         print(f"without source index: {bare['rate']:,.0f} rows/s", flush=True)
         hnsw = run_table(b, "docs_hnsw", texts, args.workers, index=True)
         print(f"with HNSW on the source: {hnsw['rate']:,.0f} rows/s", flush=True)
-        sized = build(b.url, hnsw["plan"], "auto")
-        default = build(b.url, hnsw["plan"], "64MB")
+        if args.no_build:
+            sized = default = None
+        else:
+            sized = build(b.url, hnsw["plan"], "auto")
+            default = build(b.url, hnsw["plan"], "64MB")
     out: list[tuple[str, str]] = [
         ("backfill without source index (rows/s)", f"{bare['rate']:,.0f}"),
         ("backfill with HNSW on the source (rows/s)", f"{hnsw['rate']:,.0f}"),
@@ -134,6 +138,14 @@ def main() -> None:
             )
         )
         est = r["estimate"]
+        cal = est.get("calibration") or {}
+        out.append(
+            (
+                f"calibration, {label}",
+                f"{cal.get('requests')} requests of {cal.get('rows_per_request')} rows, median "
+                f"{cal.get('median_seconds')} s; bound by {est['bound_by']}",
+            )
+        )
         out.append((f"tokens estimate vs true, {label}", err(est["tokens"], r["tokens_true"])))
         out.append((f"time estimate vs measured (s), {label}", err(est["seconds"], r["seconds"])))
         grown = a0["database"] - b0["database"]
@@ -148,31 +160,32 @@ def main() -> None:
                 ),
             )
         )
-        if label == "HNSW source":
+        if label == "HNSW source" and sized is not None:
             out.append(
                 (
                     "new index size estimate vs built (MB)",
                     err(disk["new_index_bytes"] / 2**20, sized["result"].size_bytes / 2**20),
                 )
             )
-    for label, r in (("auto", sized), ("PostgreSQL default 64MB", default)):
-        res = r["result"]
-        s = dict(res.session_settings)
-        vac = res.vacuum_seconds or 0.0
+    if sized is not None and default is not None:
+        for label, r in (("auto", sized), ("PostgreSQL default 64MB", default)):
+            res = r["result"]
+            s = dict(res.session_settings)
+            vac = res.vacuum_seconds or 0.0
+            out.append(
+                (
+                    f"index build, {label}",
+                    f"{res.seconds - vac:,.1f} s (+ VACUUM {vac:,.1f} s), maintenance_work_mem {s['maintenance_work_mem']}, "
+                    f"graph estimate {res.sizing.graph_bytes / 2**20:,.0f} MB, "
+                    f"spilled {res.spilled}",
+                )
+            )
         out.append(
             (
-                f"index build, {label}",
-                f"{res.seconds - vac:,.1f} s (+ VACUUM {vac:,.1f} s), maintenance_work_mem {s['maintenance_work_mem']}, "
-                f"graph estimate {res.sizing.graph_bytes / 2**20:,.0f} MB, "
-                f"spilled {res.spilled}",
+                "build time ratio default / auto",
+                f"{build_seconds(default['result']) / build_seconds(sized['result']):.2f}",
             )
         )
-    out.append(
-        (
-            "build time ratio default / auto",
-            f"{build_seconds(default['result']) / build_seconds(sized['result']):.2f}",
-        )
-    )
     print_figures(f"scale, {args.rows:,} rows, 256 dims, {args.workers} workers", out)
 
 

@@ -24,7 +24,7 @@ from migrator.db.server import server_memory_bytes
 from migrator.ddl.statements import Statement
 from migrator.ddl.steps import Step, all_steps, build_sizing
 from migrator.errors import ConfigError, PreflightError
-from migrator.plan.estimate import estimate
+from migrator.plan.estimate import DEFAULT_WORKERS, estimate
 from migrator.plan.model import Plan
 
 
@@ -139,9 +139,15 @@ def count_tokens(plan: Plan, settings: Settings, texts: list[str]) -> tuple[list
     return [max(1, len(t.encode("utf-8")) // 3) for t in texts], warning
 
 
-def plan_live(plan: Plan, settings: Settings) -> PlanReport:
+def plan_live(
+    plan: Plan, settings: Settings, *, calibrate: bool = True, workers: int = DEFAULT_WORKERS
+) -> PlanReport:
     """The dry run against the database: the same pre-flight every command runs (for the whole
-    migration: both models, every privilege), the statements with live facts, the estimate."""
+    migration: both models, every privilege), the statements with live facts, the estimate.
+
+    `calibrate`: time a few requests of one batch to the target model (the database is only
+    read; the provider is sent CALIBRATION_REQUESTS + 1 requests), so the time estimate uses
+    the measured rate with `workers` worker processes instead of an assumed one."""
     url = resolve_url(settings)
     with contextlib.closing(connect(url)) as conn:
         conn.execute("SET default_transaction_read_only = on")
@@ -184,7 +190,14 @@ def plan_live(plan: Plan, settings: Settings) -> PlanReport:
         counts, warning = count_tokens(plan, settings, ins.sample_texts)
         if warning:
             report.extra_findings.append(insp.Finding("warning", warning))
-        report.estimate = estimate(plan, ins.rows, counts, checked.storage).as_dict()
+        calibration = None
+        if calibrate and not report.problems:
+            calibration, why = preflight.calibrate(plan, settings, ins.sample_texts)
+            if why:
+                report.extra_findings.append(insp.Finding("info", why))
+        report.estimate = estimate(
+            plan, ins.rows, counts, checked.storage, calibration=calibration, workers=workers
+        ).as_dict()
     return report
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from migrator.errors import (
     PreflightError,
     ProviderError,
 )
-from migrator.plan.estimate import DiskGrowth, TableStorage, disk_growth
+from migrator.plan.estimate import Calibration, DiskGrowth, TableStorage, disk_growth
 from migrator.plan.index_memory import human
 from migrator.plan.model import ModelSpec, Plan
 
@@ -211,6 +212,51 @@ def probe(role: str, spec: ModelSpec, settings: Settings) -> Problem | None:
             "fix the model's dimensions (or send_dimensions) in the plan",
         )
     return None
+
+
+CALIBRATION_REQUESTS = 3
+
+
+def calibrate(
+    plan: Plan, settings: Settings, texts: Sequence[str], *, requests: int = CALIBRATION_REQUESTS
+) -> tuple[Calibration | None, str | None]:
+    """Time `requests` requests of one batch of the sampled rows each to the target model, one
+    after the other, after one warm-up request: the provider's latency for the estimate. None
+    and why when it could not be measured (the estimate then assumes a rate and says so)."""
+    spec = plan.target.model
+    rpm = plan.backfill.requests_per_minute
+    if rpm is not None and rpm < 30:
+        return None, f"calibration skipped: requests_per_minute {rpm} leaves no room for it"
+    usable = [t for t in texts if t and t.strip()]
+    if not usable:
+        return None, "calibration skipped: no text sampled"
+    try:
+        from migrator.embedding.factory import provider_for
+
+        provider = provider_for(spec, settings.environ)
+    except (ConfigError, ImportError) as exc:
+        return None, f"calibration skipped: {exc}"
+    try:
+        batch = [provider.truncate(t, spec.max_tokens_per_input) for t in usable]
+        batch = batch[: max(1, min(plan.backfill.batch_size, spec.max_inputs_per_request))]
+        counts = provider.count_tokens(batch)
+        total, n = 0, 0
+        for c in counts:  # within the request's token limit, as the batcher would cut
+            if n and total + c > spec.max_tokens_per_request:
+                break
+            total, n = total + c, n + 1
+        batch = batch[:n]
+        provider.embed(batch[:1])  # warm-up: the connection, the server's first request
+        seconds = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            provider.embed(batch)
+            seconds.append(time.perf_counter() - t0)
+    except EmbeddingError as exc:
+        return None, f"calibration failed ({exc.message}): the time estimate assumes a rate"
+    finally:
+        provider.close()
+    return Calibration(len(batch), tuple(seconds)), None
 
 
 def _check_redis(plan: Plan, settings: Settings, res: Result) -> None:

@@ -32,9 +32,28 @@ from migrator.errors import EXIT_CODES
         is_flag=True,
         help="Write exactly the statements, as a psql script (psql -v ON_ERROR_STOP=1 -f).",
     ),
+    click.option(
+        "--calibrate/--no-calibrate",
+        default=True,
+        show_default=True,
+        help="Live: time 3 requests of one batch to the target model for the time estimate.",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(1, 10_000),
+        default=2,
+        show_default=True,
+        help="Live: worker processes the time estimate assumes.",
+    ),
 )
 def plan_cmd(
-    plan_path: str, offline: bool, as_sql: bool, database_url: str | None, as_json: bool
+    plan_path: str,
+    offline: bool,
+    as_sql: bool,
+    calibrate: bool,
+    workers: int,
+    database_url: str | None,
+    as_json: bool,
 ) -> None:
     """Validate PLAN and show every statement each phase will run.
 
@@ -46,7 +65,8 @@ def plan_cmd(
     Live (default): the pre-flight every command runs, for the whole migration, read-only:
     columns, types, key, view, index names, pgvector >= 0.8.4, the database user's
     privileges, API keys, a test embedding from each model, the shared Redis; row count and
-    estimate of tokens, cost and duration. Exits with the first problem's code (3
+    estimate of tokens, cost and duration (the duration from 3 timed requests to the target
+    model with --calibrate, the default, and --workers worker processes). Exits with the first problem's code (3
     configuration, 6 database, 10 provider, 11 Redis).
     """
     if as_sql and as_json:
@@ -56,7 +76,11 @@ def plan_cmd(
     from migrator.ddl.script import render_script
 
     plan = read_plan(plan_path)
-    report = api.plan_offline(plan) if offline else api.plan_live(plan, settings_from(database_url))
+    report = (
+        api.plan_offline(plan)
+        if offline
+        else api.plan_live(plan, settings_from(database_url), calibrate=calibrate, workers=workers)
+    )
     data = report.as_dict()
     if as_sql:
         render_findings(make_console(stderr=True), data["findings"])

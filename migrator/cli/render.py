@@ -70,6 +70,12 @@ def _live_findings(console: Console, report: dict[str, Any]) -> None:
             f"(avg {est['avg_tokens']}/row), {est['requests']:,} requests, cost {cost}, "
             f"time {_duration(est['seconds'])} (bound by {est['bound_by']})"
         )
+        cal = est.get("calibration")
+        if cal:
+            console.print(
+                f"  calibration: {cal['requests']} requests of {cal['rows_per_request']:,} "
+                f"rows, median {cal['median_seconds']:.3f} s; {est['workers']} workers assumed"
+            )
         disk = est.get("disk")
         if disk:
             room = (

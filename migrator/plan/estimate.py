@@ -21,10 +21,16 @@ PRICES: dict[str, float] = {
     "text-embedding-ada-002": 0.10,
 }
 
-# Throughput assumed when the plan sets no rate limit: what one worker process reaches against
-# a fast provider on a small machine without an HNSW index on the source column (see
-# docs/benchmarks.md); used for the duration only.
+# Throughput assumed when the plan sets no rate limit and the provider was not calibrated: what
+# one worker process reaches against a fast provider on a small machine without an HNSW index
+# on the source column (see docs/benchmarks.md); used for the duration only.
 ASSUMED_ROWS_PER_SECOND = 1000.0
+# The database's side of a batch (stage COPY, compare-and-set UPDATE, ledger) per row, without
+# an HNSW index on the source: the rate a backfill reaches when the provider is not the limit
+# (bench/scale.py: 100k rows, 2 workers, a provider answering in microseconds).
+DB_SECONDS_PER_ROW = 2.5e-4
+# Worker processes `plan` assumes (backfill's default with the embedded broker; `--workers`).
+DEFAULT_WORKERS = 2
 # Each UPDATE of a row re-inserts its unchanged source vector into every HNSW index on the
 # table (an index search to find the duplicate, then its heap TID is added): wall time per row
 # and index at 256 dimensions, m 16, ef_construction 64 on a quiet 2-core machine (issue 17:
@@ -35,6 +41,33 @@ HNSW_REINSERT_DIMS = 256
 HNSW_REINSERT_EF = 64
 PAGE = 8192
 _PAGE_USABLE = 8192 - 24 - 16  # page header and pgvector's special space
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A short measurement of the target provider: requests of one batch of sampled rows each,
+    sent one after the other (`plan` live sends them; `--no-calibrate` skips it)."""
+
+    rows_per_request: int
+    seconds: tuple[float, ...]  # wall time of each request
+
+    @property
+    def median_seconds(self) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[len(ordered) // 2] if ordered else 0.0
+
+    def rows_per_second(self, in_flight: int) -> float:
+        """The provider's rate with `in_flight` requests at once (latency-bound: a provider that
+        slows down under concurrency makes this an upper bound)."""
+        med = self.median_seconds
+        return math.inf if med <= 0 else in_flight * self.rows_per_request / med
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.seconds),
+            "rows_per_request": self.rows_per_request,
+            "median_seconds": round(self.median_seconds, 4),
+        }
 
 
 def price_per_million(model: ModelSpec) -> float | None:
@@ -156,9 +189,12 @@ class Estimate:
     # Seconds of the database's writes per row (HNSW indexes on the table); 0 without them.
     index_write_seconds_per_row: float = 0.0
     disk: DiskGrowth | None = None
+    calibration: Calibration | None = None
+    workers: int = DEFAULT_WORKERS
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["calibration"] = None if self.calibration is None else self.calibration.as_dict()
         if self.disk is not None:
             out["disk"] = {**asdict(self.disk), "total_bytes": self.disk.total_bytes}
             out["disk"]["fits"] = self.disk.fits
@@ -166,8 +202,18 @@ class Estimate:
 
 
 def estimate(
-    plan: Plan, rows: int, token_counts: list[int], storage: TableStorage | None = None
+    plan: Plan,
+    rows: int,
+    token_counts: list[int],
+    storage: TableStorage | None = None,
+    *,
+    calibration: Calibration | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> Estimate:
+    """Tokens, cost, duration and disk. The duration is the longest of: the rate limits; the
+    pipeline (the calibrated provider rate with `workers` x `backfill.concurrency` requests in
+    flight, or ASSUMED_ROWS_PER_SECOND uncalibrated, and the database's writes, shared by the
+    workers) plus the source's HNSW index writes per row."""
     avg = (sum(token_counts) / len(token_counts)) if token_counts else 0.0
     tokens = math.ceil(avg * rows)
     model = plan.target.model
@@ -179,15 +225,25 @@ def estimate(
     cost = None if price is None else round(tokens / 1e6 * price, 4)
     write = write_seconds_per_row(storage)
     # The pipeline and the database's index writes run one after the other in a batch.
-    label = "throughput (no rate limit set)"
+    if calibration is not None:
+        provider = calibration.rows_per_second(max(1, workers) * plan.backfill.concurrency)
+        per_row = max(1.0 / provider, DB_SECONDS_PER_ROW)
+        label = (
+            "the measured provider rate"
+            if 1.0 / provider >= DB_SECONDS_PER_ROW
+            else ("the database's writes")
+        )
+    else:
+        per_row = 1.0 / ASSUMED_ROWS_PER_SECOND
+        label = "throughput (no rate limit set)"
     if write:
-        label = "throughput and the source's HNSW index writes"
-    limits = {label: rows * (1.0 / ASSUMED_ROWS_PER_SECOND + write)}
+        label += " and the source's HNSW index writes"
+    limits = {label: rows * (per_row + write)}
     if plan.backfill.requests_per_minute:
         limits["requests per minute"] = requests / plan.backfill.requests_per_minute * 60
     if plan.backfill.tokens_per_minute:
         limits["tokens per minute"] = tokens / plan.backfill.tokens_per_minute * 60
-    if write == 0 and len(limits) > 1:
+    if write == 0 and calibration is None and len(limits) > 1:
         limits.pop(label)
     bound_by, seconds = max(limits.items(), key=lambda kv: kv[1])
     disk = disk_growth(plan, storage, rows) if storage is not None else None
@@ -201,4 +257,6 @@ def estimate(
         bound_by,
         round(write, 6),
         disk,
+        calibration,
+        workers,
     )

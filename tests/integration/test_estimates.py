@@ -81,3 +81,27 @@ def test_token_estimate_within_ten_percent_on_a_key_ordered_table(
     # Repeatable: the same plan reads the same sample.
     with contextlib.closing(connect(database_url)) as conn:
         assert catalog.inspect(conn, plan, sample=500).sample_texts == ins.sample_texts
+
+
+def test_live_plan_times_the_provider_and_estimates_from_its_rate(
+    database_url: str, settings: Settings
+) -> None:
+    from migrator import api
+    from migrator.embedding.server import run_server_in_thread
+    from tests.helpers import create_documents
+
+    create_documents(database_url, 500)
+    server = run_server_in_thread(latency_ms=300)  # every request takes at least 300 ms
+    try:
+        plan = demo_plan(server.url, backfill__concurrency=2)
+        calibrated = api.plan_live(plan, settings, workers=1).as_dict()["estimate"]
+        assumed = api.plan_live(plan, settings, calibrate=False).as_dict()["estimate"]
+    finally:
+        server.stop()
+    cal = calibrated["calibration"]
+    assert cal["requests"] == 3 and 0 < cal["rows_per_request"] <= plan.backfill.batch_size
+    assert cal["median_seconds"] >= 0.3  # the server's latency is a floor, whatever the load
+    rate = 1 * 2 * cal["rows_per_request"] / cal["median_seconds"]  # 1 worker x 2 in flight
+    assert calibrated["bound_by"] == "the measured provider rate"
+    assert calibrated["seconds"] == pytest.approx(500 / rate, abs=0.1)
+    assert assumed["calibration"] is None and assumed["bound_by"].startswith("throughput")
