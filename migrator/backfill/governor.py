@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from migrator.backfill import pacing
+from migrator.backfill import ledger, pacing
 from migrator.backfill.probe import (
     BASELINE_PROBES,
     PROBE_TIMEOUT_MS,
@@ -151,7 +151,7 @@ class Governor:
 
     def _measure_baseline(self, row: Row | None, shape: dict[str, Any]) -> None:
         conn = self._conn()
-        if _running(conn, self.plan.name):
+        if ledger.running_leased(conn, self.plan.name):
             # Workers are running batches (a restart, a cutover, pacing enabled live): pause
             # them and let running batches end, so the new baseline is of search alone.
             store_pace(conn, self.plan.name, 0.0)
@@ -181,7 +181,7 @@ class Governor:
 
     def _quiesce(self, conn: psycopg.Connection) -> None:
         deadline = time.monotonic() + 2 * self.plan.backfill.lease_seconds + 5
-        while time.monotonic() < deadline and _running(conn, self.plan.name):
+        while time.monotonic() < deadline and ledger.running_leased(conn, self.plan.name):
             time.sleep(0.5)
 
     def _off(self) -> None:
@@ -290,12 +290,3 @@ class Governor:
             with contextlib.suppress(Exception):
                 self.conn.close()
             self.conn = None
-
-
-def _running(conn: psycopg.Connection, name: str) -> bool:
-    r = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND status = "
-        "'running' AND (lease_until IS NULL OR lease_until > now()))",
-        (name,),
-    ).fetchone()
-    return bool(r and r[0])

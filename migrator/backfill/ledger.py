@@ -421,11 +421,22 @@ def ranges_open(conn: psycopg.Connection, name: str) -> bool:
     """Whether the initial backfill still has range batches to run (or the producer is not
     done): the scheduled sweep waits for it."""
     done, _ = producer_position(conn, name)
-    if not done:
-        return True
+    return not done or _any_batch(conn, name, "kind = 'range' AND status IN ('pending', 'running')")
+
+
+def running_leased(conn: psycopg.Connection, name: str) -> bool:
+    """Whether a batch is running under a live lease (a worker is writing right now)."""
+    return _any_batch(
+        conn, name, "status = 'running' AND (lease_until IS NULL OR lease_until > now())"
+    )
+
+
+def _any_batch(conn: psycopg.Connection, name: str, condition: str) -> bool:
+    """Whether a batch of the migration meets `condition` (a constant SQL fragment)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND kind = 'range' "
-        "AND status IN ('pending', 'running'))",
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM migrator.batches WHERE migration = %s AND {})"
+        ).format(sql.SQL(condition)),
         (name,),
     ).fetchone()
     return bool(row and row[0])
