@@ -149,6 +149,20 @@ AFTER = {
 }
 
 
+def _wait_connected(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until `proc` has a session in the database (or has exited)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while proc.poll() is None and time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                (f"migrator:%:{proc.pid}:%",),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+
+
 def _cmd(step: str, path: str) -> list[str]:
     extra = ["--workers", "0"] if step == "backfill" else []
     return [sys.executable, "-m", "migrator", step, *extra, path]
@@ -235,7 +249,11 @@ def test_orchestrator_killed_inside_each_step_then_rerun_converges(
                             stderr=subprocess.DEVNULL,
                             start_new_session=True,
                         )
-                        time.sleep(1.5 + 0.3 * i)  # inside the step (imports take ~1 s)
+                        # Inside the step: once the process is connected (its application_name
+                        # carries its pid), whatever its start-up takes on this machine (a fixed
+                        # sleep stopped landing inside the steps once start-up became fast).
+                        _wait_connected(url, p)
+                        time.sleep(0.05 * i)
                         if p.poll() is None:
                             os.killpg(p.pid, signal.SIGKILL)
                             killed.append(step)
