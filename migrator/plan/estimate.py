@@ -26,17 +26,19 @@ PRICES: dict[str, float] = {
 # on the source column (see docs/benchmarks.md); used for the duration only.
 ASSUMED_ROWS_PER_SECOND = 1000.0
 # The database's side of a batch (stage COPY, compare-and-set UPDATE, ledger) per row, without
-# an HNSW index on the source: the rate a backfill reaches when the provider is not the limit
-# (bench/scale.py: 100k rows, 2 workers, a provider answering in microseconds).
-DB_SECONDS_PER_ROW = 2.5e-4
+# an HNSW index on the source: the rate a backfill reaches when the provider is not the limit.
+# Measured: bench/scale.py --rows 100000 --no-build, 2 workers, 256 dims, a local provider at
+# 14.5 ms per 256-row request, quiet 2-core machine: 100k rows in 9.2 s (2026-12-03).
+DB_SECONDS_PER_ROW = 9.2e-5
 # Worker processes `plan` assumes (backfill's default with the embedded broker; `--workers`).
 DEFAULT_WORKERS = 2
 # Each UPDATE of a row re-inserts its unchanged source vector into every HNSW index on the
 # table (an index search to find the duplicate, then its heap TID is added): wall time per row
-# and index at 256 dimensions, m 16, ef_construction 64 on a quiet 2-core machine (issue 17:
-# 357 vs ~2,100 rows/s with and without the index); scaled by the index's dimensions and
-# ef_construction. A loaded database pays several times more (docs/benchmarks.md).
-HNSW_REINSERT_SECONDS = 2.3e-3
+# and index at 256 dimensions, m 16, ef_construction 64, on top of DB_SECONDS_PER_ROW; scaled
+# by the index's dimensions and ef_construction. Measured in the same run as DB_SECONDS_PER_ROW:
+# 100k rows in 89.7 s with the index (1,115 rows/s vs 10,919 without): 0.81 ms per row more.
+# A loaded database pays several times more (docs/benchmarks.md).
+HNSW_REINSERT_SECONDS = 8.1e-4
 HNSW_REINSERT_DIMS = 256
 HNSW_REINSERT_EF = 64
 PAGE = 8192
