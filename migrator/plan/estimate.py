@@ -255,7 +255,7 @@ def estimate(
         tokens,
         requests,
         cost,
-        round(seconds, 1),
+        round(seconds, 3),
         bound_by,
         round(write, 6),
         disk,
