@@ -140,7 +140,9 @@ def test_over_the_limit_pauses_every_worker_and_a_raised_limit_resumes(
         assert not runner.is_alive() and not errors, errors
     assert result.get("complete"), result
     done = _ledger(database_url, plan.name)
-    assert done["rows_done"] > paused["rows_done"] and done["last_claim"] > paused["last_claim"]
+    # On a loaded machine the pause can land before the first claim (last_claim None then).
+    assert done["rows_done"] > paused["rows_done"] and done["last_claim"] is not None
+    assert paused["last_claim"] is None or done["last_claim"] > paused["last_claim"]
     assert_all_fresh(database_url)
     messages = [e["message"] for e in api.status(st, plan, events_limit=200)["events"]]
     order = [
