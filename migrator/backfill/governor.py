@@ -76,7 +76,9 @@ class Governor:
     def _conn(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = connect(self.url, vector=False, application_name="migrator-probe")
-            self.conn.execute(f"SET statement_timeout = {PROBE_TIMEOUT_MS}")
+            self.conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(PROBE_TIMEOUT_MS),)
+            )
         return self.conn
 
     def _shape(self, srv: Served, spec: PacingSpec) -> dict[str, Any]:
