@@ -113,16 +113,19 @@ class RetryingProvider(Provider):
                 self._refund(texts)
                 return matrix
             except RetryableError as exc:
-                if attempt == attempts:
-                    raise
-                self.stats.add("retries")
                 delay = backoff(
                     attempt, self.retry.backoff_base_seconds, self.retry.backoff_max_seconds
                 )
                 if exc.status == 429:
+                    # Every 429 pauses every worker, the last in-place attempt's too: its retry
+                    # goes back as a task, but the other workers must still wait (the slow
+                    # 429-storm test saw them send inside that pause).
                     self.stats.add("rate_limited")
                     self.limiter.pause(exc.retry_after if exc.retry_after is not None else delay)
-                else:
+                if attempt == attempts:
+                    raise
+                self.stats.add("retries")
+                if exc.status != 429:
                     self._sleep(max(delay, exc.retry_after or 0.0))
                 self.limiter.acquire(1, sum(self.inner.count_tokens(texts)))
         raise AssertionError("unreachable")

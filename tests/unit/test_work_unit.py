@@ -89,6 +89,19 @@ def test_a_429_pauses_the_shared_budget_then_the_request_succeeds() -> None:
     assert stats.retries == 1 and stats.rate_limited == 1
 
 
+def test_the_last_in_place_429_still_pauses_every_worker() -> None:
+    # Three 429s in a row: the task gives up in place (its retry goes back as a task), but the
+    # last Retry-After is recorded in the shared budget like the others, so the other workers
+    # wait it out too (before, only the first two were: the others sent inside the third).
+    waits = [1.0, 1.5, 2.5]
+    inner = Flaky([RetryableError("429", status=429, retry_after=w) for w in waits])
+    limiter = RecordingLimiter()
+    p = RetryingProvider(inner, limiter, RETRY, Stats(), sleep=lambda _s: None)
+    with pytest.raises(RetryableError):
+        p.embed(["x"])
+    assert inner.calls == 3 and limiter.pauses == waits
+
+
 def test_server_errors_back_off_locally_and_give_up_after_three() -> None:
     inner = Flaky([RetryableError("503", status=503)] * 3)
     slept: list[float] = []
