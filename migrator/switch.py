@@ -66,7 +66,8 @@ class FinalizeResult:
 
 def _require_target_index(ctx: Context) -> None:
     plan = ctx.plan
-    idx = insp.index_on(ctx.conn, plan.table.schema_, plan.table.name, plan.target.column)
+    on = plan.side_table if plan.side else plan.table.name
+    idx = insp.index_on(ctx.conn, plan.table.schema_, on, plan.target.column)
     if not any(valid for _, valid in idx):
         raise PhaseError(
             f"no valid index on {plan.target.column}: searches through the view would scan "

@@ -156,10 +156,19 @@ def child_pids(pid: int) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
-def current_rows(url: str) -> dict[int, tuple[str | None, np.ndarray | None]]:
+def current_rows(
+    url: str, side: str | None = None
+) -> dict[int, tuple[str | None, np.ndarray | None]]:
+    """id -> (body, new vector); `side`: the vectors are in that side table (storage
+    side_table), not in documents.embedding_v2."""
+    query = (
+        "SELECT id, body, embedding_v2 FROM documents"
+        if side is None
+        else f'SELECT d.id, d.body, s.embedding_v2 FROM documents d LEFT JOIN "{side}" s USING (id)'
+    )
     with psycopg.connect(url) as conn:
         register_vector(conn)
-        rows = conn.execute("SELECT id, body, embedding_v2 FROM documents").fetchall()
+        rows = conn.execute(query).fetchall()
     return {int(r[0]): (r[1], _array(r[2])) for r in rows}
 
 
@@ -169,10 +178,15 @@ def _array(v: object) -> np.ndarray | None:
     return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
 
 
-def assert_all_fresh(url: str, *, dead: set[int] = frozenset()) -> dict[str, int]:  # type: ignore[assignment]
+def assert_all_fresh(
+    url: str,
+    *,
+    dead: set[int] = frozenset(),  # type: ignore[assignment]
+    side: str | None = None,
+) -> dict[str, int]:
     """Every eligible row holds exactly the new model's vector of its current text; blank
-    rows and dead-lettered rows hold NULL. Returns counts."""
-    rows = current_rows(url)
+    rows and dead-lettered rows hold NULL (or no side row). Returns counts."""
+    rows = current_rows(url, side)
     eligible = {
         i: body
         for i, (body, _) in rows.items()

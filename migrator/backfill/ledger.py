@@ -391,14 +391,14 @@ def sweep(
             "AND c.processed_at IS NULL AND c.pk = {pk}::text) "
         ).format(pk=pk, pkt=pkt)
     query = sql.SQL(
-        "SELECT {pk}::text FROM {tbl} AS t WHERE {col} IS NULL AND {eligible} "
+        "SELECT {pk}::text FROM {tbl} AS t WHERE {missing} AND {eligible} "
         "AND ({pk} > %(after)s OR %(after)s::text IS NULL) AND NOT EXISTS (SELECT 1 FROM "
         "migrator.dead_letters d WHERE d.migration = %(m)s AND d.role = %(r)s "
         "AND d.pk = {pk}::text AND d.resolved_at IS NULL) {skip}ORDER BY {pk} LIMIT %(n)s"
     ).format(
         pk=pk,
         tbl=q.table_ident(plan),
-        col=sql.Identifier("t", column),
+        missing=q.missing_vector(plan, column, sql.Identifier("t")),
         eligible=q.eligible_predicate(plan, "t"),
         skip=skip,
     )
@@ -595,7 +595,7 @@ def row_counts(conn: psycopg.Connection, plan: Plan, column: str) -> dict[str, i
     query = sql.SQL(
         "SELECT count(*) FILTER (WHERE {e}), count(*) FILTER (WHERE {e} AND {c} IS NOT NULL), "
         "count(*) FILTER (WHERE NOT ({e})) FROM {t}"
-    ).format(e=q.eligible_predicate(plan), c=sql.Identifier(column), t=q.table_ident(plan))
+    ).format(e=q.eligible_predicate(plan), c=sql.Identifier(column), t=q.vectors_from(plan, column))
     row = conn.execute(query).fetchone()
     assert row is not None
     eligible, done, empty = (int(x) for x in row)

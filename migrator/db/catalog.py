@@ -235,9 +235,13 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
         ins.error(f"source column {plan.source.column} does not exist in {schema}.{table}")
     elif problem:
         ins.error(f"source {problem}")
-    problem = _expect_vector(
-        cols, plan.target.column, plan.target.type, plan.target.model.dimensions
-    )
+    if plan.side:
+        _inspect_side(conn, plan, ins, cols)
+        problem = None
+    else:
+        problem = _expect_vector(
+            cols, plan.target.column, plan.target.type, plan.target.model.dimensions
+        )
     if problem:
         ins.error(f"target {problem}: choose another target.column")
     elif problem == "":
@@ -311,6 +315,39 @@ def _inspect_table(conn: psycopg.Connection, plan: Plan, ins: Inspection) -> Non
         )
 
 
+def _inspect_side(
+    conn: psycopg.Connection, plan: Plan, ins: Inspection, cols: dict[str, str]
+) -> None:
+    """Storage side_table: the target column must not be the table's (the joined view would
+    read two), and the side table is migrator's: absent, or this migration's own."""
+    label = q.side_label(plan)
+    if plan.target.column in cols:
+        ins.error(
+            f"target column {plan.target.column} exists in {q.table_label(plan)}: storage "
+            f"side_table keeps it in {label}; choose another target.column"
+        )
+    side = column_types(conn, plan.table.schema_, plan.side_table)
+    if not side:
+        exists = conn.execute(
+            "SELECT to_regclass(%s)", (q.side_ident(plan).as_string(conn),)
+        ).fetchone()
+        if exists is not None and exists[0] is not None:
+            ins.error(f"{label} exists and is not a table: set target.side_table in the plan")
+        return
+    want = {
+        plan.table.primary_key: cols.get(plan.table.primary_key, ""),
+        plan.target.column: f"{plan.target.type.value}({plan.target.model.dimensions})",
+    }
+    if side != want or _migration_row(conn, plan.name) is None:
+        ins.error(
+            f"table {label} exists and is not this migration's side table: set "
+            "target.side_table in the plan to another name"
+        )
+        return
+    ins.target_exists = True
+    ins.info(f"side table {label} already exists (resumed migration)")
+
+
 def _inspect_view(plan: Plan, ins: Inspection) -> None:
     """Can the view's two managed columns be swapped without touching anything else?"""
     f, label = ins.facts, q.view_label(plan)
@@ -322,6 +359,12 @@ def _inspect_view(plan: Plan, ins: Inspection) -> None:
         )
         return
     body = f.view_body
+    if plan.side and body.table is None:
+        ins.error(
+            f"view {label} does not name {q.table_label(plan)} exactly once in its FROM "
+            "clause: storage side_table joins the side table to it there; use storage column "
+            "or select from the table once"
+        )
     expected = {
         plan.source.column: plan.source.model.fingerprint(),
         plan.target.column: plan.target.model.fingerprint(),
@@ -390,7 +433,8 @@ def index_info(conn: psycopg.Connection, plan: Plan) -> IndexInfo:
     ).fetchone()
     if row is None:
         return IndexInfo("absent")
-    if row[2] != plan.table.name or row[3] != plan.target.column:
+    on = plan.side_table if plan.side else plan.table.name
+    if row[2] != on or row[3] != plan.target.column:
         return IndexInfo("other", int(row[0]), str(row[4]), f"{row[2]}.{row[3]}")
     return IndexInfo("valid" if row[1] else "invalid", int(row[0]), str(row[4]))
 

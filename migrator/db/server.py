@@ -53,7 +53,13 @@ def server_memory_bytes(conn: psycopg.Connection) -> int | None:
 
 def rows_to_index(conn: psycopg.Connection, plan: Plan, *, fresh_stats: bool = True) -> int:
     """Rows with a target vector: from statistics just refreshed by ANALYZE, else counted
-    (statistics from before the backfill would say the column is empty)."""
+    (statistics from before the backfill would say the column is empty). Storage side_table:
+    the side table's rows."""
+    name, ident = (
+        (plan.side_table, q.side_ident(plan))
+        if plan.side
+        else (plan.table.name, q.table_ident(plan))
+    )
     row = (
         None
         if not fresh_stats
@@ -61,20 +67,13 @@ def rows_to_index(conn: psycopg.Connection, plan: Plan, *, fresh_stats: bool = T
             "SELECT greatest(c.reltuples, 0)::bigint, s.null_frac FROM pg_class c "
             "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s AND s.attname = %s "
             "WHERE c.oid = %s::regclass",
-            (
-                plan.table.schema_,
-                plan.table.name,
-                plan.target.column,
-                q.table_ident(plan).as_string(None),
-            ),
+            (plan.table.schema_, name, plan.target.column, ident.as_string(None)),
         ).fetchone()
     )
     if row is not None and row[1] is not None and int(row[0]) > 0:
         return round(int(row[0]) * (1.0 - float(row[1])))
     counted = conn.execute(
-        sql.SQL("SELECT count({}) FROM {}").format(
-            sql.Identifier(plan.target.column), q.table_ident(plan)
-        )
+        sql.SQL("SELECT count({}) FROM {}").format(sql.Identifier(plan.target.column), ident)
     ).fetchone()
     return int(counted[0]) if counted else 0
 
@@ -146,6 +145,12 @@ def rows_left_to_fill(conn: psycopg.Connection, plan: Plan, rows: int, exists: b
     """Rows still without a target vector: all of them before expand, else from statistics."""
     if not exists:
         return rows
+    if plan.side:
+        got = conn.execute(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass",
+            (q.side_ident(plan).as_string(None),),
+        ).fetchone()
+        return max(0, rows - int(got[0])) if got else rows
     row = conn.execute(
         "SELECT null_frac FROM pg_stats WHERE schemaname = %s AND tablename = %s AND attname = %s",
         (plan.table.schema_, plan.table.name, plan.target.column),

@@ -146,6 +146,8 @@ def _body(conn: psycopg.Connection, plan: Plan, oid: int, columns: list[str]) ->
         embedding_alias=plan.view.embedding_alias,
         model_alias=plan.view.model_alias,
         managed_columns=managed,
+        table=(plan.table.schema_, plan.table.name),
+        side=(plan.side_table, plan.table.primary_key) if plan.side else None,
     )
     _check_types(conn, plan, oid)
     _probe(conn, plan, body)
@@ -174,7 +176,7 @@ def _probe(conn: psycopg.Connection, plan: Plan, body: ViewBody) -> None:
     subquery or another view in between is refused too."""
     text = body.text
     from_at = _from_offset(text)
-    qual = [body.qualifier] if body.qualifier else []
+    qual = [body.base_qualifier] if body.base_qualifier else []
     for column in (plan.source.column, plan.target.column):
         attnum = _attnum(conn, plan, column)
         if attnum is None:

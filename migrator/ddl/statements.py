@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
+from migrator.ddl.viewdef import SIDE_ALIAS
 from migrator.plan.model import (
     CaptureNames,
     IndexMethod,
@@ -73,6 +74,39 @@ def view_ident(plan: Plan) -> sql.Identifier:
 
 def view_label(plan: Plan) -> str:
     return f"{plan.view_schema}.{plan.view.name}"
+
+
+def side_ident(plan: Plan) -> sql.Identifier:
+    """The side table of storage side_table: (primary key, new vector), in the table's schema."""
+    return sql.Identifier(plan.table.schema_, plan.side_table)
+
+
+def side_label(plan: Plan) -> str:
+    return f"{plan.table.schema_}.{plan.side_table}"
+
+
+def in_side(plan: Plan, column: str) -> bool:
+    """Does `column` live in the side table (the target column of storage side_table)?"""
+    return plan.side and column == plan.target.column
+
+
+def vectors_from(plan: Plan, column: str, alias: str | None = None) -> sql.Composable:
+    """A FROM item with the table's columns and `column`: the table itself, or (storage
+    side_table, the target column) the table left-joined to the side table, so that readers
+    see the new vector as a NULL-able column of the row whichever the storage."""
+    if not in_side(plan, column):
+        if alias is None:
+            return table_ident(plan)
+        return sql.SQL("{} AS {}").format(table_ident(plan), sql.Identifier(alias))
+    return sql.SQL(
+        "(SELECT b.*, s.{col} FROM {tbl} AS b LEFT JOIN {side} AS s USING ({pk})) AS {alias}"
+    ).format(
+        col=sql.Identifier(column),
+        tbl=table_ident(plan),
+        side=side_ident(plan),
+        pk=sql.Identifier(plan.table.primary_key),
+        alias=sql.Identifier(alias or plan.table.name),
+    )
 
 
 def column_type(vtype: VectorType, dims: int | None) -> sql.Composable:
@@ -168,6 +202,17 @@ def capture_function(
         sql.SQL("NEW.{c} IS DISTINCT FROM OLD.{c}").format(c=sql.Identifier(c))
         for c in plan.text.columns
     )
+    # Storage side_table: the new vector is not a column of the row; a text change deletes it
+    # from the side table (in the same transaction as the change) and queues the row.
+    side = [c for c in maintained if in_side(plan, c)]
+    maintained = tuple(c for c in maintained if not in_side(plan, c))
+    side_clear: sql.Composable = sql.SQL("")
+    if side:
+        side_clear = sql.SQL(
+            "    IF text_changed THEN\n"
+            "      DELETE FROM {side} WHERE {pk} = OLD.{pk};\n"
+            "    END IF;\n"
+        ).format(side=side_ident(plan), pk=sql.Identifier(plan.table.primary_key))
     clears = sql.SQL("").join(
         sql.SQL(
             "    IF text_changed THEN\n"
@@ -195,9 +240,13 @@ def capture_function(
             changed=sql.Literal(STALE_TEXT_CHANGED),
             alone=sql.Literal(STALE_WRITTEN_ALONE),
         )
-    any_null = sql.SQL(" OR ").join(
+    nulls: list[sql.Composable] = [
         sql.SQL("NEW.{} IS NULL").format(sql.Identifier(c)) for c in maintained
-    )
+    ]
+    if side:
+        # A new row has no side row; an updated one lost it just above (text_changed).
+        nulls.append(sql.SQL("TG_OP = 'INSERT' OR text_changed"))
+    any_null = sql.SQL(" OR ").join(nulls)
     body = sql.SQL(
         "\nDECLARE\n"
         "  text_changed boolean := false;\n"
@@ -206,6 +255,7 @@ def capture_function(
         "  IF coalesce(current_setting({guc}, true), '') = {name} THEN RETURN NEW; END IF;\n"
         "  IF TG_OP = 'UPDATE' THEN\n"
         "    text_changed := {changed};\n"
+        "{side_clear}"
         "{clears}"
         "{record}"
         "    IF NOT (text_changed OR written) THEN RETURN NEW; END IF;\n"
@@ -218,6 +268,7 @@ def capture_function(
     ).format(
         guc=sql.Literal(WRITER_SETTING),
         changed=changed,
+        side_clear=side_clear,
         clears=clears,
         record=record,
         any_null=any_null,
@@ -237,7 +288,9 @@ def capture_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Compos
     n = names or plan.capture
     # Both vector columns are watched from the start: the function changes at cutover, the
     # trigger does not.
-    cols = dict.fromkeys((*plan.text.columns, plan.target.column, plan.source.column))
+    # (Storage side_table: the target column is not the table's; a key change cascades.)
+    vectors = (plan.source.column,) if plan.side else (plan.target.column, plan.source.column)
+    cols = dict.fromkeys((*plan.text.columns, *vectors))
     return sql.SQL(
         "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
         "FOR EACH ROW EXECUTE FUNCTION {fn}()"
@@ -255,6 +308,37 @@ def add_target_column(plan: Plan) -> sql.Composable:
         sql.Identifier(plan.target.column),
         column_type(plan.target.type, plan.target.model.dimensions),
     )
+
+
+def create_side_table(plan: Plan, pk_type: str) -> sql.Composable:
+    """The side table: one row per row of the table that has a new vector, deleted with it
+    (and its key changed with it) by the foreign key."""
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {side} ({pk} {pkt} PRIMARY KEY REFERENCES {tbl} ({pk}) "
+        "ON DELETE CASCADE ON UPDATE CASCADE, {col} {vt} NOT NULL)"
+    ).format(
+        side=side_ident(plan),
+        pk=pk,
+        pkt=pk_type_sql(pk_type),
+        tbl=table_ident(plan),
+        col=sql.Identifier(plan.target.column),
+        vt=column_type(plan.target.type, plan.target.model.dimensions),
+    )
+
+
+def drop_side_table(plan: Plan) -> sql.Composable:
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(side_ident(plan))
+
+
+def missing_vector(plan: Plan, column: str, alias: sql.Composable) -> sql.Composable:
+    """The row has no vector in `column` (NULL, or no side row)."""
+    pk = sql.Identifier(plan.table.primary_key)
+    if in_side(plan, column):
+        return sql.SQL("NOT EXISTS (SELECT 1 FROM {side} AS s WHERE s.{pk} = {a}.{pk})").format(
+            side=side_ident(plan), pk=pk, a=alias
+        )
+    return sql.SQL("{a}.{c} IS NULL").format(a=alias, c=sql.Identifier(column))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +361,11 @@ def read_range(
         conds.append(sql.SQL("{} > %(lo)s").format(pk))
     if hi:
         conds.append(sql.SQL("{} <= %(hi)s").format(pk))
-    conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(column or plan.target.column)))
+    col = column or plan.target.column
+    if in_side(plan, col):
+        conds.append(missing_vector(plan, col, table_ident(plan)))
+    else:
+        conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(col)))
     return sql.SQL(
         "SELECT {pk}, {pk}::text, {text}, {hash} FROM {tbl} WHERE {conds} ORDER BY 1"
     ).format(
@@ -316,11 +404,11 @@ def read_ids(
     recorded as stale, which are not NULL (before cutover the old column is never cleared).
     """
     col = sql.Identifier(column or plan.target.column)
-    cond = (
-        sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
-        if stale
-        else sql.SQL("t.{col} IS NULL").format(col=col)
-    )
+    cond: sql.Composable
+    if stale:
+        cond = sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
+    else:
+        cond = missing_vector(plan, column or plan.target.column, sql.Identifier("t"))
     return sql.SQL(
         "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
         "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
@@ -370,6 +458,8 @@ def cas_update(
     staged NULL (the text became blank) clears one; a row whose text became NULL compares
     equal to its NULL hash. Returns the keys written.
     """
+    if in_side(plan, column):
+        return cas_insert(plan, pk_type, vtype, dims)
     if stale:
         # Either NULL, or an old vector the capture found open (its text changed).
         match = sql.SQL(
@@ -395,6 +485,28 @@ def cas_update(
     )
 
 
+def cas_insert(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Composable:
+    """Storage side_table's compare-and-set: insert the staged vectors of rows that still hold
+    the text embedded, and have no side row yet (one there is fresh: change capture deletes it
+    on every text change). FOR SHARE holds the rows' text until commit: a concurrent text
+    change either committed first (its row fails the hash) or waits, and then its capture
+    deletes what this wrote. The table gets row locks, no row versions. Returns the keys."""
+    pk = sql.Identifier(plan.table.primary_key)
+    return sql.SQL(
+        "WITH ok AS (SELECT s.pk, s.v FROM {stage} AS s JOIN {tbl} AS t ON t.{pk} = s.pk "
+        "WHERE {hash} = s.text_hash AND s.v IS NOT NULL FOR SHARE OF t) "
+        "INSERT INTO {side} ({pk}, {col}) SELECT pk, v FROM ok ON CONFLICT ({pk}) DO NOTHING "
+        "RETURNING {pk}::text"
+    ).format(
+        stage=stage_ident(pk_type, vtype, dims),
+        tbl=table_ident(plan),
+        pk=pk,
+        hash=text_hash_expr(plan, "t"),
+        side=side_ident(plan),
+        col=sql.Identifier(plan.target.column),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Index and view.
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +525,7 @@ def create_index(plan: Plan) -> sql.Composable:
         "WITH ({params})"
     ).format(
         name=sql.Identifier(plan.index_name),
-        tbl=table_ident(plan),
+        tbl=side_ident(plan) if plan.side else table_ident(plan),
         method=sql.SQL(idx.method.value),
         col=sql.Identifier(plan.target.column),
         ops=sql.SQL(idx.metric.opclass(plan.target.type)),
@@ -427,11 +539,22 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Comp
     )
 
 
+def side_join(plan: Plan) -> sql.Composable:
+    """What the view adds to read the side table: an inner join, so a k-NN search walks the
+    side table's index (rows without a new vector are not in the view, as they are in no
+    index), USING the key so the view's unqualified key column stays unambiguous."""
+    return sql.SQL(" JOIN {} AS {} USING ({})").format(
+        side_ident(plan), sql.Identifier(SIDE_ALIAS), sql.Identifier(plan.table.primary_key)
+    )
+
+
 def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) -> sql.Composable:
     cols: list[sql.Composable] = [sql.Identifier(c) for c in plan.view.columns]
+    side = in_side(plan, column)
+    ref = sql.Identifier(SIDE_ALIAS, column) if side else sql.Identifier(column)
     cols.append(
         sql.SQL("{}::{} AS {}").format(
-            sql.Identifier(column), sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)
+            ref, sql.SQL(vtype.value), sql.Identifier(plan.view.embedding_alias)
         )
     )
     cols.append(
@@ -439,7 +562,9 @@ def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) ->
             sql.Literal(fingerprint), sql.Identifier(plan.view.model_alias)
         )
     )
-    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(cols), table_ident(plan))
+    return sql.SQL("SELECT {} FROM {}{}").format(
+        sql.SQL(", ").join(cols), table_ident(plan), side_join(plan) if side else sql.SQL("")
+    )
 
 
 def probe_query(plan: Plan, vtype: VectorType) -> sql.Composable:

@@ -102,13 +102,35 @@ def adopt(plan: Plan, facts: Facts = Facts()) -> Step:
 def expand(plan: Plan, facts: Facts = Facts()) -> Step:
     tbl = q.table_label(plan)
     names = _names(plan, facts)
-    fwd = (
-        Statement(
+    if plan.side:
+        add = Statement(
+            q.create_side_table(plan, facts.pk_type),
+            f"create the side table {q.side_label(plan)} for {plan.target.column} (the table "
+            "itself is not changed; the foreign key deletes a vector with its row)",
+            Lock.SHARE_ROW_EXCLUSIVE,
+            tbl,
+        )
+        drop = Statement(
+            q.drop_side_table(plan),
+            f"drop {q.side_label(plan)}",
+            Lock.ACCESS_EXCLUSIVE,
+            q.side_label(plan),
+        )
+    else:
+        add = Statement(
             q.add_target_column(plan),
             f"add {plan.target.column} (nullable, no default: no table rewrite)",
             Lock.ACCESS_EXCLUSIVE,
             tbl,
-        ),
+        )
+        drop = Statement(
+            q.drop_column(plan, plan.target.column),
+            f"drop {plan.target.column}",
+            Lock.ACCESS_EXCLUSIVE,
+            tbl,
+        )
+    fwd = (
+        add,
         Statement(
             q.capture_function(plan, (plan.target.column,), plan.source.column, names),
             "change capture: clear stale new vectors, queue changed rows, record stale old ones",
@@ -122,18 +144,11 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
             tbl,
         ),
     )
-    back = (
-        *_drop_capture(plan, names),
-        Statement(
-            q.drop_column(plan, plan.target.column),
-            f"drop {plan.target.column}",
-            Lock.ACCESS_EXCLUSIVE,
-            tbl,
-        ),
-    )
+    back = (*_drop_capture(plan, names), drop)
+    where = f"{q.side_label(plan)}" if plan.side else tbl
     return Step(
         Phase.EXPAND,
-        f"add {plan.target.column} and change capture to {tbl}",
+        f"add {plan.target.column} to {where} and change capture to {tbl}",
         fwd,
         back,
         notes=("All three statements run in one transaction: all or nothing.",),
@@ -160,7 +175,7 @@ def backfill(plan: Plan, facts: Facts = Facts()) -> Step:
             q.cas_update(plan, tgt.column, facts.pk_type, tgt.type, tgt.model.dimensions),
             "workers: compare-and-set write (only rows whose text is unchanged)",
             Lock.ROW_EXCLUSIVE,
-            tbl,
+            q.side_label(plan) if plan.side else tbl,
             ddl=False,
         ),
     )
@@ -186,7 +201,12 @@ def backfill(plan: Plan, facts: Facts = Facts()) -> Step:
     notes = [
         "Each batch: claim in migrator.batches, read, embed, COPY into migrator_stage, "
         "UPDATE, mark done, in one transaction per batch.",
-        "Every UPDATE writes a new row version: expect the heap to grow until VACUUM.",
+        (
+            f"Storage side_table: each batch INSERTs into {q.side_label(plan)}; the table gets "
+            "row locks (FOR SHARE) and no new row versions, its indexes no new entries."
+            if plan.side
+            else "Every UPDATE writes a new row version: expect the heap to grow until VACUUM."
+        ),
         "Workers' writes run with SET LOCAL migrator.writer: change capture trusts only those.",
     ]
     if plan.backfill.refresh_source:
@@ -223,6 +243,17 @@ def build_sizing(plan: Plan, facts: Facts = Facts()) -> BuildSizing:
 
 def vacuum(plan: Plan) -> Statement:
     """VACUUM (never FULL: that rewrites the table under ACCESS EXCLUSIVE), with ANALYZE."""
+    if plan.side:
+        # The table has no dead row versions of the backfill; the side table is new: its
+        # visibility map and statistics, before the build.
+        return Statement(
+            sql.SQL("VACUUM (ANALYZE) {}").format(q.side_ident(plan)),
+            "set the side table's visibility map and statistics before the build",
+            Lock.SHARE_UPDATE_EXCLUSIVE,
+            q.side_label(plan),
+            ddl=False,
+            transactional=False,
+        )
     return Statement(
         sql.SQL("VACUUM (ANALYZE) {}").format(q.table_ident(plan)),
         "reclaim the backfill's dead row versions before the build locks autovacuum out",
@@ -234,7 +265,7 @@ def vacuum(plan: Plan) -> Statement:
 
 
 def index(plan: Plan, facts: Facts = Facts()) -> Step:
-    tbl = q.table_label(plan)
+    tbl = q.side_label(plan) if plan.side else q.table_label(plan)
     sizing = build_sizing(plan, facts)
     set_mem = Statement(
         sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(sizing.setting)),
@@ -400,7 +431,16 @@ def abort(plan: Plan, facts: Facts = Facts()) -> Step:
         "in a second one, so the table's lock is not held while they are deleted. The "
         "migration's row and its event log are kept.",
     ]
-    if facts.target_preexisted:
+    if plan.side:
+        stmts.append(
+            Statement(
+                q.drop_side_table(plan),
+                f"drop {q.side_label(plan)} and its index (the new vectors are discarded)",
+                Lock.ACCESS_EXCLUSIVE,
+                q.side_label(plan),
+            )
+        )
+    elif facts.target_preexisted:
         notes.append(f"{tgt.column} existed before adopt: it is kept.")
     else:
         stmts.append(

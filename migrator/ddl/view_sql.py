@@ -23,7 +23,12 @@ def definition(
     if facts.view_body is None:
         return q.view_select(plan, column, vtype, fingerprint)
     return facts.view_body.render(
-        column, vtype, fingerprint, plan.view.embedding_alias, plan.view.model_alias
+        column,
+        vtype,
+        fingerprint,
+        plan.view.embedding_alias,
+        plan.view.model_alias,
+        side_join=q.side_join(plan) if q.in_side(plan, column) else None,
     )
 
 

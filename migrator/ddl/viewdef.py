@@ -89,6 +89,70 @@ class Entry:
     name: str | None
 
 
+SIDE_ALIAS = "migrator_side"
+# Words that end a FROM item (after them no alias can follow).
+_AFTER_ITEM = frozenset(
+    {
+        *("join", "inner", "left", "right", "full", "cross", "natural", "on", "using"),
+        *("where", "group", "having", "window", "order", "limit", "offset", "fetch", "for"),
+        *("union", "intersect", "except", "tablesample"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where the FROM clause names the plan's table: `schema.table [alias]` as [start, end),
+    the name the query refers to it by, and (storage side_table, after cutover) the span of
+    the parenthesised join to the side table that migrator added around it."""
+
+    start: int
+    end: int
+    alias: str
+    joined: tuple[int, int] | None = None
+
+
+def find_table(
+    text: str, schema: str, table: str, *, side: str | None = None, pk: str | None = None
+) -> TableRef | None:
+    """The one FROM item of `schema.table` (None: not there, or named twice), with migrator's
+    join to `schema.side` around it when present."""
+    toks = tokenize(text)
+    found: list[TableRef] = []
+    for i in range(len(toks) - 2):
+        if not (toks[i + 1].text == "." and ident_name(toks[i]) == schema):
+            continue
+        if ident_name(toks[i + 2]) != table:
+            continue
+        if i > 0 and toks[i - 1].text == ".":
+            continue
+        end, alias, j = toks[i + 2].end, table, i + 3
+        if j < len(toks) and toks[j].word() == "as":
+            j += 1
+        named = j < len(toks) and toks[j].kind in ("ident", "qident")
+        if named and toks[j].word() not in _AFTER_ITEM:
+            end, alias = toks[j].end, str(ident_name(toks[j]))
+            j += 1
+        joined = None
+        if side is not None and pk is not None:
+            joined = _side_join_span(toks, i, j, schema, side, pk)
+        found.append(TableRef(toks[i].start, end, alias, joined))
+    return found[0] if len(found) == 1 else None
+
+
+def _side_join_span(
+    toks: list[Token], first: int, after: int, schema: str, side: str, pk: str
+) -> tuple[int, int] | None:
+    """`( <table item> JOIN schema.side migrator_side USING (pk) )`, as PostgreSQL deparses
+    the join migrator adds: its span, or None."""
+    want = ["join", schema, ".", side, SIDE_ALIAS, "using", "(", pk, ")", ")"]
+    got = toks[after : after + len(want)]
+    names = [ident_name(t) if t.kind in ("ident", "qident") else t.text for t in got]
+    if first == 0 or toks[first - 1].text != "(" or names != want:
+        return None
+    return toks[first - 1].start, got[-1].end
+
+
 @dataclass(frozen=True)
 class ViewBody:
     """A view definition with its two managed columns located, ready to be rebuilt.
@@ -104,6 +168,14 @@ class ViewBody:
     qualifier: str | None
     serves: str
     fingerprint: str | None
+    table: TableRef | None = None
+
+    @property
+    def base_qualifier(self) -> str | None:
+        """The name the select list gives the plan's table (None: unqualified)."""
+        if self.qualifier == SIDE_ALIAS:
+            return self.table.alias if self.table is not None else None
+        return self.qualifier
 
     def render(
         self,
@@ -112,12 +184,27 @@ class ViewBody:
         fingerprint: str,
         embedding_alias: str,
         model_alias: str,
+        *,
+        side_join: sql.Composable | None = None,
     ) -> sql.Composable:
-        """The definition with the embedding and model entries pointing at `column`."""
-        ref: sql.Composable = (
-            sql.Identifier(self.qualifier, column) if self.qualifier else sql.Identifier(column)
-        )
-        managed = {
+        """The definition with the embedding and model entries pointing at `column`; with
+        `side_join` (storage side_table, the target column) the table's FROM item joined to
+        the side table, without it any such join migrator added taken out again."""
+        qual = SIDE_ALIAS if side_join is not None else self.base_qualifier
+        ref: sql.Composable = sql.Identifier(qual, column) if qual else sql.Identifier(column)
+        managed: dict[int, tuple[int, sql.Composable]] = {}
+        tref = self.table
+        if side_join is not None and (tref is None or tref.joined is None):
+            if tref is None:
+                raise ViewShapeError(
+                    "the view must name the table once in its FROM clause for a side table "
+                    "to be joined to it"
+                )
+            managed[tref.end] = (tref.end, side_join)  # inserted right after the item
+        elif side_join is None and tref is not None and tref.joined is not None:
+            start, end = tref.joined
+            managed[start] = (end, sql.SQL(self.text[tref.start : tref.end]))
+        managed |= {
             self.embedding.start: (
                 self.embedding.end,
                 sql.SQL("{}::{} AS {}").format(
@@ -229,6 +316,8 @@ def parse_view(
     embedding_alias: str,
     model_alias: str,
     managed_columns: tuple[str, ...],
+    table: tuple[str, str] | None = None,
+    side: tuple[str, str] | None = None,
 ) -> ViewBody:
     """Locate the managed entries of a deparsed view whose output columns are `columns`.
 
@@ -268,4 +357,9 @@ def parse_view(
             f"its {model_alias} column is `{mod_text}`: migrator manages a text constant "
             f"holding the model's fingerprint (`'<fingerprint>'::text AS {model_alias}`)"
         ) from None
-    return ViewBody(text.rstrip().rstrip(";"), emb, mod, qualifier, column, fingerprint)
+    body = text.rstrip().rstrip(";")
+    tref = None
+    if table is not None:
+        side_name, pk = side if side is not None else (None, None)
+        tref = find_table(body, table[0], table[1], side=side_name, pk=pk)
+    return ViewBody(body, emb, mod, qualifier, column, fingerprint, tref)

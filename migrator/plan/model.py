@@ -27,6 +27,7 @@ from migrator.plan.vocab import (
     Metric,
     OverlongPolicy,
     Role,
+    Storage,
     VectorType,
 )
 
@@ -197,6 +198,12 @@ class TargetSpec(Frozen):
     column: Ident = "embedding_v2"
     type: VectorType = VectorType.VECTOR
     model: ModelSpec
+    # column: ALTER TABLE ADD COLUMN and UPDATE every row (each update a new row version, and
+    # an index entry in every non-HOT index: the source column's HNSW index too). side_table:
+    # the vectors go to a table of their own keyed by the primary key (docs/storage.md).
+    storage: Storage = Storage.COLUMN
+    # The side table's name, in the table's schema; default "<table>_<column>".
+    side_table: Ident | None = None
 
 
 class RetrySpec(Frozen):
@@ -413,7 +420,13 @@ class Plan(Frozen):
             raise ValueError(
                 f"view.columns may not contain {sorted(clash)}: they are added by migrator"
             )
+        if tgt.side_table is not None and tgt.storage is not Storage.SIDE_TABLE:
+            raise ValueError("target.side_table is set but target.storage is not side_table")
         names = [self.target.column, self.source.column, self.index_name]
+        if tgt.storage is Storage.SIDE_TABLE:
+            names.append(self.side_table)
+            if self.side_table == self.table.name:
+                raise ValueError("target.side_table must differ from table.name")
         for n in names:
             _identifier(n)
         return self
@@ -427,6 +440,15 @@ class Plan(Frozen):
     def index_name(self) -> str:
         default = f"{self.table.name}_{self.target.column}_{self.index.method.value}_idx"
         return self.index.name or _short(default)
+
+    @property
+    def side_table(self) -> str:
+        """The side table of storage side_table (in the table's schema)."""
+        return self.target.side_table or _short(f"{self.table.name}_{self.target.column}")
+
+    @property
+    def side(self) -> bool:
+        return self.target.storage is Storage.SIDE_TABLE
 
     @property
     def view_schema(self) -> str:
@@ -456,7 +478,9 @@ class Plan(Frozen):
         out: an operator may change a rate limit, a threshold, ef_search or the build's memory
         mid-migration, never the table, text, models, index DDL or view.
         """
-        structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        structural = _without_default_storage(
+            {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        )
         skip = SEARCH_KEYS | TUNING_INDEX_KEYS
         structural["index"] = {k: v for k, v in structural["index"].items() if k not in skip}
         return _digest(structural)
@@ -464,10 +488,22 @@ class Plan(Frozen):
     def legacy_plan_hash(self) -> str:
         """The hash as migrator computed it before search settings were tuning (ef_search,
         probes and iterative_scan in it): migrations registered then are still recognised."""
-        structural = {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        structural = _without_default_storage(
+            {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
+        )
         skip = {"max_scan_tuples", "scan_mem_multiplier", "max_probes"} | TUNING_INDEX_KEYS
         structural["index"] = {k: v for k, v in structural["index"].items() if k not in skip}
         return _digest(structural)
+
+
+def _without_default_storage(structural: dict[str, Any]) -> dict[str, Any]:
+    """Column storage, the only one before side tables, leaves the hash as it was: migrations
+    registered before the setting existed are still recognised."""
+    target = dict(structural["target"])
+    if target.get("storage") == Storage.COLUMN.value and target.get("side_table") is None:
+        target.pop("storage", None)
+        target.pop("side_table", None)
+    return {**structural, "target": target}
 
 
 def _digest(structural: dict[str, Any]) -> str:

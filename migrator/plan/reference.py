@@ -36,6 +36,11 @@ DESCRIPTIONS: dict[str, str] = {
     "target": "The new column and the new model.",
     "target.column": "The new column, added nullable (no table rewrite).",
     "target.type": "`vector` (indexable up to 2,000 dims) or `halfvec` (up to 4,000).",
+    "target.storage": "Where the new vectors live: `column` (added to the table; every row "
+    "rewritten once) or `side_table` (a table of their own keyed by the primary key, joined by "
+    "the view at cutover; the table gets no row versions). See docs/storage.md.",
+    "target.side_table": "The side table's name (storage `side_table`), in the table's "
+    "schema; default `<table>_<column>`.",
     "*.model": "An embedding model.",
     "*.model.provider": "`openai` (any OpenAI-compatible server) or `local` (in-process hash model).",
     "*.model.name": "Model name sent to the server; local models are named `local-hash-*`.",

@@ -47,6 +47,14 @@ class Role(StrEnum):
     SOURCE = "source"
 
 
+class Storage(StrEnum):
+    """Where the new vectors live: a column added to the table, or a table of their own keyed by
+    the primary key (the base table gets no row versions, its indexes no churn)."""
+
+    COLUMN = "column"
+    SIDE_TABLE = "side_table"
+
+
 class OverlongPolicy(StrEnum):
     TRUNCATE = "truncate"
     DEAD_LETTER = "dead_letter"

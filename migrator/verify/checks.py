@@ -67,8 +67,10 @@ def count_rows(conn: psycopg.Connection, plan: Plan) -> Counts:
         sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE {e}), count(*) FILTER (WHERE {e} AND {t} IS "
             "NOT NULL), count(*) FILTER (WHERE NOT ({e}) AND {t} IS NOT NULL), count(*) FILTER "
-            "(WHERE {e} AND {t} IS NULL AND {lag}) FROM {tbl} AS t"
-        ).format(e=e, t=tgt, tbl=q.table_ident(plan), lag=_lag_predicate(plan)),
+            "(WHERE {e} AND {t} IS NULL AND {lag}) FROM {tbl}"
+        ).format(
+            e=e, t=tgt, tbl=q.vectors_from(plan, plan.target.column, "t"), lag=_lag_predicate(plan)
+        ),
         {"m": plan.name},
     ).fetchone()
     assert row is not None

@@ -45,7 +45,7 @@ def load_column(conn: psycopg.Connection, plan: Plan, column: str, dims: int) ->
     """Keys and vectors of `column` (halfvec read as vector), in primary-key order, one snapshot.
     The whole column in memory: verify streams instead (scan_column); kept as the baseline
     of bench/verify_memory.py."""
-    tbl, col = q.table_ident(plan), sql.Identifier(column)
+    tbl, col = q.vectors_from(plan, column), sql.Identifier(column)
     pk = sql.Identifier(plan.table.primary_key)
     where = sql.SQL("WHERE {col} IS NOT NULL ORDER BY {pk}").format(col=col, pk=pk)
     # Two statements in one REPEATABLE READ transaction see the same rows in the same order:
@@ -113,7 +113,7 @@ def scan_column(
 
     Returns (rows read, {position: key as text}). One REPEATABLE READ snapshot for both reads.
     """
-    tbl, col = q.table_ident(plan), sql.Identifier(column)
+    tbl, col = q.vectors_from(plan, column), sql.Identifier(column)
     pk = sql.Identifier(plan.table.primary_key)
     where = sql.SQL("WHERE {col} IS NOT NULL").format(col=col)
     record = _record_dtype(dims)
@@ -191,13 +191,14 @@ def sample_rows(
     give the same rows whatever their physical order. `require`: columns that must be non-NULL."""
     conds = [q.eligible_predicate(plan)]
     conds += [sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in require]
+    side = [c for c in require if q.in_side(plan, c)]
     query = sql.SQL(
         "SELECT {pk}::text AS k, {text} AS t FROM {tbl} WHERE {cond} "
         "ORDER BY md5(%(salt)s || {pk}::text), {pk} LIMIT %(n)s"
     ).format(
         pk=sql.Identifier(plan.table.primary_key),
         text=q.text_expr(plan),
-        tbl=q.table_ident(plan),
+        tbl=q.vectors_from(plan, side[0]) if side else q.table_ident(plan),
         cond=sql.SQL(" AND ").join(conds),
     )
     rows = conn.execute(query, {"salt": f"{seed}:{salt}:", "n": n}).fetchall()
@@ -216,7 +217,7 @@ def sample_with_vectors(
     query = sql.SQL(text).format(
         pk=sql.Identifier(plan.table.primary_key),
         col=sql.Identifier(column),
-        tbl=q.table_ident(plan),
+        tbl=q.vectors_from(plan, column),
     )
     with conn.cursor(binary=True) as cur:
         got = {r[0]: r[1] for r in cur.execute(query, (ids,)).fetchall() if r[1] is not None}
