@@ -156,7 +156,8 @@ def _check_disk(conn: psycopg.Connection, plan: Plan, ins: insp.Inspection, res:
             Problem(
                 DiskSpaceError,
                 f"the backfill and index build would add about {human(growth.total_bytes)} "
-                f"to the database ({human(growth.heap_bytes)} of new row versions, "
+                f"to the database ({human(growth.heap_bytes)} of "
+                f"{'side table' if plan.side else 'new row versions'}, "
                 f"{human(growth.index_entries_bytes)} of index entries, "
                 f"{human(growth.new_index_bytes)} of new index) but only {human(room)} is "
                 f"left ({growth.room_source})",

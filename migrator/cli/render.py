@@ -83,11 +83,22 @@ def _live_findings(console: Console, report: dict[str, Any]) -> None:
                 if disk["fits"] is None
                 else f"{_mb(disk['room_bytes'])} MB left ({disk['room_source']})"
             )
+            side = est.get("storage") == "side_table"
+            heap, entries = ("side table", "its key") if side else ("row versions", "index entries")
             console.print(
-                f"  disk: +{_mb(disk['total_bytes'])} MB (row versions {_mb(disk['heap_bytes'])}, "
-                f"index entries {_mb(disk['index_entries_bytes'])}, new index "
+                f"  disk: +{_mb(disk['total_bytes'])} MB ({heap} {_mb(disk['heap_bytes'])}, "
+                f"{entries} {_mb(disk['index_entries_bytes'])}, new index "
                 f"{_mb(disk['new_index_bytes'])}); {room}"
             )
+        modes = est.get("modes") or {}
+        if len(modes) > 1:
+            parts = [
+                f"{name}{' (this plan)' if name == est.get('storage') else ''} "
+                f"{_duration(m['seconds'])}"
+                + (f", +{_mb(m['disk_bytes'])} MB" if m["disk_bytes"] is not None else "")
+                for name, m in modes.items()
+            ]
+            console.print(f"  storage: {'; '.join(parts)} (target.storage, docs/storage.md)")
     render_findings(console, report.get("findings", []))
 
 

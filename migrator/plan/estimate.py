@@ -138,8 +138,44 @@ def hnsw_index_bytes(rows: int, dimensions: int, halfvec: bool, m: int) -> int:
     return math.ceil(max(0, rows) / per_page) * PAGE
 
 
+# PostgreSQL's heap: a tuple header (23 bytes, aligned), a line pointer per tuple, values over
+# ~2 kB moved out of line (TOAST) in chunks of up to 1,996 bytes, four chunk tuples a page.
+_TUPLE_HEADER = 24
+_LINE_POINTER = 4
+_TOAST_THRESHOLD = 2032
+_TOAST_CHUNK = 1996
+_TOAST_POINTER = 18
+# The side table's primary key (btree, 8-byte key): leaf tuples of 16 bytes + line pointer,
+# pages left 90% full by ascending inserts (the key order of the backfill).
+_BTREE_FILL = 0.9
+
+
+def _align(n: int) -> int:
+    return 8 * math.ceil(n / 8)
+
+
+def side_table_bytes(rows: int, dimensions: int, halfvec: bool) -> tuple[int, int]:
+    """(heap incl. TOAST, primary key index) of a side table of `rows` (key, vector) rows."""
+    vec = vector_bytes(dimensions, halfvec)
+    heap_page = PAGE - 24
+    inline = _align(_TUPLE_HEADER + 8 + vec)
+    if inline <= _TOAST_THRESHOLD:
+        heap = math.ceil(rows / max(1, heap_page // (inline + _LINE_POINTER))) * PAGE
+    else:
+        small = _align(_TUPLE_HEADER + 8 + _TOAST_POINTER)
+        heap = math.ceil(rows / max(1, heap_page // (small + _LINE_POINTER))) * PAGE
+        chunks = rows * math.ceil(vec / _TOAST_CHUNK)
+        heap += math.ceil(chunks / 4) * PAGE
+        heap += math.ceil(chunks / max(1, int(heap_page * _BTREE_FILL) // 24)) * PAGE
+    key = math.ceil(rows / max(1, int((PAGE - 40) * _BTREE_FILL) // (16 + _LINE_POINTER)))
+    return heap, key * PAGE
+
+
 def disk_growth(plan: Plan, storage: TableStorage, rows: int) -> DiskGrowth:
-    """Growth of the column mode for `rows` rows still to fill (see docs/backfill.md).
+    """Growth of the plan's storage for `rows` rows still to fill (see docs/storage.md).
+
+    Storage side_table: the side table (its heap and primary key) and the new index; the
+    table itself does not grow. Column storage: as follows.
 
     Every row gets a new version (UPDATEs of a row already this size are almost never HOT)
     the size of the old one plus the new vector; the dead versions stay until vacuum, whose
@@ -147,14 +183,21 @@ def disk_growth(plan: Plan, storage: TableStorage, rows: int) -> DiskGrowth:
     say) gets one entry per new version; an HNSW index on the source column finds the same
     vector and adds the new heap TID to its element, so it hardly grows.
     """
+    return _growth(plan, storage, rows, side=plan.side)
+
+
+def _growth(plan: Plan, storage: TableStorage, rows: int, *, side: bool) -> DiskGrowth:
     tgt = plan.target
     halfvec = tgt.type.value == "halfvec"
-    per_row = (storage.heap_bytes / storage.rows) if storage.rows else 0.0
-    heap = math.ceil(rows * (per_row + vector_bytes(tgt.model.dimensions, halfvec) + 4))
-    share = rows / storage.rows if storage.rows else 0.0
-    entries = math.ceil(
-        sum(i.bytes for i in storage.indexes if i.method not in ("hnsw", "ivfflat")) * share
-    )
+    if side:
+        heap, entries = side_table_bytes(rows, tgt.model.dimensions, halfvec)
+    else:
+        per_row = (storage.heap_bytes / storage.rows) if storage.rows else 0.0
+        heap = math.ceil(rows * (per_row + vector_bytes(tgt.model.dimensions, halfvec) + 4))
+        share = rows / storage.rows if storage.rows else 0.0
+        entries = math.ceil(
+            sum(i.bytes for i in storage.indexes if i.method not in ("hnsw", "ivfflat")) * share
+        )
     if plan.index.method.value == "hnsw":
         new_index = hnsw_index_bytes(
             storage.rows or rows, tgt.model.dimensions, halfvec, plan.index.m
@@ -166,9 +209,10 @@ def disk_growth(plan: Plan, storage: TableStorage, rows: int) -> DiskGrowth:
     return DiskGrowth(rows, heap, entries, new_index, storage.room_bytes, storage.room_source)
 
 
-def write_seconds_per_row(storage: TableStorage | None) -> float:
-    """PostgreSQL time per row the source table's HNSW indexes add to each UPDATE."""
-    if storage is None:
+def write_seconds_per_row(storage: TableStorage | None, *, side: bool = False) -> float:
+    """PostgreSQL time per row the source table's HNSW indexes add to each UPDATE (none in
+    storage side_table: the table is not written)."""
+    if storage is None or side:
         return 0.0
     return sum(
         HNSW_REINSERT_SECONDS
@@ -193,9 +237,20 @@ class Estimate:
     disk: DiskGrowth | None = None
     calibration: Calibration | None = None
     workers: int = DEFAULT_WORKERS
+    storage: str = "column"
+    # The same figures for each storage mode, for the user's table: the trade-off.
+    modes: tuple[tuple[str, float, int | None, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["modes"] = {
+            name: {
+                "seconds": secs,
+                "disk_bytes": disk,
+                "index_write_seconds_per_row": write,
+            }
+            for name, secs, disk, write in self.modes
+        }
         out["calibration"] = None if self.calibration is None else self.calibration.as_dict()
         if self.disk is not None:
             out["disk"] = {**asdict(self.disk), "total_bytes": self.disk.total_bytes}
@@ -225,7 +280,44 @@ def estimate(
     requests = math.ceil(rows / per_request) if rows else 0
     price = price_per_million(model)
     cost = None if price is None else round(tokens / 1e6 * price, 4)
-    write = write_seconds_per_row(storage)
+    modes = []
+    for side in (False, True):
+        secs, _, w = _duration(plan, rows, tokens, requests, storage, calibration, workers, side)
+        grows = _growth(plan, storage, rows, side=side).total_bytes if storage else None
+        modes.append(("side_table" if side else "column", round(secs, 3), grows, round(w, 6)))
+    seconds, bound_by, write = _duration(
+        plan, rows, tokens, requests, storage, calibration, workers, plan.side
+    )
+    disk = disk_growth(plan, storage, rows) if storage is not None else None
+    return Estimate(
+        rows,
+        round(avg, 2),
+        tokens,
+        requests,
+        cost,
+        round(seconds, 3),
+        bound_by,
+        round(write, 6),
+        disk,
+        calibration,
+        workers,
+        plan.target.storage.value,
+        tuple(modes),
+    )
+
+
+def _duration(
+    plan: Plan,
+    rows: int,
+    tokens: int,
+    requests: int,
+    storage: TableStorage | None,
+    calibration: Calibration | None,
+    workers: int,
+    side: bool,
+) -> tuple[float, str, float]:
+    """(seconds, what bounds them, index write seconds per row) of one storage mode."""
+    write = write_seconds_per_row(storage, side=side)
     # The pipeline and the database's index writes run one after the other in a batch.
     if calibration is not None:
         provider = calibration.rows_per_second(max(1, workers) * plan.backfill.concurrency)
@@ -248,17 +340,4 @@ def estimate(
     if write == 0 and calibration is None and len(limits) > 1:
         limits.pop(label)
     bound_by, seconds = max(limits.items(), key=lambda kv: kv[1])
-    disk = disk_growth(plan, storage, rows) if storage is not None else None
-    return Estimate(
-        rows,
-        round(avg, 2),
-        tokens,
-        requests,
-        cost,
-        round(seconds, 3),
-        bound_by,
-        round(write, 6),
-        disk,
-        calibration,
-        workers,
-    )
+    return seconds, bound_by, write
