@@ -131,6 +131,7 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
         )
     fwd = (
         add,
+        *side_grants(plan, facts),
         Statement(
             q.capture_function(plan, (plan.target.column,), plan.source.column, names),
             "change capture: clear stale new vectors, queue changed rows, record stale old ones",
@@ -153,6 +154,34 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
         back,
         notes=("All three statements run in one transaction: all or nothing.",),
     )
+
+
+def side_grants(plan: Plan, facts: Facts) -> tuple[Statement, ...]:
+    """Who reads the side table through the view after cutover: the view's owner (a view
+    reads its tables with its owner's rights), and with security_invoker every role that may
+    select from the view. Storage column, or a view adopt creates: nobody else."""
+    if not plan.side or not facts.live:
+        return ()
+    roles: list[str] = []
+    if facts.view_owner and not facts.adopt_created_view:
+        roles.append(facts.view_owner)
+    invoker = any(
+        k == "security_invoker" and v.lower() in ("true", "on", "1") for k, v in facts.view_options
+    )
+    if invoker:
+        roles += [g.grantee for g in facts.view_grants if g.privilege.value == "SELECT"]
+    out = []
+    for role in dict.fromkeys(roles):
+        to = sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+        out.append(
+            Statement(
+                sql.SQL("GRANT SELECT ON {} TO {}").format(q.side_ident(plan), to),
+                f"let {role} read the side table through the view",
+                Lock.NONE,
+                q.side_label(plan),
+            )
+        )
+    return tuple(out)
 
 
 def backfill(plan: Plan, facts: Facts = Facts()) -> Step:

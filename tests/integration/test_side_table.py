@@ -163,9 +163,11 @@ def test_backfill_under_writes_leaves_the_table_alone(
 
 
 def _user_view(plan: Plan) -> str:
-    """The service's own view: an alias, a filter, a column it computes."""
+    """The service's own view: an alias, a filter, security_invoker (owned and read by other
+    roles, set up by the test)."""
     return (
-        "CREATE VIEW documents_search AS SELECT d.id, d.title, d.body, "
+        "CREATE VIEW documents_search WITH (security_invoker = true) AS SELECT d.id, d.title, "
+        "d.body, "
         "d.embedding::vector AS embedding, "
         f"'{plan.source.model.fingerprint()}'::text AS embedding_model "
         "FROM documents d WHERE d.category <> 'c3'"
@@ -219,9 +221,20 @@ def test_lifecycle_through_the_joined_view(
     n = 5000
     make_documents(database_url, n, old_vectors=True)
     probe = _side_plan(server.url)
+    tag = probe.name.replace("-", "_")
+    owner, reader = f"owner_{tag}", f"reader_{tag}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE INDEX ON documents USING hnsw (embedding vector_cosine_ops)")
         conn.execute(_user_view(probe))
+        for role in (owner, reader):
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("GRANT SELECT ON documents TO {}").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("ALTER VIEW documents_search OWNER TO {}").format(sql.Identifier(owner))
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON documents_search TO {}").format(sql.Identifier(reader))
+        )
     original = _viewdef(database_url)
     plan = _side_plan(
         server.url,
@@ -263,6 +276,11 @@ def test_lifecycle_through_the_joined_view(
             "WHERE d.category = 'c3'"
         ).fetchone()
     assert cats == (0,)  # the user's filter survived the join
+    # The reader (security_invoker: its own rights) can read the side table through the view.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(reader)))
+        seen = conn.execute("SELECT count(*) FROM documents_search").fetchone()
+    assert seen is not None and seen[0] > 0
 
     back = switch.rollback(st, plan)
     assert back.view_matches_snapshot is True
