@@ -157,10 +157,14 @@ def main() -> None:
     ]
     for label, r in runs.items():
         if label != "column, no index":
-            out.append((f"rate ratio {label} / column, no index", f"{r['rate'] / bare['rate']:.2f}"))
+            out.append(
+                (f"rate ratio {label} / column, no index", f"{r['rate'] / bare['rate']:.2f}")
+            )
     if "side_table, no index" in runs and "side_table, HNSW source" in runs:
         sb, sh = runs["side_table, no index"], runs["side_table, HNSW source"]
-        out.append(("rate ratio side_table HNSW source / no index", f"{sh['rate'] / sb['rate']:.2f}"))
+        out.append(
+            ("rate ratio side_table HNSW source / no index", f"{sh['rate'] / sb['rate']:.2f}")
+        )
     for label, r in runs.items():
         if r["side_bytes"]:
             b0, a0 = r["before"], r["after"]
