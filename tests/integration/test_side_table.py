@@ -246,6 +246,20 @@ def test_lifecycle_through_the_joined_view(
         verify__max_recall_drop=0.1,
     )
     st = _settings(settings)
+    # plan shows both modes for this table; column storage over an HNSW source is warned of.
+    dry = api.plan_live(plan, st, calibrate=False)
+    assert dry.estimate is not None and dry.estimate["storage"] == "side_table"
+    modes = dry.estimate["modes"]
+    assert modes["column"]["index_write_seconds_per_row"] > 0
+    assert modes["side_table"]["index_write_seconds_per_row"] == 0
+    assert modes["side_table"]["disk_bytes"] < modes["column"]["disk_bytes"]
+    assert not [f for f in dry.findings if "storage column" in f.what]
+    as_column = _side_plan(server.url, name=probe.name, target__storage="column")
+    assert [
+        f
+        for f in api.plan_live(as_column, st, calibrate=False).findings
+        if f.level == "warning" and "consider target.storage: side_table" in f.what
+    ]
     with workers(database_url, REDIS, plan.queue, n=1, concurrency=2):
         out = backfill.run(st, plan, backfill.Options(poll_seconds=0.2))
     assert out["complete"]
@@ -292,6 +306,17 @@ def test_lifecycle_through_the_joined_view(
     with SearchClient(database_url, view="documents_search") as client:
         hits = client.search("Return the number of bytes written", 10)
     assert len(hits.hits) == 10 and not hits.mixed
+    # A later migration from the side table is refused, saying so, before anything changes.
+    models = plan.canonical()
+    later = unique_plan(
+        server.url,
+        source__column=plan.target.column,
+        source__model=models["target"]["model"],
+        target__column="embedding_v3",
+        target__model=models["source"]["model"],
+    )
+    refused = api.plan_live(later, st, calibrate=False)
+    assert [p for p in refused.problems if "side table of an earlier migration" in p.what]
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DELETE FROM documents WHERE id = 1")
         gone = conn.execute(
