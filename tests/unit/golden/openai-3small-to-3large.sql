@@ -6,8 +6,8 @@ INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, colu
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
 -- phase: expand
--- add embedding_v2 (nullable, no default: no table rewrite) [tx; ACCESS EXCLUSIVE on public.articles]
-ALTER TABLE "public"."articles" ADD COLUMN IF NOT EXISTS "embedding_v2" vector(1024);
+-- create the side table public.articles_embedding_v2 for embedding_v2 (the table itself is not changed; the foreign key deletes a vector with its row) [tx; SHARE ROW EXCLUSIVE on public.articles]
+CREATE TABLE IF NOT EXISTS "public"."articles_embedding_v2" ("id" bigint PRIMARY KEY REFERENCES "public"."articles" ("id") ON DELETE CASCADE ON UPDATE CASCADE, "embedding_v2" vector(1024) NOT NULL);
 -- change capture: clear stale new vectors, queue changed rows, record stale old ones [tx; no table lock]
 CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 DECLARE
@@ -18,9 +18,7 @@ BEGIN
   IF TG_OP = ''UPDATE'' THEN
     text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
     IF text_changed THEN
-      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
-      NEW."embedding_v2" := NULL; written := true;
+      DELETE FROM "public"."articles_embedding_v2" WHERE "id" = OLD."id";
     END IF;
     IF NEW."embedding" IS NOT NULL AND (text_changed = (NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text)) THEN
       INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES (''articles-3large'', NEW."id"::text, CASE WHEN text_changed THEN ''text changed, old vector not rewritten'' ELSE ''old vector written without its text'' END)
@@ -28,31 +26,31 @@ BEGIN
     END IF;
     IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
-  IF NEW."embedding_v2" IS NULL THEN
+  IF TG_OP = ''INSERT'' OR text_changed THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
   END IF;
   RETURN NEW;
 END
 ';
 -- attach the change-capture trigger [tx; SHARE ROW EXCLUSIVE on public.articles]
-CREATE OR REPLACE TRIGGER "migrator_articles_3large_3ed041da_capture" BEFORE INSERT OR UPDATE OF "title", "body", "embedding_v2", "embedding" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
+CREATE OR REPLACE TRIGGER "migrator_articles_3large_3ed041da_capture" BEFORE INSERT OR UPDATE OF "title", "body", "embedding" ON "public"."articles" FOR EACH ROW EXECUTE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
 -- phase: expand (backward)
 DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
 DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
-ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
+DROP TABLE IF EXISTS "public"."articles_embedding_v2";
 -- phase: backfill
 -- workers: read a batch's current text and its hash [tx; ACCESS SHARE on public.articles]
 SELECT "id", "id"::text, CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
 ', "body"::text) END, md5(CASE WHEN (btrim(coalesce("title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("body"::text, ''), E' \t\r\n') <> '') THEN concat("title"::text, '
 
-', "body"::text) END) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND "embedding_v2" IS NULL ORDER BY 1;
+', "body"::text) END) FROM "public"."articles" WHERE "id" > %(lo)s AND "id" <= %(hi)s AND NOT EXISTS (SELECT 1 FROM "public"."articles_embedding_v2" AS s WHERE s."id" = "public"."articles"."id") ORDER BY 1;
 -- workers: staging table for a binary COPY of the vectors [tx; no table lock]
 CREATE TEMP TABLE IF NOT EXISTS "migrator_stage_428fda_vector_1024" (pk bigint, text_hash text, v vector(1024)) ON COMMIT DELETE ROWS;
--- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles]
-UPDATE "public"."articles" AS t SET "embedding_v2" = s.v FROM "migrator_stage_428fda_vector_1024" AS s WHERE t."id" = s.pk AND md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
+-- workers: compare-and-set write (only rows whose text is unchanged) [tx; ROW EXCLUSIVE on public.articles_embedding_v2]
+WITH ok AS (SELECT s.pk, s.v FROM "migrator_stage_428fda_vector_1024" AS s JOIN "public"."articles" AS t ON t."id" = s.pk WHERE md5(CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
 
-', "t"."body"::text) END) = s.text_hash AND t."embedding_v2" IS NULL RETURNING t."id"::text;
+', "t"."body"::text) END) = s.text_hash AND s.v IS NOT NULL FOR SHARE OF t) INSERT INTO "public"."articles_embedding_v2" ("id", "embedding_v2") SELECT pk, v FROM ok ON CONFLICT ("id") DO NOTHING RETURNING "id"::text;
 -- workers, source role: read rows whose embedding is NULL or recorded stale [tx; ACCESS SHARE on public.articles]
 SELECT t."id", t."id"::text, CASE WHEN (btrim(coalesce("t"."title"::text, ''), E' \t\r\n') <> '' OR btrim(coalesce("t"."body"::text, ''), E' \t\r\n') <> '') THEN concat("t"."title"::text, '
 
@@ -64,19 +62,19 @@ UPDATE "public"."articles" AS t SET "embedding" = s.v FROM "migrator_stage_428fd
 
 ', "t"."body"::text) END) IS NOT DISTINCT FROM s.text_hash AND NOT (t."embedding" IS NULL AND s.v IS NULL) AND (t."embedding" IS NULL OR EXISTS (SELECT 1 FROM migrator.stale_sources AS st WHERE st.migration = 'articles-3large' AND st.pk = "t"."id"::text AND st.refreshed_at IS NULL)) RETURNING t."id"::text;
 -- phase: index
--- reclaim the backfill's dead row versions before the build locks autovacuum out [no-tx; SHARE UPDATE EXCLUSIVE on public.articles]
-VACUUM (ANALYZE) "public"."articles";
+-- set the side table's visibility map and statistics before the build [no-tx; SHARE UPDATE EXCLUSIVE on public.articles_embedding_v2]
+VACUUM (ANALYZE) "public"."articles_embedding_v2";
 -- memory for the index build (session setting) [no-tx; no table lock]
 SET maintenance_work_mem = '16GB';
 -- parallel workers for the build (session setting) [no-tx; no table lock]
 SET max_parallel_maintenance_workers = 2;
--- build articles_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.articles]
-CREATE INDEX CONCURRENTLY IF NOT EXISTS "articles_embedding_v2_hnsw_idx" ON "public"."articles" USING hnsw ("embedding_v2" vector_cosine_ops) WITH (m = 16, ef_construction = 64);
+-- build articles_embedding_v2_hnsw_idx without blocking writes [no-tx; SHARE UPDATE EXCLUSIVE on public.articles_embedding_v2]
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "articles_embedding_v2_hnsw_idx" ON "public"."articles_embedding_v2" USING hnsw ("embedding_v2" vector_cosine_ops) WITH (m = 16, ef_construction = 64);
 -- phase: index (backward)
 DROP INDEX CONCURRENTLY IF EXISTS "public"."articles_embedding_v2_hnsw_idx";
 -- phase: cutover
 -- point the view at embedding_v2 (text-embedding-3-large@1024:6cfd44e2de8c) [tx; ACCESS EXCLUSIVE on public.articles_search]
-CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles";
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "migrator_side"."embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles" JOIN "public"."articles_embedding_v2" AS "migrator_side" USING ("id");
 -- record the active model in the registry [tx; ROW EXCLUSIVE on migrator.active_models]
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at, bridge_id = NULL;
 -- announce the switch (NOTIFY) [tx; no table lock]
@@ -91,9 +89,7 @@ BEGIN
   IF TG_OP = ''UPDATE'' THEN
     text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
     IF text_changed THEN
-      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
-      NEW."embedding_v2" := NULL; written := true;
+      DELETE FROM "public"."articles_embedding_v2" WHERE "id" = OLD."id";
     END IF;
     IF text_changed THEN
       IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
@@ -102,7 +98,7 @@ BEGIN
     END IF;
     IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
-  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+  IF NEW."embedding" IS NULL OR TG_OP = ''INSERT'' OR text_changed THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
   END IF;
   RETURN NEW;
@@ -120,7 +116,7 @@ INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, colu
 -- announce the switch (NOTIFY) [tx; no table lock]
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
 -- phase: rollback (backward)
-CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles";
+CREATE OR REPLACE VIEW "public"."articles_search" AS SELECT "id", "title", "body", "url", "updated_at", "migrator_side"."embedding_v2"::vector AS "embedding", 'text-embedding-3-large@1024:6cfd44e2de8c'::text AS "embedding_model" FROM "public"."articles" JOIN "public"."articles_embedding_v2" AS "migrator_side" USING ("id");
 INSERT INTO migrator.active_models AS a (view_schema, view_name, migration, column_name, fingerprint, model, vector_type, dimensions, switched_at) VALUES ('public', 'articles_search', 'articles-3large', 'embedding_v2', 'text-embedding-3-large@1024:6cfd44e2de8c', '{"api_key_env": "OPENAI_API_KEY", "base_url": null, "dimensions": 1024, "max_inputs_per_request": 2048, "max_tokens_per_input": 8192, "max_tokens_per_request": 300000, "name": "text-embedding-3-large", "normalize": true, "overlong": "truncate", "provider": "openai", "request_timeout_seconds": 30.0, "send_dimensions": true, "usd_per_million_tokens": null}'::jsonb, 'vector', 1024, now()) ON CONFLICT (view_schema, view_name) DO UPDATE SET migration = EXCLUDED.migration, column_name = EXCLUDED.column_name, fingerprint = EXCLUDED.fingerprint, model = EXCLUDED.model, vector_type = EXCLUDED.vector_type, dimensions = EXCLUDED.dimensions, switched_at = EXCLUDED.switched_at, bridge_id = NULL;
 SELECT pg_notify('migrator_active_model', 'public.articles_search');
 CREATE OR REPLACE FUNCTION "migrator"."migrator_articles_3large_3ed041da_capture_fn"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
@@ -132,9 +128,7 @@ BEGIN
   IF TG_OP = ''UPDATE'' THEN
     text_changed := NEW."title" IS DISTINCT FROM OLD."title" OR NEW."body" IS DISTINCT FROM OLD."body";
     IF text_changed THEN
-      IF NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text THEN NEW."embedding_v2" := NULL; END IF;
-    ELSIF NOT (NEW."embedding_v2"::text IS NOT DISTINCT FROM OLD."embedding_v2"::text) THEN
-      NEW."embedding_v2" := NULL; written := true;
+      DELETE FROM "public"."articles_embedding_v2" WHERE "id" = OLD."id";
     END IF;
     IF text_changed THEN
       IF NEW."embedding"::text IS NOT DISTINCT FROM OLD."embedding"::text THEN NEW."embedding" := NULL; END IF;
@@ -143,7 +137,7 @@ BEGIN
     END IF;
     IF NOT (text_changed OR written) THEN RETURN NEW; END IF;
   END IF;
-  IF NEW."embedding_v2" IS NULL OR NEW."embedding" IS NULL THEN
+  IF NEW."embedding" IS NULL OR TG_OP = ''INSERT'' OR text_changed THEN
     INSERT INTO migrator.changes (migration, pk) VALUES (''articles-3large'', NEW."id"::text);
   END IF;
   RETURN NEW;
@@ -165,8 +159,8 @@ UPDATE migrator.migrations SET phase = 'finalized', updated_at = now() WHERE nam
 DROP TRIGGER IF EXISTS "migrator_articles_3large_3ed041da_capture" ON "public"."articles";
 -- drop the change-capture function [tx; no table lock]
 DROP FUNCTION IF EXISTS "migrator"."migrator_articles_3large_3ed041da_capture_fn"();
--- drop embedding_v2 and its index (the new vectors are discarded) [tx; ACCESS EXCLUSIVE on public.articles]
-ALTER TABLE "public"."articles" DROP COLUMN IF EXISTS "embedding_v2";
+-- drop public.articles_embedding_v2 and its index (the new vectors are discarded) [tx; ACCESS EXCLUSIVE on public.articles_embedding_v2]
+DROP TABLE IF EXISTS "public"."articles_embedding_v2";
 -- drop the view adopt created [tx; ACCESS EXCLUSIVE on public.articles_search]
 DROP VIEW IF EXISTS "public"."articles_search";
 -- remove the view's registry entry (adopt created it) [tx; ROW EXCLUSIVE on migrator.active_models]
