@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
 
-from migrator import switch
+from migrator import api, switch
 from migrator.backfill import monitor as backfill
 from migrator.search.drill import Drill
 from migrator.verify.index_build import BuildProgress
@@ -99,6 +99,9 @@ def main() -> None:
         load_table(b.url, plan.table.name, texts, index=True)
         load_seconds = time.perf_counter() - t_load
         before = table_bytes(b.url, plan.table.name)
+        # The service reads the view: it exists from adopt on (searches before it would fail
+        # for want of a relation, which says nothing about migrator).
+        api.adopt(b.settings, plan)
         drill = Drill(
             b.url, plan, qps=args.qps, processes=args.processes, environ=dict(b.settings.environ)
         )
@@ -171,6 +174,11 @@ def main() -> None:
                 "; ".join(switches) + f"; finalize dropped {len(fin.dropped_indexes)} index",
             ),
             ("searches / failed", f"{report.queries:,} / {report.failed}  (target 0 failed)"),
+            (
+                "failed by phase",
+                ", ".join(f"{p.phase} {p.failed}" for p in report.phases if p.failed) or "none",
+            ),
+            ("first errors", "; ".join(report.errors[:3]) or "none"),
             ("cross-model rows / empty answers", f"{report.cross_model_rows} / {report.empty}"),
             (
                 "search p99 by phase (ms)",
