@@ -316,8 +316,8 @@ def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
         before = migration.phase
         if not yes:
             raise PhaseError(
-                f"abort drops {plan.target.column} with every new vector in it, migrator's "
-                "trigger and its records of this migration",
+                f"abort drops {q.side_label(plan) if plan.side else plan.target.column} with "
+                "every new vector in it, migrator's trigger and its records of this migration",
                 hint="confirm with --yes",
             )
         facts = ctx.facts()
@@ -330,6 +330,8 @@ def abort(settings: Settings, plan: Plan, *, yes: bool) -> AbortResult:
         else:
             stmts = steps.abort(plan, facts).forward
             dropped_column = None if facts.target_preexisted else plan.target.column
+            if plan.side:
+                dropped_column = f"{q.side_label(plan)}.{plan.target.column}"
             dropped_view = facts.adopt_created_view
             prior = facts.prior_registry
             registry = f"restored to {prior.migration}" if prior else "removed"

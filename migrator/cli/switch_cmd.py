@@ -160,9 +160,14 @@ def abort_cmd(plan_path: str, yes: bool, database_url: str | None, as_json: bool
 
     plan = read_plan(plan_path)
     settings = settings_from(database_url)
+    what = (
+        f"the side table {plan.table.schema_}.{plan.side_table}"
+        if plan.side
+        else f"{plan.table.schema_}.{plan.table.name}.{plan.target.column}"
+    )
     question = (
-        f"abort drops {plan.table.schema_}.{plan.table.name}.{plan.target.column} with "
-        "every new vector in it (and the view, if adopt created it). Continue?"
+        f"abort drops {what} with every new vector in it (and the view, if adopt created "
+        "it). Continue?"
     )
     if not _asked(
         "abort", lambda: switch.check_abort(settings, plan), question, yes=yes, as_json=as_json
