@@ -145,6 +145,7 @@ def main() -> None:
         default=None,
         help="stop a backfill after this long (the rate and p99 are of the part done)",
     )
+    ap.add_argument("--storage", choices=("column", "side_table"), default="column")
     args = ap.parse_args()
     texts = corpus_texts(args.rows)
     with Bench() as b:
@@ -155,6 +156,7 @@ def main() -> None:
                 table="documents_a",
                 backfill__batch_size=args.batch_size,
                 backfill__pacing__enabled=False,
+                target__storage=args.storage,
             ),
             "paced": bench_plan(
                 b.base_url,
@@ -162,6 +164,7 @@ def main() -> None:
                 table="documents_b",
                 backfill__batch_size=args.batch_size,
                 backfill__pacing__enabled=True,  # the defaults otherwise
+                target__storage=args.storage,
             ),
         }
         for plan in plans.values():
@@ -187,7 +190,8 @@ def main() -> None:
                 print(f"    {e}")
     u, p = out["unpaced"], out["paced"]
     print_figures(
-        f"pacing, {args.rows:,} rows (256 dims, HNSW on the source), {args.workers} workers, "
+        f"pacing, {args.rows:,} rows (256 dims, HNSW on the source, storage {args.storage}), "
+        f"{args.workers} workers, "
         f"{args.qps:g} q/s of k-NN through the view",
         [
             ("before (unpaced run)", fmt(u["before"])),
