@@ -89,9 +89,9 @@ def resolve(
         query = sql.SQL(
             "UPDATE migrator.stale_sources AS st SET refreshed_at = now() WHERE migration = "
             "%(m)s AND pk = ANY(%(ids)s) AND refreshed_at IS NULL AND NOT EXISTS (SELECT 1 "
-            "FROM {tbl} AS t WHERE t.{pk} = st.pk::{pkt} AND (t.{col} IS NOT NULL OR {text}))"
+            "FROM {tbl} WHERE t.{pk} = st.pk::{pkt} AND (t.{col} IS NOT NULL OR {text}))"
         ).format(
-            tbl=q.table_ident(plan),
+            tbl=q.vectors_from(plan, plan.source.column, "t"),
             pk=sql.Identifier(plan.table.primary_key),
             pkt=q.pk_type_sql(pk_type),
             col=sql.Identifier(plan.source.column),

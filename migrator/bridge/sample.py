@@ -24,7 +24,7 @@ F32 = npt.NDArray[np.float32]
 def paired_count(conn: psycopg.Connection, plan: Plan) -> int:
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL AND {} IS NOT NULL").format(
-            q.vectors_from(plan, plan.target.column),
+            q.vectors_from(plan, (plan.source.column, plan.target.column)),
             sql.Identifier(plan.source.column),
             sql.Identifier(plan.target.column),
         )
@@ -43,7 +43,7 @@ def _query(plan: Plan) -> sql.Composed:
         pk=pk,
         tgt=sql.Identifier(plan.target.column),
         src=sql.Identifier(plan.source.column),
-        tbl=q.vectors_from(plan, plan.target.column),
+        tbl=q.vectors_from(plan, (plan.source.column, plan.target.column)),
         ok=q.eligible_predicate(plan),
     )
 

@@ -111,7 +111,13 @@ def _with_table_facts(
     """The view's facts completed with the table's (indexes of the old column, key type) and
     the migration's own record (capture names, what adopt found)."""
     srcidx = tuple(
-        n for n, _ in index_on(conn, plan.table.schema_, plan.table.name, plan.source.column)
+        n
+        for n, _ in index_on(
+            conn,
+            plan.table.schema_,
+            plan.source.side_table or plan.table.name,
+            plan.source.column,
+        )
     )
     pk_type = cols.get(plan.table.primary_key, "bigint")
     facts = replace(view, source_indexes=srcidx, pk_type=pk_type, live=True)
@@ -228,19 +234,22 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     for col in plan.text.columns:
         if col not in cols:
             ins.error(f"text column {col} does not exist in {schema}.{table}")
+    src_at = plan.source.side_table or table
     problem = _expect_vector(
-        cols, plan.source.column, plan.source.type, plan.source.model.dimensions
+        column_types(conn, schema, src_at) if plan.source.side_table else cols,
+        plan.source.column,
+        plan.source.type,
+        plan.source.model.dimensions,
     )
     if problem is None:
         side = f"{table}_{plan.source.column}"
-        if plan.source.column in column_types(conn, schema, side):
+        if not plan.source.side_table and plan.source.column in column_types(conn, schema, side):
             ins.error(
                 f"source column {plan.source.column} is in {schema}.{side}, the side table of "
-                "an earlier migration (storage side_table): a migration from a side table is "
-                "not supported yet; see docs/storage.md"
+                f"an earlier migration (storage side_table): set source.side_table: {side}"
             )
         else:
-            ins.error(f"source column {plan.source.column} does not exist in {schema}.{table}")
+            ins.error(f"source column {plan.source.column} does not exist in {schema}.{src_at}")
     elif problem:
         ins.error(f"source {problem}")
     if plan.side:
@@ -263,7 +272,8 @@ def inspect(conn: psycopg.Connection, plan: Plan, *, sample: int = 500) -> Inspe
     facts, viewdef = view_facts(conn, plan)
     ins.view_definition = viewdef
     ins.facts = _with_table_facts(conn, plan, facts, cols)
-    if not plan.side and ins.facts.source_indexes and _migration_row(conn, plan.name) is None:
+    fresh = _migration_row(conn, plan.name) is None
+    if not plan.side and not plan.source.side_table and ins.facts.source_indexes and fresh:
         ins.warn(
             f"storage column writes a new version of every row of {q.table_label(plan)} and "
             f"re-inserts its unchanged old vector into {', '.join(ins.facts.source_indexes)}: "

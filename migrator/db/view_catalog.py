@@ -147,7 +147,7 @@ def _body(conn: psycopg.Connection, plan: Plan, oid: int, columns: list[str]) ->
         model_alias=plan.view.model_alias,
         managed_columns=managed,
         table=(plan.table.schema_, plan.table.name),
-        side=(plan.side_table, plan.table.primary_key) if plan.side else None,
+        pk=plan.table.primary_key,
     )
     _check_types(conn, plan, oid)
     _probe(conn, plan, body)

@@ -76,35 +76,57 @@ def view_label(plan: Plan) -> str:
     return f"{plan.view_schema}.{plan.view.name}"
 
 
-def side_ident(plan: Plan) -> sql.Identifier:
-    """The side table of storage side_table: (primary key, new vector), in the table's schema."""
-    return sql.Identifier(plan.table.schema_, plan.side_table)
+def side_name(plan: Plan, column: str) -> str | None:
+    """The side table `column` lives in: the target's (storage side_table), the source's
+    (source.side_table: an earlier migration's), or None (a column of the table)."""
+    if plan.side and column == plan.target.column:
+        return plan.side_table
+    if column == plan.source.column:
+        return plan.source.side_table
+    return None
 
 
-def side_label(plan: Plan) -> str:
-    return f"{plan.table.schema_}.{plan.side_table}"
+def side_ident(plan: Plan, column: str | None = None) -> sql.Identifier:
+    """The side table of `column` (default: the target's): (primary key, vector)."""
+    name = plan.side_table if column is None else side_name(plan, column)
+    assert name is not None
+    return sql.Identifier(plan.table.schema_, name)
+
+
+def side_label(plan: Plan, column: str | None = None) -> str:
+    name = plan.side_table if column is None else side_name(plan, column)
+    return f"{plan.table.schema_}.{name}"
 
 
 def in_side(plan: Plan, column: str) -> bool:
-    """Does `column` live in the side table (the target column of storage side_table)?"""
-    return plan.side and column == plan.target.column
+    """Does `column` live in a side table (not in the table itself)?"""
+    return side_name(plan, column) is not None
 
 
-def vectors_from(plan: Plan, column: str, alias: str | None = None) -> sql.Composable:
-    """A FROM item with the table's columns and `column`: the table itself, or (storage
-    side_table, the target column) the table left-joined to the side table, so that readers
-    see the new vector as a NULL-able column of the row whichever the storage."""
-    if not in_side(plan, column):
+def vectors_from(
+    plan: Plan, column: str | tuple[str, ...], alias: str | None = None
+) -> sql.Composable:
+    """A FROM item with the table's columns and `column` (or each of several): the table
+    itself, or the table left-joined to the side table of each column that lives in one, so
+    readers see every vector as a NULL-able column of the row whatever the storage."""
+    columns = (column,) if isinstance(column, str) else column
+    sides = [c for c in columns if in_side(plan, c)]
+    if not sides:
         if alias is None:
             return table_ident(plan)
         return sql.SQL("{} AS {}").format(table_ident(plan), sql.Identifier(alias))
-    return sql.SQL(
-        "(SELECT b.*, s.{col} FROM {tbl} AS b LEFT JOIN {side} AS s USING ({pk})) AS {alias}"
-    ).format(
-        col=sql.Identifier(column),
+    pk = sql.Identifier(plan.table.primary_key)
+    picks = sql.SQL("").join(
+        sql.SQL(", s{}.{}").format(sql.SQL(str(i)), sql.Identifier(c)) for i, c in enumerate(sides)
+    )
+    joins = sql.SQL("").join(
+        sql.SQL(" LEFT JOIN {} AS s{} USING ({})").format(side_ident(plan, c), sql.SQL(str(i)), pk)
+        for i, c in enumerate(sides)
+    )
+    return sql.SQL("(SELECT b.*{picks} FROM {tbl} AS b{joins}) AS {alias}").format(
+        picks=picks,
         tbl=table_ident(plan),
-        side=side_ident(plan),
-        pk=sql.Identifier(plan.table.primary_key),
+        joins=joins,
         alias=sql.Identifier(alias or plan.table.name),
     )
 
@@ -208,11 +230,14 @@ def capture_function(
     maintained = tuple(c for c in maintained if not in_side(plan, c))
     side_clear: sql.Composable = sql.SQL("")
     if side:
-        side_clear = sql.SQL(
-            "    IF text_changed THEN\n"
-            "      DELETE FROM {side} WHERE {pk} = OLD.{pk};\n"
-            "    END IF;\n"
-        ).format(side=side_ident(plan), pk=sql.Identifier(plan.table.primary_key))
+        side_clear = sql.SQL("    IF text_changed THEN\n{deletes}    END IF;\n").format(
+            deletes=sql.SQL("").join(
+                sql.SQL("      DELETE FROM {side} WHERE {pk} = OLD.{pk};\n").format(
+                    side=side_ident(plan, c), pk=sql.Identifier(plan.table.primary_key)
+                )
+                for c in side
+            )
+        )
     clears = sql.SQL("").join(
         sql.SQL(
             "    IF text_changed THEN\n"
@@ -224,7 +249,23 @@ def capture_function(
         for c in maintained
     )
     record: sql.Composable = sql.SQL("")
-    if watched is not None:
+    if watched is not None and in_side(plan, watched):
+        # The old vectors in an earlier migration's side table: only a text change makes one
+        # stale (the application does not write them there alongside its text).
+        record = sql.SQL(
+            "    IF text_changed AND EXISTS (SELECT 1 FROM {side} WHERE {pk} = OLD.{pk}) THEN\n"
+            "      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES ({name}, "
+            "NEW.{pk}::text, {changed})\n"
+            "      ON CONFLICT (migration, pk) DO UPDATE SET reason = EXCLUDED.reason, "
+            "detected_at = now(), batched_at = NULL, refreshed_at = NULL;\n"
+            "    END IF;\n"
+        ).format(
+            side=side_ident(plan, watched),
+            name=sql.Literal(plan.name),
+            pk=sql.Identifier(plan.table.primary_key),
+            changed=sql.Literal(STALE_TEXT_CHANGED),
+        )
+    elif watched is not None:
         record = sql.SQL(
             "    IF NEW.{c} IS NOT NULL AND (text_changed = ({same})) THEN\n"
             "      INSERT INTO migrator.stale_sources (migration, pk, reason) VALUES ({name}, "
@@ -288,8 +329,8 @@ def capture_trigger(plan: Plan, names: CaptureNames | None = None) -> sql.Compos
     n = names or plan.capture
     # Both vector columns are watched from the start: the function changes at cutover, the
     # trigger does not.
-    # (Storage side_table: the target column is not the table's; a key change cascades.)
-    vectors = (plan.source.column,) if plan.side else (plan.target.column, plan.source.column)
+    # (A vector in a side table is not the table's column; a key change cascades to it.)
+    vectors = [c for c in (plan.target.column, plan.source.column) if not in_side(plan, c)]
     cols = dict.fromkeys((*plan.text.columns, *vectors))
     return sql.SQL(
         "CREATE OR REPLACE TRIGGER {trg} BEFORE INSERT OR UPDATE OF {cols} ON {tbl} "
@@ -336,7 +377,7 @@ def missing_vector(plan: Plan, column: str, alias: sql.Composable) -> sql.Compos
     pk = sql.Identifier(plan.table.primary_key)
     if in_side(plan, column):
         return sql.SQL("NOT EXISTS (SELECT 1 FROM {side} AS s WHERE s.{pk} = {a}.{pk})").format(
-            side=side_ident(plan), pk=pk, a=alias
+            side=side_ident(plan, column), pk=pk, a=alias
         )
     return sql.SQL("{a}.{c} IS NULL").format(a=alias, c=sql.Identifier(column))
 
@@ -403,20 +444,24 @@ def read_ids(
     `stale` (batches of the source role): also the rows whose old vector change capture
     recorded as stale, which are not NULL (before cutover the old column is never cleared).
     """
-    col = sql.Identifier(column or plan.target.column)
+    name = column or plan.target.column
+    col = sql.Identifier(name)
     cond: sql.Composable
+    tbl: sql.Composable = sql.SQL("{} AS t").format(table_ident(plan))
     if stale:
         cond = sql.SQL("(t.{col} IS NULL OR {open})").format(col=col, open=_stale_open(plan, "t"))
+        if in_side(plan, name):
+            tbl = vectors_from(plan, name, "t")  # an old vector in a side table: joined
     else:
-        cond = missing_vector(plan, column or plan.target.column, sql.Identifier("t"))
+        cond = missing_vector(plan, name, sql.Identifier("t"))
     return sql.SQL(
-        "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} AS t "
+        "SELECT t.{pk}, t.{pk}::text, {text}, {hash} FROM {tbl} "
         "WHERE t.{pk} = ANY(%(ids)s::text[]::{pkt}[]) AND {cond} ORDER BY 1"
     ).format(
         pk=sql.Identifier(plan.table.primary_key),
         text=text_expr(plan, "t"),
         hash=text_hash_expr(plan, "t"),
-        tbl=table_ident(plan),
+        tbl=tbl,
         pkt=pk_type_sql(pk_type),
         cond=cond,
     )
@@ -458,6 +503,8 @@ def cas_update(
     staged NULL (the text became blank) clears one; a row whose text became NULL compares
     equal to its NULL hash. Returns the keys written.
     """
+    if in_side(plan, column) and stale:
+        return cas_upsert(plan, column, pk_type, vtype, dims)
     if in_side(plan, column):
         return cas_insert(plan, pk_type, vtype, dims)
     if stale:
@@ -507,6 +554,34 @@ def cas_insert(plan: Plan, pk_type: str, vtype: VectorType, dims: int) -> sql.Co
     )
 
 
+def cas_upsert(
+    plan: Plan, column: str, pk_type: str, vtype: VectorType, dims: int
+) -> sql.Composable:
+    """`cas_update(stale=True)` for old vectors in a side table (source.side_table): rows
+    whose text is what was embedded and that have no old vector or one recorded stale; a
+    staged NULL (the text became blank) deletes the side row. Returns the keys written."""
+    pk = sql.Identifier(plan.table.primary_key)
+    parts = {
+        "stage": stage_ident(pk_type, vtype, dims),
+        "tbl": table_ident(plan),
+        "side": side_ident(plan, column),
+        "pk": pk,
+        "col": sql.Identifier(column),
+        "hash": text_hash_expr(plan, "t"),
+        "open": _stale_open(plan, "t"),
+    }
+    return sql.SQL(
+        "WITH ok AS (SELECT s.pk, s.v FROM {stage} AS s JOIN {tbl} AS t ON t.{pk} = s.pk "
+        "LEFT JOIN {side} AS o ON o.{pk} = s.pk WHERE {hash} IS NOT DISTINCT FROM s.text_hash "
+        "AND NOT (o.{pk} IS NULL AND s.v IS NULL) AND (o.{pk} IS NULL OR {open}) FOR SHARE OF t), "
+        "gone AS (DELETE FROM {side} AS d USING ok WHERE d.{pk} = ok.pk AND ok.v IS NULL "
+        "RETURNING d.{pk}), "
+        "put AS (INSERT INTO {side} ({pk}, {col}) SELECT pk, v FROM ok WHERE v IS NOT NULL "
+        "ON CONFLICT ({pk}) DO UPDATE SET {col} = EXCLUDED.{col} RETURNING {pk}) "
+        "SELECT {pk}::text FROM gone UNION ALL SELECT {pk}::text FROM put"
+    ).format(**parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Index and view.
 # ---------------------------------------------------------------------------------------------
@@ -539,12 +614,15 @@ def drop_index(schema: str, name: str, *, concurrently: bool = True) -> sql.Comp
     )
 
 
-def side_join(plan: Plan) -> sql.Composable:
-    """What the view adds to read the side table: an inner join, so a k-NN search walks the
-    side table's index (rows without a new vector are not in the view, as they are in no
-    index), USING the key so the view's unqualified key column stays unambiguous."""
+def side_join(plan: Plan, column: str | None = None) -> sql.Composable:
+    """What the view adds to read a side table (`column`'s, default the target's): an inner
+    join, so a k-NN search walks the side table's index (rows without a vector are not in the
+    view, as they are in no index), USING the key so an unqualified key column stays
+    unambiguous."""
     return sql.SQL(" JOIN {} AS {} USING ({})").format(
-        side_ident(plan), sql.Identifier(SIDE_ALIAS), sql.Identifier(plan.table.primary_key)
+        side_ident(plan, column),
+        sql.Identifier(SIDE_ALIAS),
+        sql.Identifier(plan.table.primary_key),
     )
 
 
@@ -563,7 +641,9 @@ def view_select(plan: Plan, column: str, vtype: VectorType, fingerprint: str) ->
         )
     )
     return sql.SQL("SELECT {} FROM {}{}").format(
-        sql.SQL(", ").join(cols), table_ident(plan), side_join(plan) if side else sql.SQL("")
+        sql.SQL(", ").join(cols),
+        table_ident(plan),
+        side_join(plan, column) if side else sql.SQL(""),
     )
 
 

@@ -422,11 +422,21 @@ def finalize(plan: Plan, facts: Facts = Facts()) -> Step:
         )
     stmts += [
         *_drop_capture(plan, names, new_transaction=True),
-        Statement(
-            q.drop_column(plan, plan.source.column),
-            f"drop {plan.source.column} (irreversible)",
-            Lock.ACCESS_EXCLUSIVE,
-            tbl,
+        (
+            Statement(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(q.side_ident(plan, plan.source.column)),
+                f"drop {q.side_label(plan, plan.source.column)}, the old vectors' side table "
+                "(irreversible)",
+                Lock.ACCESS_EXCLUSIVE,
+                q.side_label(plan, plan.source.column),
+            )
+            if plan.source.side_table
+            else Statement(
+                q.drop_column(plan, plan.source.column),
+                f"drop {plan.source.column} (irreversible)",
+                Lock.ACCESS_EXCLUSIVE,
+                tbl,
+            )
         ),
         _phase(plan, State.FINALIZED, "record the phase finalized"),
     ]

@@ -28,7 +28,7 @@ def definition(
         fingerprint,
         plan.view.embedding_alias,
         plan.view.model_alias,
-        side_join=q.side_join(plan) if q.in_side(plan, column) else None,
+        side_join=q.side_join(plan, column) if q.in_side(plan, column) else None,
     )
 
 

@@ -112,11 +112,9 @@ class TableRef:
     joined: tuple[int, int] | None = None
 
 
-def find_table(
-    text: str, schema: str, table: str, *, side: str | None = None, pk: str | None = None
-) -> TableRef | None:
-    """The one FROM item of `schema.table` (None: not there, or named twice), with migrator's
-    join to `schema.side` around it when present."""
+def find_table(text: str, schema: str, table: str, *, pk: str | None = None) -> TableRef | None:
+    """The one FROM item of `schema.table` (None: not there, or named twice), with the join to
+    a side table in `schema` that migrator put around it (alias migrator_side) when present."""
     toks = tokenize(text)
     found: list[TableRef] = []
     for i in range(len(toks) - 2):
@@ -133,22 +131,22 @@ def find_table(
         if named and toks[j].word() not in _AFTER_ITEM:
             end, alias = toks[j].end, str(ident_name(toks[j]))
             j += 1
-        joined = None
-        if side is not None and pk is not None:
-            joined = _side_join_span(toks, i, j, schema, side, pk)
+        joined = None if pk is None else _side_join_span(toks, i, j, schema, pk)
         found.append(TableRef(toks[i].start, end, alias, joined))
     return found[0] if len(found) == 1 else None
 
 
 def _side_join_span(
-    toks: list[Token], first: int, after: int, schema: str, side: str, pk: str
+    toks: list[Token], first: int, after: int, schema: str, pk: str
 ) -> tuple[int, int] | None:
-    """`( <table item> JOIN schema.side migrator_side USING (pk) )`, as PostgreSQL deparses
+    """`( <table item> JOIN schema.<side> migrator_side USING (pk) )`, as PostgreSQL deparses
     the join migrator adds: its span, or None."""
-    want = ["join", schema, ".", side, SIDE_ALIAS, "using", "(", pk, ")", ")"]
+    want = ["join", schema, ".", None, SIDE_ALIAS, "using", "(", pk, ")", ")"]
     got = toks[after : after + len(want)]
     names = [ident_name(t) if t.kind in ("ident", "qident") else t.text for t in got]
-    if first == 0 or toks[first - 1].text != "(" or names != want:
+    if first == 0 or toks[first - 1].text != "(" or len(names) != len(want):
+        return None
+    if any(w is not None and n != w for n, w in zip(names, want, strict=True)):
         return None
     return toks[first - 1].start, got[-1].end
 
@@ -194,16 +192,18 @@ class ViewBody:
         ref: sql.Composable = sql.Identifier(qual, column) if qual else sql.Identifier(column)
         managed: dict[int, tuple[int, sql.Composable]] = {}
         tref = self.table
-        if side_join is not None and (tref is None or tref.joined is None):
-            if tref is None:
-                raise ViewShapeError(
-                    "the view must name the table once in its FROM clause for a side table "
-                    "to be joined to it"
-                )
-            managed[tref.end] = (tref.end, side_join)  # inserted right after the item
-        elif side_join is None and tref is not None and tref.joined is not None:
+        if side_join is not None and tref is None:
+            raise ViewShapeError(
+                "the view must name the table once in its FROM clause for a side table to be "
+                "joined to it"
+            )
+        if tref is not None and tref.joined is not None:
+            # Another side table's join (or this one's): replaced, or taken out.
             start, end = tref.joined
-            managed[start] = (end, sql.SQL(self.text[tref.start : tref.end]))
+            item: sql.Composable = sql.SQL(self.text[tref.start : tref.end])
+            managed[start] = (end, item if side_join is None else sql.Composed([item, side_join]))
+        elif side_join is not None and tref is not None:
+            managed[tref.end] = (tref.end, side_join)  # inserted right after the item
         managed |= {
             self.embedding.start: (
                 self.embedding.end,
@@ -317,7 +317,7 @@ def parse_view(
     model_alias: str,
     managed_columns: tuple[str, ...],
     table: tuple[str, str] | None = None,
-    side: tuple[str, str] | None = None,
+    pk: str | None = None,
 ) -> ViewBody:
     """Locate the managed entries of a deparsed view whose output columns are `columns`.
 
@@ -360,6 +360,5 @@ def parse_view(
     body = text.rstrip().rstrip(";")
     tref = None
     if table is not None:
-        side_name, pk = side if side is not None else (None, None)
-        tref = find_table(body, table[0], table[1], side=side_name, pk=pk)
+        tref = find_table(body, table[0], table[1], pk=pk)
     return ViewBody(body, emb, mod, qualifier, column, fingerprint, tref)

@@ -192,6 +192,10 @@ class SourceSpec(Frozen):
     column: Ident = "embedding"
     type: VectorType = VectorType.VECTOR
     model: ModelSpec
+    # The vectors served today are in this side table (in the table's schema, keyed by its
+    # primary key): what an earlier migration with target.storage side_table left. None: a
+    # column of the table.
+    side_table: Ident | None = None
 
 
 class TargetSpec(Frozen):
@@ -427,6 +431,12 @@ class Plan(Frozen):
             names.append(self.side_table)
             if self.side_table == self.table.name:
                 raise ValueError("target.side_table must differ from table.name")
+            if self.side_table == self.source.side_table:
+                raise ValueError(
+                    "target.side_table must differ from source.side_table (set target.side_table)"
+                )
+        if self.source.side_table == self.table.name:
+            raise ValueError("source.side_table must differ from table.name")
         for n in names:
             _identifier(n)
         return self
@@ -503,7 +513,10 @@ def _without_default_storage(structural: dict[str, Any]) -> dict[str, Any]:
     if target.get("storage") == Storage.COLUMN.value and target.get("side_table") is None:
         target.pop("storage", None)
         target.pop("side_table", None)
-    return {**structural, "target": target}
+    source = dict(structural["source"])
+    if source.get("side_table", "") is None:
+        source.pop("side_table")
+    return {**structural, "target": target, "source": source}
 
 
 def _digest(structural: dict[str, Any]) -> str:

@@ -36,6 +36,9 @@ DESCRIPTIONS: dict[str, str] = {
     "target": "The new column and the new model.",
     "target.column": "The new column, added nullable (no table rewrite).",
     "target.type": "`vector` (indexable up to 2,000 dims) or `halfvec` (up to 4,000).",
+    "source.side_table": "Where the served vectors live when an earlier migration used "
+    "storage `side_table`: that side table's name (e.g. `documents_embedding_v2`). Unset: a "
+    "column of the table.",
     "target.storage": "Where the new vectors live: `column` (added to the table; every row "
     "rewritten once) or `side_table` (a table of their own keyed by the primary key, joined by "
     "the view at cutover; the table gets no row versions). See docs/storage.md.",

@@ -198,7 +198,7 @@ def sample_rows(
     ).format(
         pk=sql.Identifier(plan.table.primary_key),
         text=q.text_expr(plan),
-        tbl=q.vectors_from(plan, side[0]) if side else q.table_ident(plan),
+        tbl=q.vectors_from(plan, tuple(side)) if side else q.table_ident(plan),
         cond=sql.SQL(" AND ").join(conds),
     )
     rows = conn.execute(query, {"salt": f"{seed}:{salt}:", "n": n}).fetchall()

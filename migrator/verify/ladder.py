@@ -108,7 +108,7 @@ def _query(plan: Plan, s: Subject) -> sql.Composed:
     return sql.SQL(text).format(
         pk=sql.Identifier(plan.table.primary_key),
         # Storage side_table: the side table itself, which holds the index.
-        tbl=q.side_ident(plan) if q.in_side(plan, s.column) else q.table_ident(plan),
+        tbl=q.side_ident(plan, s.column) if q.in_side(plan, s.column) else q.table_ident(plan),
         col=sql.Identifier(s.column),
         op=sql.SQL(plan.index.metric.operator),
         vt=sql.SQL(s.vtype.value),

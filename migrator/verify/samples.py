@@ -278,7 +278,8 @@ def production_subject(conn: psycopg.Connection, plan: Plan) -> ladder.Subject:
     """The index the service's query on the source column can use: valid, not partial, of the
     operator class the plan's metric searches with; none means the service scans exactly."""
     want = plan.index.metric.opclass(plan.source.type)
-    for ix in vector_indexes(conn, plan.table.schema_, plan.table.name, plan.source.column):
+    on = plan.source.side_table or plan.table.name
+    for ix in vector_indexes(conn, plan.table.schema_, on, plan.source.column):
         if ix.valid and not ix.partial and ix.opclass == want:
             return ladder.Subject(
                 "production", plan.source.column, plan.source.type, ix.name, IndexMethod(ix.method)

@@ -11,8 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from migrator import api, switch
@@ -24,13 +26,16 @@ from migrator.search.client import SearchClient
 from migrator.verify.run import VerifyOptions, verify
 from tests.backfill_helpers import (
     NEW,
+    OLD,
     assert_all_fresh,
     current_rows,
     make_documents,
     random_text,
     unique_plan,
+    wait_for,
     workers,
 )
+from tests.switch_helpers import mark_verified
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +135,9 @@ def test_backfill_under_writes_leaves_the_table_alone(
             target=lambda: done.update(backfill.run(st, plan, backfill.Options(poll_seconds=0.3)))
         )
         runner.start()
+        # Three seconds of writes from the moment change capture is there (expand), however
+        # long the machine takes to get that far.
+        assert wait_for(lambda: bool(log["inserted"]), 120)
         time.sleep(3.0)
         stop.set()
         thread.join(10)
@@ -342,3 +350,93 @@ def test_abort_drops_the_side_table_and_leaves_the_table_as_it_was(
             "AND NOT tgisinternal"
         ).fetchone() == (0,)
     assert _columns(database_url, "documents") == cols
+
+
+def test_a_later_migration_from_the_side_table(
+    database_url: str, settings: Settings, server: ServerHandle
+) -> None:
+    """After a side_table migration is finalized, the next one reads its vectors from that side
+    table (source.side_table): backfill (the old vectors of changed text refreshed in the old
+    side table), verify, cutover (the view's join moves to the new side table), rollback (back
+    to the old join exactly), cutover, finalize (the old side table dropped)."""
+    n = 5000
+    make_documents(database_url, n, old_vectors=True)
+    first = _side_plan(server.url, backfill__batch_size=500)
+    st = _settings(settings)
+    with workers(database_url, REDIS, first.queue, n=1, concurrency=2):
+        assert backfill.run(st, first, backfill.Options(poll_seconds=0.2))["complete"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        mark_verified(conn, first, n)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE INDEX ON {} USING hnsw (embedding_v2 vector_cosine_ops)").format(
+                sql.Identifier(first.side_table)
+            )
+        )
+    switch.cutover(st, first)
+    switch.finalize(st, first, yes=True, force=True)
+    served = _viewdef(database_url)
+    assert first.side_table in served
+
+    models = first.canonical()
+    later = unique_plan(
+        server.url,
+        source__column=first.target.column,
+        source__model=models["target"]["model"],
+        source__side_table=first.side_table,
+        target__column="embedding_v3",
+        target__model=models["source"]["model"],
+        target__storage="side_table",
+        backfill__batch_size=500,
+        verify__sample_size=100,
+        verify__ladder=[40],
+        verify__max_recall_drop=0.1,
+    )
+    assert later.side_table == "documents_embedding_v3"
+    with workers(database_url, REDIS, later.queue, n=1, concurrency=2):
+        assert backfill.run(st, later, backfill.Options(poll_seconds=0.2))["complete"]
+        # Text changes: the new side rows go, and the old ones (what rollback serves) are
+        # refreshed in the old side table by the next pass.
+        changed = list(range(10, 400, 13))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for i in changed:
+                conn.execute("UPDATE documents SET body = body || ' changed' WHERE id = %s", (i,))
+        again = backfill.run(st, later, backfill.Options(poll_seconds=0.2))
+    assert again["complete"] and again["stale_sources"] == 0
+    with psycopg.connect(database_url) as conn:
+        register_vector(conn)
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT d.id, d.body, o.embedding_v2, s.embedding_v3 FROM documents d "
+                "LEFT JOIN {} o USING (id) LEFT JOIN {} s USING (id) ORDER BY d.id"
+            ).format(sql.Identifier(first.side_table), sql.Identifier(later.side_table))
+        ).fetchall()
+    bodies = [r[1] for r in rows]
+    want_old, want_new = NEW.encode(bodies), OLD.encode(bodies)
+    assert all(
+        r[2] is not None and np.allclose(r[2].to_numpy(), want_old[i], atol=1e-5)
+        for i, r in enumerate(rows)
+    ), "an old vector (the earlier side table) is not of its row's current text"
+    assert all(
+        r[3] is not None and np.allclose(r[3].to_numpy(), want_new[i], atol=1e-5)
+        for i, r in enumerate(rows)
+    ), "a new vector is not of its row's current text"
+
+    assert verify(st, later, VerifyOptions(build_index=True)).report.passed
+    switch.cutover(st, later)
+    cut = _viewdef(database_url)
+    assert later.side_table in cut and first.side_table not in cut
+    with SearchClient(database_url, view="documents_search") as client:
+        hits = client.search("Return the number of bytes written", 10)
+    assert len(hits.hits) == 10 and not hits.mixed
+    assert hits.fingerprint == later.target.model.fingerprint()
+    switch.rollback(st, later)
+    assert _viewdef(database_url) == served
+    switch.cutover(st, later)
+    switch.finalize(st, later, yes=True, force=True)
+    with psycopg.connect(database_url) as conn:
+        gone = conn.execute("SELECT to_regclass(%s)", (first.side_table,)).fetchone()
+    assert gone == (None,)
+    with SearchClient(database_url, view="documents_search") as client:
+        hits = client.search("Return the number of bytes written", 10)
+    assert len(hits.hits) == 10 and not hits.mixed

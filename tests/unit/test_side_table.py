@@ -30,7 +30,7 @@ def _parse(text: str, side: bool = True):  # type: ignore[no-untyped-def]
         model_alias="embedding_model",
         managed_columns=("embedding", "embedding_v2"),
         table=("public", "documents"),
-        side=("documents_embedding_v2", "id") if side else None,
+        pk="id" if side else None,
     )
 
 
