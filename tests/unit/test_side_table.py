@@ -132,3 +132,47 @@ def test_estimates_the_side_table_and_no_source_index_writes() -> None:
     est = estimate(side, 100_000, [20] * 10, storage).as_dict()
     assert est["storage"] == "side_table" and set(est["modes"]) == {"column", "side_table"}
     assert est["index_write_seconds_per_row"] == 0.0
+
+
+def _later() -> Plan:
+    """A migration from an earlier one's side table, into a side table of its own."""
+    with open("plans/local-demo.yaml") as fh:
+        data = yaml.safe_load(fh)
+    data["source"], data["target"] = (
+        {**data["target"], "side_table": "documents_embedding_v2"},
+        {**data["source"], "column": "embedding_v3", "storage": "side_table"},
+    )
+    data["source"].pop("storage", None)
+    data["source"]["column"] = "embedding_v2"
+    return parse_plan(data)
+
+
+def test_a_later_migration_reads_and_refreshes_the_old_side_table() -> None:
+    from migrator.ddl import steps
+
+    plan = _later()
+    assert q.side_label(plan, "embedding_v2") == "public.documents_embedding_v2"
+    assert q.side_label(plan) == "public.documents_embedding_v3"
+    fn = q.capture_function(plan, (plan.target.column,), plan.source.column).as_string(None)
+    assert 'EXISTS (SELECT 1 FROM "public"."documents_embedding_v2"' in fn  # stale recorded
+    assert 'DELETE FROM "public"."documents_embedding_v3"' in fn
+    trigger = q.capture_trigger(plan).as_string(None).split(" ON ")[0]
+    assert "embedding_v2" not in trigger and "embedding_v3" not in trigger
+    refresh = q.cas_update(
+        plan, plan.source.column, "bigint", VectorType.VECTOR, 384, stale=True
+    ).as_string(None)
+    assert refresh.startswith("WITH ok AS") and "ON CONFLICT" in refresh and "DELETE" in refresh
+    fin = [s.render() for s in steps.finalize(plan).forward]
+    assert 'DROP TABLE IF EXISTS "public"."documents_embedding_v2"' in fin
+    both = q.vectors_from(plan, ("embedding_v2", "embedding_v3")).as_string(None)
+    assert both.count("LEFT JOIN") == 2
+    with pytest.raises(PlanError, match=r"must differ from source\.side_table"):
+        parse_plan(
+            {
+                **_later().canonical(),
+                "target": {
+                    **_later().canonical()["target"],
+                    "side_table": "documents_embedding_v2",
+                },
+            }
+        )
