@@ -85,6 +85,11 @@ def main() -> None:
     ap.add_argument("--qps", type=float, default=20.0)
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--max-memory",
+        default="4GB",
+        help="index.max_maintenance_work_mem (the demo plan's 1GB holds ~600k rows' graph)",
+    )
     args = ap.parse_args()
     texts = corpus_texts(args.rows)
     with Bench(server_controls={"timeout": 180}) as b:
@@ -94,6 +99,7 @@ def main() -> None:
             table="docs_life",
             target__storage=args.storage,
             verify__sample_size=200,
+            index__max_maintenance_work_mem=args.max_memory,
         )
         t_load = time.perf_counter()
         load_table(b.url, plan.table.name, texts, index=True)
