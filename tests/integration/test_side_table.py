@@ -352,6 +352,7 @@ def test_abort_drops_the_side_table_and_leaves_the_table_as_it_was(
     assert _columns(database_url, "documents") == cols
 
 
+@pytest.mark.slow  # two whole migrations (~1 min); its SQL is unit-tested in CI
 def test_a_later_migration_from_the_side_table(
     database_url: str, settings: Settings, server: ServerHandle
 ) -> None:
