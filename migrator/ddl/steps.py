@@ -275,19 +275,16 @@ def vacuum(plan: Plan) -> Statement:
     if plan.side:
         # The table has no dead row versions of the backfill; the side table is new: its
         # visibility map and statistics, before the build.
-        return Statement(
-            sql.SQL("VACUUM (ANALYZE) {}").format(q.side_ident(plan)),
-            "set the side table's visibility map and statistics before the build",
-            Lock.SHARE_UPDATE_EXCLUSIVE,
-            q.side_label(plan),
-            ddl=False,
-            transactional=False,
-        )
+        target, label = q.side_ident(plan), q.side_label(plan)
+        purpose = "set the side table's visibility map and statistics before the build"
+    else:
+        target, label = q.table_ident(plan), q.table_label(plan)
+        purpose = "reclaim the backfill's dead row versions before the build locks autovacuum out"
     return Statement(
-        sql.SQL("VACUUM (ANALYZE) {}").format(q.table_ident(plan)),
-        "reclaim the backfill's dead row versions before the build locks autovacuum out",
+        sql.SQL("VACUUM (ANALYZE) {}").format(target),
+        purpose,
         Lock.SHARE_UPDATE_EXCLUSIVE,
-        q.table_label(plan),
+        label,
         ddl=False,
         transactional=False,
     )
