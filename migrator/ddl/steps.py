@@ -152,7 +152,7 @@ def expand(plan: Plan, facts: Facts = Facts()) -> Step:
         f"add {plan.target.column} to {where} and change capture to {tbl}",
         fwd,
         back,
-        notes=("All three statements run in one transaction: all or nothing.",),
+        notes=("Its statements run in one transaction: all or nothing.",),
     )
 
 
