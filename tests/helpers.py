@@ -24,6 +24,10 @@ def demo_plan(base_url: str | None = None, **overrides: object) -> Plan:
     # before it: on a CI machine loaded by other suites it would pause these tests' backfills
     # for reasons of no concern to them. Its own tests turn it on (tests/*/test_pacing.py).
     data["backfill"]["pacing"]["enabled"] = False
+    # These tests were written against the column storage (they read `embedding_v2` on the
+    # table); the default side_table has its own suites (test_side_table.py, the demo, the
+    # CLI and the plan files, which use the plan file as it is). `target__storage` overrides.
+    data["target"]["storage"] = "column"
     if base_url:
         data["source"]["model"]["base_url"] = base_url
         data["target"]["model"]["base_url"] = base_url

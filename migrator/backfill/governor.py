@@ -146,8 +146,10 @@ class Governor:
             log.info("pacing: the stored baseline p99 %.2f ms", self.baseline)
         else:
             self._measure_baseline(row, shape)
-        # A coordinator that stopped mid-run resumes at the pace it left (never above it).
-        self.pace = row.pace if row is not None and row.pace is not None else 1.0
+        # A coordinator that stopped mid-run resumes at the pace it left (never above it); a
+        # new run starts slow (`start_pace`) and grows while search stays under the limit.
+        start = max(self.spec.start_pace, self.spec.min_pace)
+        self.pace = row.pace if row is not None and row.pace is not None else start
         self.ctl = pacing.Controller(self.spec, self.pace)
         store_pace(conn, self.plan.name, self.pace)
 

@@ -22,6 +22,7 @@ from migrator.ddl import statements as q
 from migrator.ddl.phases import State as State  # re-exported: the phases live in ddl.phases
 from migrator.errors import ConcurrentRunError, PhaseError
 from migrator.plan.model import Plan, legacy_capture_names, parse_plan
+from migrator.plan.vocab import Storage
 
 # command -> phases it may start from (None: the migration may not exist yet). An aborted
 # migration starts again from the beginning with adopt / backfill (same name, same plan).
@@ -218,6 +219,13 @@ def guard(command: str, migration: Migration | None, verdict: Verdict | None = N
 def check_plan_unchanged(migration: Migration, plan: Plan) -> None:
     # A migration registered before search settings became tuning stored the older hash.
     if migration.plan_hash not in (plan.plan_hash(), plan.legacy_plan_hash()):
+        if _started_in_old_default_storage(migration, plan):
+            raise PhaseError(
+                f"migration {plan.name!r} started with target.storage column, the default "
+                "before side_table became it; this plan file does not set target.storage",
+                hint="add `storage: column` under `target:` in the plan file to go on with "
+                "this migration as it started (docs/storage.md)",
+            )
         raise PhaseError(
             f"the plan file changed since migration {plan.name!r} started "
             f"(hash {migration.plan_hash[:12]} -> {plan.plan_hash()[:12]})",
@@ -225,6 +233,20 @@ def check_plan_unchanged(migration: Migration, plan: Plan) -> None:
             "migration (tuning keys such as backfill, verify, cutover and the index's "
             "ef_search, probes and iterative scan settings may change freely)",
         )
+
+
+def _started_in_old_default_storage(migration: Migration, plan: Plan) -> bool:
+    """The stored plan is column storage (or older than the setting), the file leaves the
+    storage to the default (now side_table), and with `storage: column` it would match."""
+    stored = (migration.plan or {}).get("target", {})
+    if stored.get("storage", Storage.COLUMN.value) != Storage.COLUMN.value:
+        return False
+    if not plan.side or "storage" in plan.target.model_fields_set:
+        return False
+    as_column = plan.model_copy(
+        update={"target": plan.target.model_copy(update={"storage": Storage.COLUMN})}
+    )
+    return migration.plan_hash in (as_column.plan_hash(), as_column.legacy_plan_hash())
 
 
 def store_tuning(conn: psycopg.Connection, migration: Migration, plan: Plan) -> list[str]:

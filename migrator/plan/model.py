@@ -202,10 +202,11 @@ class TargetSpec(Frozen):
     column: Ident = "embedding_v2"
     type: VectorType = VectorType.VECTOR
     model: ModelSpec
-    # column: ALTER TABLE ADD COLUMN and UPDATE every row (each update a new row version, and
-    # an index entry in every non-HOT index: the source column's HNSW index too). side_table:
-    # the vectors go to a table of their own keyed by the primary key (docs/storage.md).
-    storage: Storage = Storage.COLUMN
+    # side_table (the default): the vectors go to a table of their own keyed by the primary
+    # key; the base table gets no row versions (docs/storage.md). column: ALTER TABLE ADD
+    # COLUMN and UPDATE every row (each update a new row version, and an index entry in every
+    # non-HOT index: the source column's HNSW index too).
+    storage: Storage = Storage.SIDE_TABLE
     # The side table's name, in the table's schema; default "<table>_<column>".
     side_table: Ident | None = None
 
@@ -233,6 +234,11 @@ class PacingSpec(Frozen):
     # The lowest pace (share of the full rate) throttling goes to; over the limit at this
     # pace, the backfill pauses (pace 0) unless `pause` is false.
     min_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # Slow start: a backfill starts at this pace (not below min_pace) and grows by a tenth of
+    # the full rate per probe while search stays under the limit. A fast backfill (a side
+    # table fills 100k rows in ~10 s here) would otherwise be over before the first probe
+    # could slow it. 1: start at the full rate.
+    start_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
     pause: bool = True
     # Paused this long with search still over the limit, the slowness is not the backfill's
     # (nothing of it runs): go on at min_pace, without pausing, until search is back under.
@@ -488,7 +494,7 @@ class Plan(Frozen):
         out: an operator may change a rate limit, a threshold, ef_search or the build's memory
         mid-migration, never the table, text, models, index DDL or view.
         """
-        structural = _without_default_storage(
+        structural = _without_column_storage(
             {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
         )
         skip = SEARCH_KEYS | TUNING_INDEX_KEYS
@@ -498,7 +504,7 @@ class Plan(Frozen):
     def legacy_plan_hash(self) -> str:
         """The hash as migrator computed it before search settings were tuning (ef_search,
         probes and iterative_scan in it): migrations registered then are still recognised."""
-        structural = _without_default_storage(
+        structural = _without_column_storage(
             {k: v for k, v in self.canonical().items() if k not in TUNING_KEYS}
         )
         skip = {"max_scan_tuples", "scan_mem_multiplier", "max_probes"} | TUNING_INDEX_KEYS
@@ -506,9 +512,10 @@ class Plan(Frozen):
         return _digest(structural)
 
 
-def _without_default_storage(structural: dict[str, Any]) -> dict[str, Any]:
-    """Column storage, the only one before side tables, leaves the hash as it was: migrations
-    registered before the setting existed are still recognised."""
+def _without_column_storage(structural: dict[str, Any]) -> dict[str, Any]:
+    """Column storage, the only one before side tables (and the default until side_table
+    became it), leaves the hash as it was: migrations registered before the setting existed
+    are still recognised once their plan says `storage: column`."""
     target = dict(structural["target"])
     if target.get("storage") == Storage.COLUMN.value and target.get("side_table") is None:
         target.pop("storage", None)

@@ -34,14 +34,17 @@ DESCRIPTIONS: dict[str, str] = {
     "source.column": "The current embedding column.",
     "source.type": "`vector` or `halfvec`.",
     "target": "The new column and the new model.",
-    "target.column": "The new column, added nullable (no table rewrite).",
+    "target.column": "The new vector column: in the side table (storage `side_table`), or "
+    "added to the table nullable (storage `column`; no table rewrite).",
     "target.type": "`vector` (indexable up to 2,000 dims) or `halfvec` (up to 4,000).",
     "source.side_table": "Where the served vectors live when an earlier migration used "
     "storage `side_table`: that side table's name (e.g. `documents_embedding_v2`). Unset: a "
     "column of the table.",
-    "target.storage": "Where the new vectors live: `column` (added to the table; every row "
-    "rewritten once) or `side_table` (a table of their own keyed by the primary key, joined by "
-    "the view at cutover; the table gets no row versions). See docs/storage.md.",
+    "target.storage": "Where the new vectors live: `side_table` (the default: a table of "
+    "their own keyed by the primary key, joined by the view at cutover; the table gets no row "
+    "versions) or `column` (added to the table; every row rewritten once, each index on the "
+    "table written again). A migration started before side_table became the default needs "
+    "`column` here. See docs/storage.md.",
     "target.side_table": "The side table's name (storage `side_table`), in the table's "
     "schema; default `<table>_<column>`.",
     "*.model": "An embedding model.",
@@ -88,6 +91,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.pacing.probe_queries": "k-NN queries per probe, one after another, with query vectors taken from the served column; the baseline is the median p99 of 4 probes (after a warm-up).",
     "backfill.pacing.k": "LIMIT of the probe's k-NN queries (use the service's k).",
     "backfill.pacing.min_pace": "The lowest share of the full rate throttling goes to; over the limit at this pace the backfill pauses (when `pause`). A paused backfill resumes at this pace.",
+    "backfill.pacing.start_pace": "Slow start: a new backfill starts at this share of the full rate (not below `min_pace`) and grows by a tenth per probe while search stays under the limit, so a fast backfill cannot be over before the first probe could slow it. 1: start at the full rate. A restarted backfill resumes at the pace it left.",
     "backfill.pacing.pause": "Pause (pace 0) when search is over the limit at `min_pace`; false: keep `min_pace`, never stop.",
     "backfill.pacing.max_pause_seconds": "A pause this long with search still over the limit proves the slowness is not the backfill's (none of it runs): it goes on at `min_pace`, without pausing, until a probe is back under the limit.",
     "index": "The index built on the target column by `verify`.",

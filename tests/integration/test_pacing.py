@@ -93,6 +93,7 @@ def test_over_the_limit_pauses_every_worker_and_a_raised_limit_resumes(
             "probe_every_seconds": 0.3,
             "probe_queries": 10,
             "min_pace": 0.5,  # 1 -> 0.5 (the floor) -> paused
+            "start_pace": 1.0,
         },
     )
     env = dict(settings.environ)
@@ -195,6 +196,7 @@ def test_a_restarted_coordinator_reuses_the_baseline_and_a_stale_pace_falls_to_t
     api.adopt(settings, plan)
     first = Governor(database_url, plan, "test")
     first.prepare()
+    assert first.pace == 0.3  # slow start: start_pace (0.1), not below min_pace
     first.finish(complete=False)  # a coordinator that stopped mid-run
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = probe.read_row(conn, plan.name)

@@ -39,7 +39,7 @@ def test_a_slow_provider_bounds_the_time_by_its_measured_rate() -> None:
 
 
 def test_a_fast_provider_leaves_the_database_as_the_bound() -> None:
-    plan = demo_plan()
+    plan = demo_plan(target__storage="column")
     est = estimate(plan, ROWS, [50] * 10, calibration=Calibration(256, (0.001,) * 3), workers=8)
     assert est.seconds == pytest.approx(ROWS * DB_SECONDS_PER_ROW, rel=0.01)
     assert est.bound_by == "the database's writes"

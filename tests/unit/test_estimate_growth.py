@@ -28,7 +28,7 @@ SRC = IndexSize("documents_embedding_idx", "hnsw", 200_000_000, 256, 64)
 
 
 def test_time_grows_with_the_source_hnsw_index() -> None:
-    plan = demo_plan()
+    plan = demo_plan(target__storage="column")
     bare = estimate(plan, ROWS, [50] * 10, _storage(PK))
     indexed = estimate(plan, ROWS, [50] * 10, _storage(PK, SRC))
     assert bare.seconds == pytest.approx(ROWS / ASSUMED_ROWS_PER_SECOND, rel=0.01)
@@ -48,7 +48,7 @@ def test_a_rate_limit_below_the_write_rate_still_binds() -> None:
 
 
 def test_column_mode_growth_counts_row_versions_index_entries_and_the_new_index() -> None:
-    plan = demo_plan()
+    plan = demo_plan(target__storage="column")
     dims = plan.target.model.dimensions
     g = disk_growth(plan, _storage(PK, SRC), ROWS)
     per_row = 150 * 1024 * 1024 / ROWS
@@ -62,7 +62,7 @@ def test_column_mode_growth_counts_row_versions_index_entries_and_the_new_index(
 
 
 def test_fits_compares_with_the_room() -> None:
-    plan = demo_plan()
+    plan = demo_plan(target__storage="column")
     need = disk_growth(plan, _storage(PK), ROWS).total_bytes
     assert disk_growth(plan, _storage(PK, room=need), ROWS).fits is True
     assert disk_growth(plan, _storage(PK, room=need - 1), ROWS).fits is False

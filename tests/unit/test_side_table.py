@@ -3,12 +3,15 @@ taken out of) the user's own view text, change capture's SQL, and the estimates.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import yaml
 
+from migrator.db.state import Migration, State, check_plan_unchanged
 from migrator.ddl import statements as q
 from migrator.ddl.viewdef import find_table, parse_view
-from migrator.errors import PlanError
+from migrator.errors import PhaseError, PlanError
 from migrator.plan.estimate import TableStorage, disk_growth, estimate, side_table_bytes
 from migrator.plan.model import Plan, VectorType, parse_plan
 
@@ -35,13 +38,13 @@ def _parse(text: str, side: bool = True):  # type: ignore[no-untyped-def]
 
 
 def test_the_setting_is_structural_and_column_keeps_the_old_hash() -> None:
-    column, side = _plan(), _plan(storage="side_table")
+    column, side = _plan(storage="column"), _plan()
     assert _plan(storage="column").plan_hash() == column.plan_hash()
     assert side.plan_hash() != column.plan_hash()
     assert side.side and side.side_table == "documents_embedding_v2"
     assert _plan(storage="side_table", side_table="v2").side_table == "v2"
     with pytest.raises(PlanError, match=r"side_table is set but target\.storage"):
-        _plan(side_table="v2")
+        _plan(storage="column", side_table="v2")
     with pytest.raises(PlanError, match=r"must differ from table\.name"):
         _plan(storage="side_table", side_table="documents")
 
@@ -120,7 +123,7 @@ def test_estimates_the_side_table_and_no_source_index_writes() -> None:
         indexes=(),
         room_bytes=None,
     )
-    column, side = _plan(), _plan(storage="side_table")
+    column, side = _plan(storage="column"), _plan()
     heap, key = side_table_bytes(100_000, 384, False)
     # 384 dims: 1,584-byte tuples, five to a page; the key ~22 bytes a row.
     assert heap == 20_000 * 8192 and 2_000_000 < key < 2_600_000
@@ -176,3 +179,35 @@ def test_a_later_migration_reads_and_refreshes_the_old_side_table() -> None:
                 },
             }
         )
+
+
+def _migration(plan: Plan) -> Migration:
+    now = datetime.now(UTC)
+    return Migration(
+        plan.name,
+        State.EXPANDED,
+        plan.plan_hash(),
+        plan.canonical(),
+        "",
+        "",
+        None,
+        now,
+        now,
+        None,
+        "t",
+        "f",
+    )
+
+
+def test_a_migration_started_under_the_old_default_is_named_with_its_fix() -> None:
+    # Registered when column was the default; the same file, read now, means side_table.
+    started = _migration(_plan(storage="column"))
+    with pytest.raises(PhaseError, match=r"started with target\.storage column") as err:
+        check_plan_unchanged(started, _plan())
+    assert "storage: column" in (err.value.hint or "")
+    check_plan_unchanged(started, _plan(storage="column"))  # the fix the hint names
+    # An explicit side_table, or another change as well, is an ordinary changed plan.
+    with pytest.raises(PhaseError, match="the plan file changed"):
+        check_plan_unchanged(started, _plan(storage="side_table"))
+    with pytest.raises(PhaseError, match="the plan file changed"):
+        check_plan_unchanged(started, _plan(column="embedding_v9"))
