@@ -25,7 +25,17 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Bench, bench_plan, corpus_texts, load_table, print_figures, wait_workers_ready
+from common import (
+    Bench,
+    bench_plan,
+    corpus_texts,
+    cpu_seconds,
+    load_table,
+    postgres_pids,
+    print_figures,
+    renice_trees,
+    wait_workers_ready,
+)
 
 from migrator import api
 from migrator.backfill import monitor as backfill
@@ -100,8 +110,12 @@ def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         t_start = time.time()
         limit = args.max_seconds
         stop = (lambda: time.time() - t_start > limit) if limit else None
+        pg, wk = postgres_pids(b.url), [w.pid for w in b.workers]
+        srv = [b.server.pid] if b.server is not None else []
+        cpu0 = (cpu_seconds(pg), cpu_seconds(wk), cpu_seconds(srv))
         res = backfill.run(b.settings, plan, backfill.Options(poll_seconds=0.5, should_stop=stop))
         t_end = time.time()
+        cpu1 = (cpu_seconds(pg), cpu_seconds(wk), cpu_seconds(srv))
         records = load.finish()
     with psycopg.connect(b.url) as conn:
         events = [
@@ -124,7 +138,14 @@ def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         "rate": res["rows_written"] / seconds,
         "complete": bool(res.get("complete")),
         "events": events,
+        # CPU seconds per second of the backfill: PostgreSQL (every backend: the searches
+        # too), the workers, the embeddings server.
+        "cpu": tuple((b1 - a) / seconds for a, b1 in zip(cpu0, cpu1, strict=True)),
     }
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    return " / ".join(f"{c:.2f}" for c in r["cpu"])
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -145,10 +166,30 @@ def main() -> None:
         default=None,
         help="stop a backfill after this long (the rate and p99 are of the part done)",
     )
-    ap.add_argument("--storage", choices=("column", "side_table"), default="column")
+    ap.add_argument("--storage", choices=("column", "side_table"), default="side_table")
+    ap.add_argument(
+        "--nice-clients",
+        action="store_true",
+        help="run the workers and the embeddings server at nice 19: on one machine they stand "
+        "for the worker machines and the provider, which in production do not share the "
+        "database's CPU (the searches and PostgreSQL keep their priority)",
+    )
+    ap.add_argument(
+        "--shared-buffers",
+        default=None,
+        help="PostgreSQL's shared_buffers (default: the embedded server's 128MB, less than "
+        "the source table and its HNSW index at 100k rows)",
+    )
+    ap.add_argument(
+        "--no-checksums",
+        action="store_true",
+        help="data page checksums off (PostgreSQL 18 turns them on by default): readers then "
+        "set hint bits without writing full-page images to the WAL",
+    )
     args = ap.parse_args()
     texts = corpus_texts(args.rows)
-    with Bench() as b:
+    pg = {"shared_buffers": args.shared_buffers} if args.shared_buffers else {}
+    with Bench(pg_settings=pg, no_checksums=args.no_checksums) as b:
         plans = {
             "unpaced": bench_plan(
                 b.base_url,
@@ -177,6 +218,8 @@ def main() -> None:
         for label, plan in plans.items():
             b.start_workers(plan.queue, args.workers)
             wait_workers_ready(b)
+            if args.nice_clients:
+                renice_trees([w.pid for w in b.workers] + ([b.server.pid] if b.server else []))
             print(f"{label}: backfill of {plan.table.name} under {args.qps:g} q/s...", flush=True)
             out[label] = run_one(b, plan, args)
             b.stop_workers()
@@ -204,6 +247,9 @@ def main() -> None:
             ("backfill rate, pacing", _rate(p)),
             ("rate paced / unpaced", f"{p['rate'] / u['rate']:.2f}"),
             ("pacing events", str(len(p["events"]))),
+            ("CPU s/s unpaced: postgres, workers, server", _cpu(u)),
+            ("CPU s/s paced: postgres, workers, server", _cpu(p)),
+            ("workers and server niced", "yes" if args.nice_clients else "no"),
         ],
     )
 
