@@ -205,7 +205,9 @@ def main() -> None:
             (
                 f"calibration, {label}",
                 f"{cal.get('requests')} requests of {cal.get('rows_per_request')} rows, median "
-                f"{cal.get('median_seconds')} s; bound by {est['bound_by']}",
+                f"{cal.get('median_seconds')} s, {cal.get('concurrent_requests')} at once "
+                f"{cal.get('concurrent_seconds')} s (parallelism {cal.get('parallelism')}); "
+                f"bound by {est['bound_by']}",
             )
         )
         out.append((f"tokens estimate vs true, {label}", err(est["tokens"], r["tokens_true"])))

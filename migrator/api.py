@@ -24,7 +24,7 @@ from migrator.db.server import server_memory_bytes
 from migrator.ddl.statements import Statement
 from migrator.ddl.steps import Step, all_steps, build_sizing
 from migrator.errors import ConfigError, PreflightError
-from migrator.plan.estimate import DEFAULT_WORKERS, estimate
+from migrator.plan.estimate import DEFAULT_WORKERS, estimate, in_flight
 from migrator.plan.model import Plan
 
 
@@ -192,7 +192,9 @@ def plan_live(
             report.extra_findings.append(insp.Finding("warning", warning))
         calibration = None
         if calibrate and not report.problems:
-            calibration, why = preflight.calibrate(plan, settings, ins.sample_texts)
+            calibration, why = preflight.calibrate(
+                plan, settings, ins.sample_texts, in_flight=in_flight(plan, workers)
+            )
             if why:
                 report.extra_findings.append(insp.Finding("info", why))
         report.estimate = estimate(

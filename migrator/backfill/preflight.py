@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -216,14 +217,24 @@ def probe(role: str, spec: ModelSpec, settings: Settings) -> Problem | None:
 
 
 CALIBRATION_REQUESTS = 3
+# Requests sent at once after the sequential ones (at most what the backfill would have in
+# flight): whether the provider answers them side by side or one after another.
+CALIBRATION_CONCURRENT = 4
 
 
 def calibrate(
-    plan: Plan, settings: Settings, texts: Sequence[str], *, requests: int = CALIBRATION_REQUESTS
+    plan: Plan,
+    settings: Settings,
+    texts: Sequence[str],
+    *,
+    requests: int = CALIBRATION_REQUESTS,
+    in_flight: int = CALIBRATION_CONCURRENT,
 ) -> tuple[Calibration | None, str | None]:
     """Time `requests` requests of one batch of the sampled rows each to the target model, one
-    after the other, after one warm-up request: the provider's latency for the estimate. None
-    and why when it could not be measured (the estimate then assumes a rate and says so)."""
+    after the other, after one warm-up request: the provider's latency for the estimate; then
+    up to CALIBRATION_CONCURRENT such requests at once (never more than the backfill's
+    workers would send, nor beyond a requests_per_minute budget): its parallelism. None and
+    why when it could not be measured (the estimate then assumes a rate and says so)."""
     spec = plan.target.model
     rpm = plan.backfill.requests_per_minute
     if rpm is not None and rpm < 30:
@@ -253,11 +264,30 @@ def calibrate(
             t0 = time.perf_counter()
             provider.embed(batch)
             seconds.append(time.perf_counter() - t0)
+        concurrent = _concurrent_round(plan, provider, batch, in_flight)
     except EmbeddingError as exc:
         return None, f"calibration failed ({exc.message}): the time estimate assumes a rate"
     finally:
         provider.close()
-    return Calibration(len(batch), tuple(seconds)), None
+    return Calibration(len(batch), tuple(seconds), concurrent), None
+
+
+def _concurrent_round(
+    plan: Plan, provider: Any, batch: list[str], in_flight: int
+) -> tuple[int, float] | None:
+    """(requests, wall seconds) of up to CALIBRATION_CONCURRENT requests sent at once."""
+    n = min(CALIBRATION_CONCURRENT, in_flight)
+    rpm = plan.backfill.requests_per_minute
+    if rpm is not None:
+        n = min(n, rpm // 30)  # the sequential round took 4; leave the minute's budget be
+    if n < 2:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="calibrate") as pool:
+        list(pool.map(lambda _i: provider.embed(batch), range(n)))
+    return n, time.perf_counter() - t0
 
 
 def _check_redis(plan: Plan, settings: Settings, res: Result) -> None:

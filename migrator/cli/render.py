@@ -72,9 +72,16 @@ def _live_findings(console: Console, report: dict[str, Any]) -> None:
         )
         cal = est.get("calibration")
         if cal:
+            together = (
+                f", {cal['concurrent_requests']} at once {cal['concurrent_seconds']:.3f} s "
+                f"(parallelism {cal['parallelism']:.2f})"
+                if cal.get("concurrent_requests")
+                else ""
+            )
             console.print(
                 f"  calibration: {cal['requests']} requests of {cal['rows_per_request']:,} "
-                f"rows, median {cal['median_seconds']:.3f} s; {est['workers']} workers assumed"
+                f"rows, median {cal['median_seconds']:.3f} s{together}; {est['workers']} "
+                "workers assumed"
             )
         disk = est.get("disk")
         if disk:

@@ -25,20 +25,24 @@ PRICES: dict[str, float] = {
 # one worker process reaches against a fast provider on a small machine without an HNSW index
 # on the source column (see docs/benchmarks.md); used for the duration only.
 ASSUMED_ROWS_PER_SECOND = 1000.0
-# The database's side of a batch (stage COPY, compare-and-set UPDATE, ledger) per row, without
-# an HNSW index on the source: the rate a backfill reaches when the provider is not the limit.
-# Measured: bench/scale.py --rows 100000 --no-build, 2 workers, 256 dims, a local provider at
-# 14.5 ms per 256-row request, quiet 2-core machine: 100k rows in 9.2 s (2026-12-03).
-DB_SECONDS_PER_ROW = 9.2e-5
+# The database's side of a batch per row, in one worker (stage COPY, the compare-and-set
+# write, the ledger), without an HNSW index on the source: with storage column an UPDATE of
+# the table, with side_table an INSERT into the side table. Fitted on bench/scale.py --rows
+# 100000 (2 workers, 256 dims, the local provider, a quiet 2-core machine, 2026-12-04): the
+# backfills took 9.6 s (column) and 12.3 / 10.0 s (side_table), the provider's part of which
+# (from the calibration) ~6e-5 s a row; checked at 300k and 1M (docs/benchmarks.md,
+# "Estimates").
+DB_SECONDS_PER_ROW_COLUMN = 7.5e-5
+DB_SECONDS_PER_ROW_SIDE = 1.0e-4
 # Worker processes `plan` assumes (backfill's default with the embedded broker; `--workers`).
 DEFAULT_WORKERS = 2
 # Each UPDATE of a row re-inserts its unchanged source vector into every HNSW index on the
-# table (an index search to find the duplicate, then its heap TID is added): wall time per row
-# and index at 256 dimensions, m 16, ef_construction 64, on top of DB_SECONDS_PER_ROW; scaled
-# by the index's dimensions and ef_construction. Measured in the same run as DB_SECONDS_PER_ROW:
-# 100k rows in 89.7 s with the index (1,115 rows/s vs 10,919 without): 0.81 ms per row more.
-# A loaded database pays several times more (docs/benchmarks.md).
-HNSW_REINSERT_SECONDS = 8.1e-4
+# table (an index search to find the duplicate, then its heap TID is added): time per row in
+# one worker's write, at 256 dimensions, m 16, ef_construction 64, on top of the database's
+# side above; scaled by the index's dimensions and ef_construction. Measured: 100k rows in
+# 89.7 s with the index vs 9.2 s without, 2 workers writing side by side: 0.81 ms of wall time
+# a row, 1.62 ms in each worker. A loaded database pays several times more.
+HNSW_REINSERT_SECONDS = 1.62e-3
 HNSW_REINSERT_DIMS = 256
 HNSW_REINSERT_EF = 64
 PAGE = 8192
@@ -47,29 +51,65 @@ _PAGE_USABLE = 8192 - 24 - 16  # page header and pgvector's special space
 
 @dataclass(frozen=True)
 class Calibration:
-    """A short measurement of the target provider: requests of one batch of sampled rows each,
-    sent one after the other (`plan` live sends them; `--no-calibrate` skips it)."""
+    """A short measurement of the target provider (`plan` live sends it; `--no-calibrate`
+    skips it): requests of one batch of sampled rows each, one after the other (the latency),
+    then `concurrent` such requests at once (whether the provider serves requests in parallel:
+    a hosted API does, a local single-process server does not)."""
 
     rows_per_request: int
-    seconds: tuple[float, ...]  # wall time of each request
+    seconds: tuple[float, ...]  # wall time of each sequential request
+    # (requests sent at once, wall time until the last answered); None: not measured.
+    concurrent: tuple[int, float] | None = None
 
     @property
     def median_seconds(self) -> float:
         ordered = sorted(self.seconds)
         return ordered[len(ordered) // 2] if ordered else 0.0
 
+    @property
+    def parallelism(self) -> float:
+        """0 (requests at once take as long as one after the other) to 1 (as long as one):
+        from the concurrent round; 1 when it was not measured."""
+        if self.concurrent is None or self.concurrent[0] < 2 or self.median_seconds <= 0:
+            return 1.0
+        n, wall = self.concurrent
+        speedup = n * self.median_seconds / max(wall, 1e-9)
+        return min(1.0, max(0.0, (speedup - 1.0) / (n - 1)))
+
     def rows_per_second(self, in_flight: int) -> float:
-        """The provider's rate with `in_flight` requests at once (latency-bound: a provider that
-        slows down under concurrency makes this an upper bound)."""
+        """The provider's rate with `in_flight` requests at once, scaled by the parallelism
+        the concurrent round showed (latency-bound: an upper bound for a provider that slows
+        down further under more concurrency than was measured)."""
         med = self.median_seconds
-        return math.inf if med <= 0 else in_flight * self.rows_per_request / med
+        if med <= 0:
+            return math.inf
+        return (1.0 + (max(1, in_flight) - 1) * self.parallelism) * self.rows_per_request / med
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": len(self.seconds),
             "rows_per_request": self.rows_per_request,
             "median_seconds": round(self.median_seconds, 4),
+            "concurrent_requests": self.concurrent[0] if self.concurrent else None,
+            "concurrent_seconds": round(self.concurrent[1], 4) if self.concurrent else None,
+            "parallelism": round(self.parallelism, 3),
         }
+
+
+def rows_per_request(plan: Plan, avg_tokens: float = 0.0) -> int:
+    """Rows in one embedding request: the batch, cut by the model's input and token limits."""
+    model = plan.target.model
+    per_request = max(1, min(plan.backfill.batch_size, model.max_inputs_per_request))
+    if avg_tokens > 0:
+        per_request = max(1, min(per_request, int(model.max_tokens_per_request // avg_tokens)))
+    return per_request
+
+
+def in_flight(plan: Plan, workers: int, avg_tokens: float = 0.0) -> int:
+    """Embedding requests the backfill has in flight at once: each worker sends its batch's
+    requests, up to `backfill.concurrency` of them at a time."""
+    batch_requests = math.ceil(plan.backfill.batch_size / rows_per_request(plan, avg_tokens))
+    return max(1, workers) * max(1, min(plan.backfill.concurrency, batch_requests))
 
 
 def price_per_million(model: ModelSpec) -> float | None:
@@ -274,19 +314,19 @@ def estimate(
     avg = (sum(token_counts) / len(token_counts)) if token_counts else 0.0
     tokens = math.ceil(avg * rows)
     model = plan.target.model
-    per_request = max(1, min(plan.backfill.batch_size, model.max_inputs_per_request))
-    if avg > 0:
-        per_request = max(1, min(per_request, int(model.max_tokens_per_request // avg)))
+    per_request = rows_per_request(plan, avg)
     requests = math.ceil(rows / per_request) if rows else 0
     price = price_per_million(model)
     cost = None if price is None else round(tokens / 1e6 * price, 4)
     modes = []
     for side in (False, True):
-        secs, _, w = _duration(plan, rows, tokens, requests, storage, calibration, workers, side)
+        secs, _, w = _duration(
+            plan, rows, tokens, requests, storage, calibration, workers, side, per_request
+        )
         grows = _growth(plan, storage, rows, side=side).total_bytes if storage else None
         modes.append(("side_table" if side else "column", round(secs, 3), grows, round(w, 6)))
     seconds, bound_by, write = _duration(
-        plan, rows, tokens, requests, storage, calibration, workers, plan.side
+        plan, rows, tokens, requests, storage, calibration, workers, plan.side, per_request
     )
     disk = disk_growth(plan, storage, rows) if storage is not None else None
     return Estimate(
@@ -315,24 +355,29 @@ def _duration(
     calibration: Calibration | None,
     workers: int,
     side: bool,
+    per_request: int = 1,
 ) -> tuple[float, str, float]:
-    """(seconds, what bounds them, index write seconds per row) of one storage mode."""
+    """(seconds, what bounds them, index write seconds per row) of one storage mode.
+
+    A worker embeds a batch (its requests, up to `backfill.concurrency` at once), then writes
+    it: the two add up. The workers run side by side, so the provider sees all their requests
+    at once (at the parallelism the calibration measured) and the database their writes.
+    """
+    w = max(1, workers)
     write = write_seconds_per_row(storage, side=side)
-    # The pipeline and the database's index writes run one after the other in a batch.
+    db = (DB_SECONDS_PER_ROW_SIDE if side else DB_SECONDS_PER_ROW_COLUMN) + write
     if calibration is not None:
-        provider = calibration.rows_per_second(max(1, workers) * plan.backfill.concurrency)
-        per_row = max(1.0 / provider, DB_SECONDS_PER_ROW)
-        label = (
-            "the measured provider rate"
-            if 1.0 / provider >= DB_SECONDS_PER_ROW
-            else ("the database's writes")
-        )
+        batch_requests = math.ceil(plan.backfill.batch_size / max(1, per_request))
+        sent = w * max(1, min(plan.backfill.concurrency, batch_requests))
+        embed = 1.0 / calibration.rows_per_second(sent)
+        per_row = embed + db / w
+        label = "the measured provider rate" if embed >= db / w else "the database's writes"
     else:
-        per_row = 1.0 / ASSUMED_ROWS_PER_SECOND
+        per_row = 1.0 / ASSUMED_ROWS_PER_SECOND + write / w
         label = "throughput (no rate limit set)"
     if write:
         label += " and the source's HNSW index writes"
-    limits = {label: rows * (per_row + write)}
+    limits = {label: rows * per_row}
     if plan.backfill.requests_per_minute:
         limits["requests per minute"] = requests / plan.backfill.requests_per_minute * 60
     if plan.backfill.tokens_per_minute:

@@ -101,6 +101,9 @@ def test_live_plan_times_the_provider_and_estimates_from_its_rate(
     cal = calibrated["calibration"]
     assert cal["requests"] == 3 and 0 < cal["rows_per_request"] <= plan.backfill.batch_size
     assert cal["median_seconds"] >= 0.3  # the server's latency is a floor, whatever the load
+    # 2 requests at once (1 worker x 2 in flight) came back together: the server sleeps its
+    # latency in threads, side by side, as a hosted API answers.
+    assert cal["concurrent_requests"] == 2 and cal["parallelism"] > 0.5
     rate = 1 * 2 * cal["rows_per_request"] / cal["median_seconds"]  # 1 worker x 2 in flight
     assert calibrated["bound_by"] == "the measured provider rate"
     assert calibrated["seconds"] == pytest.approx(500 / rate, abs=0.1)

@@ -6,7 +6,8 @@ import pytest
 
 from migrator.plan.estimate import (
     ASSUMED_ROWS_PER_SECOND,
-    DB_SECONDS_PER_ROW,
+    DB_SECONDS_PER_ROW_COLUMN,
+    DB_SECONDS_PER_ROW_SIDE,
     Calibration,
     IndexSize,
     TableStorage,
@@ -18,16 +19,21 @@ ROWS = 100_000
 
 
 def test_a_slow_provider_bounds_the_time_by_its_measured_rate() -> None:
-    plan = demo_plan(backfill__concurrency=4)
+    plan = demo_plan(backfill__concurrency=4, target__storage="column")
     cal = Calibration(256, (0.9, 1.0, 5.0))  # a slow outlier: the median is read
     est = estimate(plan, ROWS, [50] * 10, calibration=cal, workers=2)
-    # 2 workers x 4 requests in flight x 256 rows per second.
-    assert est.seconds == pytest.approx(ROWS / (2 * 4 * 256 / 1.0), rel=0.01)
+    # A 500-row batch is 2 requests of 256 rows, both in flight: 2 workers x 2 requests x
+    # 256 rows a second; then each worker writes its batch (the database's part, shared).
+    embed = 1 / (2 * 2 * 256 / 1.0)
+    assert est.seconds == pytest.approx(ROWS * (embed + DB_SECONDS_PER_ROW_COLUMN / 2), rel=0.01)
     assert est.bound_by == "the measured provider rate"
     assert est.as_dict()["calibration"] == {
         "requests": 3,
         "rows_per_request": 256,
         "median_seconds": 1.0,
+        "concurrent_requests": None,
+        "concurrent_seconds": None,
+        "parallelism": 1.0,
     }
     # Half the workers, twice the time; uncalibrated, the assumed rate.
     assert estimate(plan, ROWS, [50] * 10, calibration=cal, workers=1).seconds == pytest.approx(
@@ -38,16 +44,35 @@ def test_a_slow_provider_bounds_the_time_by_its_measured_rate() -> None:
     )
 
 
+def test_a_provider_that_serves_one_request_at_a_time_gains_nothing_from_concurrency() -> None:
+    plan = demo_plan(backfill__concurrency=4)
+    serial = Calibration(256, (1.0,) * 3, concurrent=(4, 4.0))  # 4 at once took 4x one
+    parallel = Calibration(256, (1.0,) * 3, concurrent=(4, 1.0))
+    half = Calibration(256, (1.0,) * 3, concurrent=(4, 2.0))  # twice as fast as in a row
+    assert serial.parallelism == 0.0 and parallel.parallelism == 1.0
+    assert half.parallelism == pytest.approx(1 / 3)
+    assert serial.rows_per_second(8) == pytest.approx(256)
+    assert parallel.rows_per_second(8) == pytest.approx(8 * 256)
+    slow = estimate(plan, ROWS, [50] * 10, calibration=serial, workers=2).seconds
+    fast = estimate(plan, ROWS, [50] * 10, calibration=parallel, workers=2).seconds
+    assert slow == pytest.approx(ROWS * (1 / 256 + DB_SECONDS_PER_ROW_COLUMN / 2), rel=0.01)
+    assert fast < slow / 3
+
+
 def test_a_fast_provider_leaves_the_database_as_the_bound() -> None:
     plan = demo_plan(target__storage="column")
-    est = estimate(plan, ROWS, [50] * 10, calibration=Calibration(256, (0.001,) * 3), workers=8)
-    assert est.seconds == pytest.approx(ROWS * DB_SECONDS_PER_ROW, rel=0.01)
+    cal = Calibration(256, (0.001,) * 3)
+    est = estimate(plan, ROWS, [50] * 10, calibration=cal, workers=8)
+    embed = 1 / cal.rows_per_second(16)  # 8 workers x 2 requests
+    assert est.seconds == pytest.approx(ROWS * (embed + DB_SECONDS_PER_ROW_COLUMN / 8), rel=0.01)
     assert est.bound_by == "the database's writes"
-    # The source's HNSW index adds its writes per row on top.
-    storage = TableStorage(ROWS, 1, 0, (IndexSize("e", "hnsw", 1, 256, 64),), 1, None, "")
-    indexed = estimate(
-        plan, ROWS, [50] * 10, storage, calibration=Calibration(256, (0.001,) * 3), workers=8
+    side = estimate(
+        demo_plan(target__storage="side_table"), ROWS, [50] * 10, calibration=cal, workers=8
     )
+    assert side.seconds == pytest.approx(ROWS * (embed + DB_SECONDS_PER_ROW_SIDE / 8), rel=0.01)
+    # The source's HNSW index adds its writes per row on top (column storage only).
+    storage = TableStorage(ROWS, 1, 0, (IndexSize("e", "hnsw", 1, 256, 64),), 1, None, "")
+    indexed = estimate(plan, ROWS, [50] * 10, storage, calibration=cal, workers=8)
     assert indexed.seconds > est.seconds and "HNSW" in indexed.bound_by
 
 
