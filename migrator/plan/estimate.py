@@ -27,13 +27,15 @@ PRICES: dict[str, float] = {
 ASSUMED_ROWS_PER_SECOND = 1000.0
 # The database's side of a batch per row, in one worker (stage COPY, the compare-and-set
 # write, the ledger), without an HNSW index on the source: with storage column an UPDATE of
-# the table, with side_table an INSERT into the side table. Fitted on bench/scale.py --rows
-# 100000 (2 workers, 256 dims, the local provider, a quiet 2-core machine, 2026-12-04): the
-# backfills took 9.6 s (column) and 12.3 / 10.0 s (side_table), the provider's part of which
-# (from the calibration) ~6e-5 s a row; checked at 300k and 1M (docs/benchmarks.md,
-# "Estimates").
-DB_SECONDS_PER_ROW_COLUMN = 7.5e-5
+# the table, with side_table an INSERT into the side table; and the fixed part of a run
+# (expand, the workers' first batches, the last sweep). Fitted on bench/scale.py at 100k,
+# 300k and 1M rows (2 workers, 256 dims, the local provider, 2-core machine, 2026-12-04):
+# side_table took 10.0 / 23.3 / 103.2 s with HNSW on the source, 12.3 / 29.5 / 100.0 s
+# without, column 9.6 / 36.0 / 96.6 s (the cost per row grows as the tables outgrow the
+# cache); checked on fresh runs at 100k and 300k (docs/benchmarks.md, "Estimates").
+DB_SECONDS_PER_ROW_COLUMN = 1.1e-4
 DB_SECONDS_PER_ROW_SIDE = 1.0e-4
+BACKFILL_FIXED_SECONDS = 3.0
 # Worker processes `plan` assumes (backfill's default with the embedded broker; `--workers`).
 DEFAULT_WORKERS = 2
 # Each UPDATE of a row re-inserts its unchanged source vector into every HNSW index on the
@@ -359,25 +361,27 @@ def _duration(
 ) -> tuple[float, str, float]:
     """(seconds, what bounds them, index write seconds per row) of one storage mode.
 
-    A worker embeds a batch (its requests, up to `backfill.concurrency` at once), then writes
-    it: the two add up. The workers run side by side, so the provider sees all their requests
-    at once (at the parallelism the calibration measured) and the database their writes.
+    A worker embeds a batch (its requests, up to `backfill.concurrency` at once, at the
+    parallelism the calibration measured), then writes it: the two add up. The workers run
+    side by side. A calibrated estimate adds the run's fixed part (BACKFILL_FIXED_SECONDS).
     """
     w = max(1, workers)
     write = write_seconds_per_row(storage, side=side)
     db = (DB_SECONDS_PER_ROW_SIDE if side else DB_SECONDS_PER_ROW_COLUMN) + write
     if calibration is not None:
+        # One worker's requests run on threads of one process, as the calibration's
+        # concurrent round did; workers are processes (often machines) of their own, whose
+        # requests are taken not to slow each other's down.
         batch_requests = math.ceil(plan.backfill.batch_size / max(1, per_request))
-        sent = w * max(1, min(plan.backfill.concurrency, batch_requests))
-        embed = 1.0 / calibration.rows_per_second(sent)
-        per_row = embed + db / w
-        label = "the measured provider rate" if embed >= db / w else "the database's writes"
+        embed = 1.0 / calibration.rows_per_second(min(plan.backfill.concurrency, batch_requests))
+        per_row = (embed + db) / w
+        label = "the measured provider rate" if embed >= db else "the database's writes"
     else:
         per_row = 1.0 / ASSUMED_ROWS_PER_SECOND + write / w
         label = "throughput (no rate limit set)"
     if write:
         label += " and the source's HNSW index writes"
-    limits = {label: rows * per_row}
+    limits = {label: (BACKFILL_FIXED_SECONDS if rows and calibration else 0.0) + rows * per_row}
     if plan.backfill.requests_per_minute:
         limits["requests per minute"] = requests / plan.backfill.requests_per_minute * 60
     if plan.backfill.tokens_per_minute:

@@ -13,7 +13,7 @@ from migrator.config import Settings
 from migrator.db import catalog
 from migrator.db.connect import connect
 from migrator.ddl import statements as q
-from migrator.plan.estimate import estimate
+from migrator.plan.estimate import BACKFILL_FIXED_SECONDS, DB_SECONDS_PER_ROW_COLUMN, estimate
 from tests.helpers import demo_plan
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,9 @@ def test_live_plan_times_the_provider_and_estimates_from_its_rate(
     # 2 requests at once (1 worker x 2 in flight) came back together: the server sleeps its
     # latency in threads, side by side, as a hosted API answers.
     assert cal["concurrent_requests"] == 2 and cal["parallelism"] > 0.5
-    rate = 1 * 2 * cal["rows_per_request"] / cal["median_seconds"]  # 1 worker x 2 in flight
+    # 1 worker, 2 requests in flight at the measured parallelism, then its writes.
+    rate = (1 + cal["parallelism"]) * cal["rows_per_request"] / cal["median_seconds"]
     assert calibrated["bound_by"] == "the measured provider rate"
-    assert calibrated["seconds"] == pytest.approx(500 / rate, abs=0.1)
+    expected = BACKFILL_FIXED_SECONDS + 500 * (1 / rate + DB_SECONDS_PER_ROW_COLUMN)
+    assert calibrated["seconds"] == pytest.approx(expected, abs=0.1)
     assert assumed["calibration"] is None and assumed["bound_by"].startswith("throughput")
