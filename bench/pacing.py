@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,8 +45,10 @@ from migrator.db.connect import connect
 from migrator.plan.model import Plan
 
 
-def _load(url: str, plan: Plan, qps: float, stop: Any, out: Any) -> None:
+def _load(url: str, plan: Plan, qps: float, stop: Any, out: Any, nice: int | None) -> None:
     """A fixed-rate search load: (wall clock start, latency ms) per query, sent at the end."""
+    if nice is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)  # below the bench's own: needs root
     conn = connect(url, vector=False, application_name="bench-search")
     srv = probe.served(conn, plan)
     assert srv is not None
@@ -71,10 +74,10 @@ def _load(url: str, plan: Plan, qps: float, stop: Any, out: Any) -> None:
 
 
 class Load:
-    def __init__(self, url: str, plan: Plan, qps: float) -> None:
+    def __init__(self, url: str, plan: Plan, qps: float, nice: int | None = None) -> None:
         ctx = mp.get_context("spawn")
         self.stop, self.out = ctx.Event(), ctx.Queue()
-        self.proc = ctx.Process(target=_load, args=(url, plan, qps, self.stop, self.out))
+        self.proc = ctx.Process(target=_load, args=(url, plan, qps, self.stop, self.out, nice))
 
     def __enter__(self) -> Load:
         self.proc.start()
@@ -103,7 +106,7 @@ def fmt(a: np.ndarray) -> str:
 
 def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     api.adopt(b.settings, plan)
-    with Load(b.url, plan, args.qps) as load:
+    with Load(b.url, plan, args.qps, 0 if args.search_client_first else None) as load:
         time.sleep(3.0)  # the load process starts, samples its vectors and warms up
         t_before = time.time()
         time.sleep(args.before)
@@ -181,6 +184,13 @@ def main() -> None:
         "the source table and its HNSW index at 100k rows)",
     )
     ap.add_argument(
+        "--search-client-first",
+        action="store_true",
+        help="run the search load's client at nice 0 (run the bench under `nice -n 10`): on "
+        "one machine it stands for the search service, which in production has machines of "
+        "its own; PostgreSQL's backends, the searches' too, keep the bench's priority",
+    )
+    ap.add_argument(
         "--no-checksums",
         action="store_true",
         help="data page checksums off (PostgreSQL 18 turns them on by default): readers then "
@@ -250,6 +260,8 @@ def main() -> None:
             ("CPU s/s unpaced: postgres, workers, server", _cpu(u)),
             ("CPU s/s paced: postgres, workers, server", _cpu(p)),
             ("workers and server niced", "yes" if args.nice_clients else "no"),
+            ("search client at nice 0", "yes" if args.search_client_first else "no"),
+            ("shared_buffers", args.shared_buffers or "128MB (default)"),
         ],
     )
 
