@@ -107,11 +107,16 @@ def rows_per_request(plan: Plan, avg_tokens: float = 0.0) -> int:
     return per_request
 
 
-def in_flight(plan: Plan, workers: int, avg_tokens: float = 0.0) -> int:
-    """Embedding requests the backfill has in flight at once: each worker sends its batch's
-    requests, up to `backfill.concurrency` of them at a time."""
-    batch_requests = math.ceil(plan.backfill.batch_size / rows_per_request(plan, avg_tokens))
-    return max(1, workers) * max(1, min(plan.backfill.concurrency, batch_requests))
+def worker_in_flight(plan: Plan, per_request: int) -> int:
+    """Embedding requests one worker has in flight: its batch's requests, up to
+    `backfill.concurrency` of them at a time."""
+    batch_requests = math.ceil(plan.backfill.batch_size / max(1, per_request))
+    return max(1, min(plan.backfill.concurrency, batch_requests))
+
+
+def in_flight(plan: Plan, workers: int) -> int:
+    """Embedding requests the whole backfill has in flight at once."""
+    return max(1, workers) * worker_in_flight(plan, rows_per_request(plan))
 
 
 def price_per_million(model: ModelSpec) -> float | None:
@@ -357,7 +362,7 @@ def _duration(
     calibration: Calibration | None,
     workers: int,
     side: bool,
-    per_request: int = 1,
+    per_request: int,
 ) -> tuple[float, str, float]:
     """(seconds, what bounds them, index write seconds per row) of one storage mode.
 
@@ -372,8 +377,7 @@ def _duration(
         # One worker's requests run on threads of one process, as the calibration's
         # concurrent round did; workers are processes (often machines) of their own, whose
         # requests are taken not to slow each other's down.
-        batch_requests = math.ceil(plan.backfill.batch_size / max(1, per_request))
-        embed = 1.0 / calibration.rows_per_second(min(plan.backfill.concurrency, batch_requests))
+        embed = 1.0 / calibration.rows_per_second(worker_in_flight(plan, per_request))
         per_row = (embed + db) / w
         label = "the measured provider rate" if embed >= db else "the database's writes"
     else:
