@@ -96,6 +96,7 @@ def index_check(plan: Plan, prod: Measure, new: Measure, rec: Recommendation) ->
         "max_recall_drop": drop,
         "min_index_recall": floor,
         "index_scan_used": n.index_used if n else False,
+        "planner_chooses_index": n.planner_chooses if n else False,
         "production_index_used": p.index_used if p else False,
         "latency_ms_p50": n.p50_ms if n else None,
         "latency_ms_p99": n.p99_ms if n else None,
@@ -131,6 +132,12 @@ def index_check(plan: Plan, prod: Measure, new: Measure, rec: Recommendation) ->
         + (f", floor {fmt_figure(floor)}" if floor is not None else "")
         + ")"
     )
+    if not n.planner_chooses:
+        summary += (
+            f"; at this size the planner prefers an exact scan to {new.subject.index} (the "
+            "service gets exact results until the table grows), so the index was measured "
+            "with enable_seqscan off"
+        )
     return gate(
         "index", "index recall", n.recall, threshold, ">=", summary, details, over=new.queries
     )

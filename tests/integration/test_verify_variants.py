@@ -68,11 +68,18 @@ def test_ivfflat_measured_at_the_plans_probes(database_url: str, tmp_path: Path)
     assert idx["ivfflat.probes"] == "12" and idx["ivfflat.iterative_scan"] == "relaxed_order"
 
 
-def test_a_search_the_planner_keeps_off_the_index_fails(database_url: str, tmp_path: Path) -> None:
-    # Probing 16 of 20 lists costs more than a scan of 5k rows: the planner skips the index and
-    # the exact answers would give a perfect, meaningless recall. The gate must say so.
+def test_a_search_the_planner_keeps_off_the_index_measures_the_index(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Probing 16 of 20 lists costs more than a scan of 5k rows: the planner skips the index,
+    # and its exact answers would give a perfect recall that says nothing about the index
+    # (the service gets the index's answers once the table grows). The gate measures the
+    # index itself (enable_seqscan off) and says what the planner does today.
     plan = local_plan(index__lists=20, index__probes=16, **IVF)
-    rep, passed = run(database_url, tmp_path, plan)
-    assert not passed and rep.failed == ["index"]
-    assert rep.check("index").detail("index_scan_used") is False
-    assert "did not use" in rep.check("index").summary
+    rep, _passed = run(database_url, tmp_path, plan)
+    idx = rep.check("index")
+    assert idx.detail("planner_chooses_index") is False
+    assert idx.detail("index_scan_used") is True  # what was measured is the index
+    assert "prefers an exact scan" in idx.summary
+    # Not the exact scan's 1.0: ivfflat at 16 of 20 lists misses some of the true top-k.
+    assert idx.figure is not None and idx.figure < 1.0
