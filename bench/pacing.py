@@ -156,6 +156,15 @@ def _rate(r: dict[str, Any]) -> str:
     return f"{r['rate']:.0f} rows/s ({r['seconds']:.0f} s{part})"
 
 
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=100_000)
@@ -170,6 +179,18 @@ def main() -> None:
         help="stop a backfill after this long (the rate and p99 are of the part done)",
     )
     ap.add_argument("--storage", choices=("column", "side_table"), default="side_table")
+    ap.add_argument(
+        "--only", choices=("unpaced", "paced"), default=None, help="run one of the two backfills"
+    )
+    ap.add_argument("--concurrency", type=int, default=None, help="backfill.concurrency")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a backfill.pacing setting of the paced run (repeatable), e.g. min_pace=0.02; "
+        "start_pace=0.05 min_pace=0.05 max_p99_ratio=0.01 pause=false holds a fixed pace",
+    )
     ap.add_argument(
         "--nice-clients",
         action="store_true",
@@ -199,25 +220,34 @@ def main() -> None:
     args = ap.parse_args()
     texts = corpus_texts(args.rows)
     pg = {"shared_buffers": args.shared_buffers} if args.shared_buffers else {}
+    common: dict[str, Any] = {"backfill__batch_size": args.batch_size}
+    if args.concurrency:
+        common["backfill__concurrency"] = args.concurrency
+    paced_set = {
+        f"backfill__pacing__{k}": _value(v) for k, v in (s.split("=", 1) for s in args.set)
+    }
     with Bench(pg_settings=pg, no_checksums=args.no_checksums) as b:
         plans = {
             "unpaced": bench_plan(
                 b.base_url,
                 name="bench-unpaced",
                 table="documents_a",
-                backfill__batch_size=args.batch_size,
                 backfill__pacing__enabled=False,
                 target__storage=args.storage,
+                **common,
             ),
             "paced": bench_plan(
                 b.base_url,
                 name="bench-paced",
                 table="documents_b",
-                backfill__batch_size=args.batch_size,
-                backfill__pacing__enabled=True,  # the defaults otherwise
+                backfill__pacing__enabled=True,  # the defaults, unless --set
                 target__storage=args.storage,
+                **common,
+                **paced_set,
             ),
         }
+        if args.only:
+            plans = {args.only: plans[args.only]}
         for plan in plans.values():
             print(
                 f"loading {args.rows:,} rows into {plan.table.name} (HNSW on the source)...",
@@ -241,6 +271,20 @@ def main() -> None:
             )
             for e in r["events"]:
                 print(f"    {e}")
+    if args.only:
+        r = out[args.only]
+        print_figures(
+            f"pacing, {args.only} only, {args.rows:,} rows, settings {args.set}",
+            [
+                ("before", fmt(r["before"])),
+                ("during", fmt(r["during"])),
+                ("ratio p99 during / before", f"{r['ratio']:.2f}"),
+                ("backfill rate", _rate(r)),
+                ("CPU s/s: postgres, workers, server", _cpu(r)),
+                ("shared_buffers", args.shared_buffers or "128MB (default)"),
+            ],
+        )
+        return
     u, p = out["unpaced"], out["paced"]
     print_figures(
         f"pacing, {args.rows:,} rows (256 dims, HNSW on the source, storage {args.storage}), "

@@ -56,6 +56,7 @@ class Governor:
         self.baseline: float | None = None
         self.pace: float | None = None
         self.ctl: pacing.Controller | None = None
+        self.window = pacing.Window()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -151,6 +152,7 @@ class Governor:
         start = max(self.spec.start_pace, self.spec.min_pace)
         self.pace = row.pace if row is not None and row.pace is not None else start
         self.ctl = pacing.Controller(self.spec, self.pace)
+        self.window.reset()
         store_pace(conn, self.plan.name, self.pace)
 
     def _measure_baseline(self, row: Row | None, shape: dict[str, Any]) -> None:
@@ -241,16 +243,20 @@ class Governor:
         lat = self._spread(self.spec.probe_queries, self.spec.probe_every_seconds)
         if lat is None:
             return False
-        self._decide(conn, pacing.p99(lat))
+        self._decide(conn, lat)
         return True
 
-    def _decide(self, conn: psycopg.Connection, p99: float) -> None:
+    def _decide(self, conn: psycopg.Connection, latencies: list[float]) -> None:
         assert self.baseline is not None
+        self.window.add(latencies)
+        p99 = self.window.p99()
         ratio = p99 / self.baseline
         if self.ctl is None:
             self.ctl = pacing.Controller(self.spec, self.pace if self.pace is not None else 1.0)
         self.ctl.spec = self.spec
-        d = self.ctl.update(ratio, time.monotonic())
+        d = self.ctl.update(ratio, time.monotonic(), settled=self.window.settled)
+        if d.pace != self.pace:
+            self.window.reset()
         self.pace = d.pace
         store_pace(conn, self.plan.name, d.pace, p99=p99, ratio=ratio)
         log.info("pacing: p99 %.2f ms (%.2fx) -> pace %.2f", p99, ratio, d.pace)

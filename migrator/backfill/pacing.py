@@ -14,12 +14,21 @@ from dataclasses import dataclass
 
 from migrator.plan.model import PacingSpec
 
-# AIMD: over the limit the pace halves (down to min_pace, then a pause); under it the pace
-# grows by a tenth of the full rate per probe. Only below HOLD_BAND of the limit does it grow:
-# a p99 just under the limit holds the pace, so noise near the limit does not make it swing.
+# Over the limit the pace halves (down to min_pace, then a pause); under it the pace grows by
+# half of itself per probe, at most a tenth of the full rate: from a low pace (the rate a
+# loaded database allows may be a few percent) it climbs in steps its own size, not in jumps of
+# 0.1 that would overshoot it tenfold. Only below HOLD_BAND of the limit does it grow: a p99
+# just under the limit holds the pace, so noise near the limit does not make it swing.
 DECREASE = 0.5
 INCREASE = 0.1
+GROWTH = 0.5
 HOLD_BAND = 0.9
+# The p99 a decision reads is over the probes since the pace last changed, the last WINDOW of
+# them: the p99 of one 50-query probe is its slowest query or nearly, so one slow query would
+# throttle. Slowing down reads the newest probe at once; speeding up waits for GROW_AFTER
+# probes at the pace (quick to protect search, slow to load it again).
+WINDOW = 3
+GROW_AFTER = 2
 
 FULL, THROTTLED, PAUSED, OFF = "full", "throttled", "paused", "off"
 
@@ -60,13 +69,14 @@ class Decision:
     change: str | None
 
 
-def decide(pace: float, ratio: float, spec: PacingSpec) -> Decision:
-    """The next pace from the current one and the probe's p99 / baseline p99.
+def decide(pace: float, ratio: float, spec: PacingSpec, *, settled: bool = True) -> Decision:
+    """The next pace from the current one and the probe's p99 / baseline p99. `settled`:
+    enough probes at this pace to speed up on (unsettled, a ratio under the limit holds).
 
     A NaN ratio (no sample) keeps the pace. Over the limit: halve, not below `min_pace`; at
     `min_pace` already, pause (unless `spec.pause` is false). Under HOLD_BAND of the limit:
     a paused backfill resumes at `min_pace` (never at the pace it had: no burst after a
-    pause), a throttled one grows by INCREASE up to the full rate.
+    pause), a throttled one grows by GROWTH of itself (at most INCREASE) up to the full rate.
     """
     pace = min(max(pace, 0.0), 1.0)
     if math.isnan(ratio):
@@ -78,8 +88,8 @@ def decide(pace: float, ratio: float, spec: PacingSpec) -> Decision:
             new = 0.0
         else:
             new = spec.min_pace
-    elif ratio <= spec.max_p99_ratio * HOLD_BAND:
-        new = spec.min_pace if pace <= 0 else min(1.0, pace + INCREASE)
+    elif ratio <= spec.max_p99_ratio * HOLD_BAND and settled:
+        new = spec.min_pace if pace <= 0 else min(1.0, pace + min(INCREASE, pace * GROWTH))
     else:
         new = pace
     new = round(new, 4)
@@ -93,6 +103,28 @@ def decide(pace: float, ratio: float, spec: PacingSpec) -> Decision:
     return Decision(new, ratio, change)
 
 
+class Window:
+    """The latencies of the last `WINDOW` probes at the current pace; `reset` when it changes
+    (what was measured at another pace says nothing about this one)."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self.size = size
+        self.probes: list[list[float]] = []
+
+    def add(self, latencies_ms: Sequence[float]) -> None:
+        self.probes = [*self.probes, list(latencies_ms)][-self.size :]
+
+    def p99(self) -> float:
+        return p99([x for probe in self.probes for x in probe])
+
+    @property
+    def settled(self) -> bool:
+        return len(self.probes) >= GROW_AFTER
+
+    def reset(self) -> None:
+        self.probes = []
+
+
 class Controller:
     """`decide` with a memory: how long the backfill has been paused. Paused for
     `max_pause_seconds` with search still over the limit, pausing does not help (nothing of
@@ -104,11 +136,11 @@ class Controller:
         self.paused_since: float | None = None
         self.futile = False
 
-    def update(self, ratio: float, now: float) -> Decision:
+    def update(self, ratio: float, now: float, *, settled: bool = True) -> Decision:
         if self.pace <= 0 and self.paused_since is None:
             self.paused_since = now  # paused before this controller (a restarted coordinator)
         spec = self.spec.model_copy(update={"pause": False}) if self.futile else self.spec
-        d = decide(self.pace, ratio, spec)
+        d = decide(self.pace, ratio, spec, settled=settled)
         over = not math.isnan(ratio) and ratio > self.spec.max_p99_ratio
         if (
             self.pace <= 0

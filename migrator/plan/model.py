@@ -232,8 +232,9 @@ class PacingSpec(Frozen):
     probe_queries: Annotated[int, Field(ge=5, le=2000)] = 50
     k: Annotated[int, Field(ge=1, le=1000)] = 10
     # The lowest pace (share of the full rate) throttling goes to; over the limit at this
-    # pace, the backfill pauses (pace 0) unless `pause` is false.
-    min_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # pace, the backfill pauses (pace 0) unless `pause` is false. Low: the rate a busy
+    # database allows may be a few percent of the full one (docs/benchmarks.md, 7d).
+    min_pace: Annotated[float, Field(gt=0, le=1)] = 0.01
     # Slow start: a backfill starts at this pace (not below min_pace) and grows by a tenth of
     # the full rate per probe while search stays under the limit. A fast backfill (a side
     # table fills 100k rows in ~10 s here) would otherwise be over before the first probe

@@ -31,16 +31,32 @@ def test_no_pause_keeps_the_floor() -> None:
     assert d.pace == 0.2 and d.change is None
 
 
-def test_a_pause_resumes_at_the_floor_then_grows_additively_to_full() -> None:
+def test_a_pause_resumes_at_the_floor_then_grows_to_full() -> None:
     d = decide(0.0, 1.0, SPEC)
     assert d.pace == SPEC.min_pace and d.change == "resumed"
-    pace, changes = d.pace, []
-    for _ in range(12):
+    pace, paces, changes = d.pace, [], []
+    for _ in range(14):
         d = decide(pace, 1.0, SPEC)
         pace = d.pace
+        paces.append(pace)
         changes.append(d.change)
     assert pace == 1.0
     assert changes.count("full") == 1 and changes[-1] is None
+    # By half of itself while that is under a tenth of the full rate, then by a tenth.
+    assert paces[:4] == pytest.approx([0.15, 0.225, 0.325, 0.425])
+
+
+def test_from_a_low_pace_the_climb_is_in_steps_of_its_own_size() -> None:
+    """The rate a loaded database allows may be a few percent: growth by a fixed 0.1 from
+    0.02 would jump 6x past it and halve back, never settling near it."""
+    spec = PacingSpec(max_p99_ratio=1.5, min_pace=0.01)
+    pace, paces = 0.02, []
+    for _ in range(4):
+        pace = decide(pace, 1.0, spec).pace
+        paces.append(pace)
+    assert paces == pytest.approx([0.03, 0.045, 0.0675, 0.10125], abs=1e-4)
+    for a, b in zip([0.02, *paces], paces, strict=False):
+        assert b <= 1.5 * a + 1e-4  # the pace is rounded to 4 digits
 
 
 def test_near_the_limit_holds_and_nan_keeps() -> None:
@@ -197,7 +213,7 @@ def test_a_pause_that_does_not_help_goes_on_at_the_floor_until_search_recovers()
     assert d.pace == 0.1 and d.change == "futile" and ctl.futile
     for t in (65.0, 70.0, 75.0):  # still over: the floor, no pause
         assert ctl.update(3.0, now=t).pace == 0.1
-    assert ctl.update(1.0, now=80.0).pace == pytest.approx(0.2)  # under: normal again
+    assert ctl.update(1.0, now=80.0).pace == pytest.approx(0.15)  # under: normal again
     assert not ctl.futile
     ctl.update(3.0, now=85.0)
     assert ctl.update(3.0, now=90.0).pace == 0.0  # pauses again once over at the floor
@@ -207,3 +223,27 @@ def test_a_controller_started_paused_counts_the_pause_from_its_first_probe() -> 
     ctl = pacing.Controller(PacingSpec(max_pause_seconds=10), 0.0)
     assert ctl.update(5.0, now=100.0).pace == 0.0
     assert ctl.update(5.0, now=110.0).change == "futile"
+
+
+def test_speeding_up_waits_for_two_probes_at_the_pace_slowing_down_does_not() -> None:
+    assert decide(0.2, 1.0, SPEC, settled=False).pace == 0.2  # under, one probe: hold
+    assert decide(0.2, 1.0, SPEC, settled=True).pace == pytest.approx(0.3)
+    assert decide(0.2, 3.0, SPEC, settled=False).pace == 0.1  # over: at once
+    assert decide(0.0, 1.0, SPEC, settled=False).pace == 0.0  # a pause ends settled too
+
+
+def test_the_window_reads_p99_over_the_probes_since_the_pace_changed() -> None:
+    w = pacing.Window()
+    assert math.isnan(w.p99()) and not w.settled
+    probe = [2.0] * 49 + [9.0]  # one slow query in 50: the probe's own p99 is 5.6 ms
+    assert pacing.p99(probe) > 5.0
+    w.add(probe)
+    assert not w.settled
+    w.add([2.0] * 50)
+    w.add([2.0] * 50)
+    # Over 150 queries one slow one is under the 99th percentile.
+    assert w.settled and w.p99() == pytest.approx(2.0)
+    w.add([3.0] * 50)  # the oldest probe leaves
+    assert len(w.probes) == 3 and w.p99() == pytest.approx(3.0)
+    w.reset()
+    assert not w.settled and math.isnan(w.p99())
