@@ -60,10 +60,11 @@ def test_from_a_low_pace_the_climb_is_in_steps_of_its_own_size() -> None:
 
 
 def test_near_the_limit_holds_and_nan_keeps() -> None:
-    # Between 0.9 of the limit and the limit: hold (noise near the limit does not swing it).
+    # Between 0.75 of the limit and the limit: hold (noise near the limit does not swing it).
     assert decide(0.4, 1.4, SPEC).pace == 0.4
     assert decide(0.4, 1.5, SPEC).pace == 0.4  # at the limit is not over it
-    assert decide(0.4, 1.3, SPEC).pace == 0.5
+    assert decide(0.4, 1.3, SPEC).pace == 0.4
+    assert decide(0.4, 1.1, SPEC).pace == 0.5
     d = decide(0.4, math.nan, SPEC)
     assert d.pace == 0.4 and d.change is None
     # A paused backfill stays paused while over the limit and in the hold band.
