@@ -123,6 +123,13 @@ def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         res = backfill.run(b.settings, plan, backfill.Options(poll_seconds=0.5, should_stop=stop))
         t_end = time.time()
         cpu1 = (cpu_seconds(pg), cpu_seconds(wk), cpu_seconds(srv))
+        # "After": the workers stopped (a stopped paced backfill's queue would trickle on at
+        # min_pace), the same load again: the machine's own drift over the run. A "before"
+        # and an "after" far apart say that the ratio is the machine's noise, not pacing.
+        b.stop_workers()
+        t_after = time.time()
+        time.sleep(args.before)
+        t_after_end = time.time()
         records = load.finish()
     with psycopg.connect(b.url) as conn:
         events = [
@@ -135,10 +142,13 @@ def run_one(b: Bench, plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         ]
     before = window(records, t_before, t_start)
     during = window(records, t_start, t_end)
+    after = window(records, t_after, t_after_end)
     seconds = t_end - t_start
     return {
         "before": before,
         "during": during,
+        "after": after,
+        "ratio_after": float(np.percentile(during, 99) / np.percentile(after, 99)),
         "ratio": float(np.percentile(during, 99) / np.percentile(before, 99)),
         "rows": res["rows_written"],
         "seconds": seconds,
@@ -266,11 +276,11 @@ def main() -> None:
                 renice_trees([w.pid for w in b.workers] + ([b.server.pid] if b.server else []))
             print(f"{label}: backfill of {plan.table.name} under {args.qps:g} q/s...", flush=True)
             out[label] = run_one(b, plan, args)
-            b.stop_workers()
             r = out[label]
             print(
                 f"  {r['rows']:,} rows in {r['seconds']:.1f} s ({r['rate']:.0f} rows/s); "
-                f"before {fmt(r['before'])}; during {fmt(r['during'])}; ratio {r['ratio']:.2f}",
+                f"before {fmt(r['before'])}; during {fmt(r['during'])}; ratio {r['ratio']:.2f}; "
+                f"after {fmt(r['after'])}",
                 flush=True,
             )
             for e in r["events"]:
@@ -282,7 +292,9 @@ def main() -> None:
             [
                 ("before", fmt(r["before"])),
                 ("during", fmt(r["during"])),
+                ("after (workers stopped)", fmt(r["after"])),
                 ("ratio p99 during / before", f"{r['ratio']:.2f}"),
+                ("ratio p99 during / after", f"{r['ratio_after']:.2f}"),
                 ("backfill rate", _rate(r)),
                 ("CPU s/s: postgres, workers, server", _cpu(r)),
                 ("shared_buffers", args.shared_buffers or "128MB (default)"),
@@ -301,6 +313,8 @@ def main() -> None:
             ("before (paced run)", fmt(p["before"])),
             ("during, pacing (max_p99_ratio 1.5)", fmt(p["during"])),
             ("ratio p99 during / before, pacing", f"{p['ratio']:.2f}  (target <= 1.50)"),
+            ("after, paced run (workers stopped)", fmt(p["after"])),
+            ("ratio p99 during / after, pacing", f"{p['ratio_after']:.2f}"),
             ("backfill rate, no pacing", _rate(u)),
             ("backfill rate, pacing", _rate(p)),
             ("rate paced / unpaced", f"{p['rate'] / u['rate']:.2f}"),
