@@ -19,8 +19,8 @@ from migrator.plan.model import PacingSpec
 # loaded database allows may be a few percent) it climbs in steps its own size, not in jumps of
 # 0.1 that would overshoot it tenfold. Only below HOLD_BAND of the limit does it grow: a p99
 # under the limit but above the band holds the pace, so noise near the limit does not make it
-# swing. The pace then settles where the probes read 0.75-1.0 of the limit, and the p99 over
-# the whole backfill stays under it: at 0.9 it sat at ~1.06x the limit (300k rows,
+# swing. The pace then settles where the probes read 0.75-1.0 of the limit, a margin for the
+# p99 over the whole backfill: with a band at 0.9 that sat at ~1.06x the limit (300k rows,
 # docs/benchmarks.md 7d), the probes' excursions over it before each halving included.
 DECREASE = 0.5
 INCREASE = 0.1

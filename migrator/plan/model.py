@@ -235,8 +235,8 @@ class PacingSpec(Frozen):
     # pace, the backfill pauses (pace 0) unless `pause` is false. Low: the rate a busy
     # database allows may be a few percent of the full one (docs/benchmarks.md, 7d).
     min_pace: Annotated[float, Field(gt=0, le=1)] = 0.01
-    # Slow start: a backfill starts at this pace (not below min_pace) and grows by a tenth of
-    # the full rate per probe while search stays under the limit. A fast backfill (a side
+    # Slow start: a backfill starts at this pace (not below min_pace) and grows (by half its
+    # pace, at most 0.1, after 2 probes at a pace) while search stays under the limit. A fast backfill (a side
     # table fills 100k rows in ~10 s here) would otherwise be over before the first probe
     # could slow it. 1: start at the full rate.
     start_pace: Annotated[float, Field(gt=0, le=1)] = 0.1
